@@ -1,0 +1,73 @@
+"""The one failure-message layout every checker uses, and the frame type reports share.
+
+    <headline: what was counted, the count and the limit>
+      1. path:line in function: <kind>
+           <source line>
+           <reason / detail lines>
+      2. ...
+    Hint: <what to do next>
+"""
+
+from __future__ import annotations
+
+import linecache
+import os
+from dataclasses import dataclass
+
+__all__ = ["Frame", "CheckFailure", "display_path", "format_failure"]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One user frame: where a break or compile happened, outermost first in a stack."""
+
+    filename: str
+    lineno: int
+    function: str
+    line: str = ""
+
+    @classmethod
+    def at(cls, filename: str, lineno: int, function: str) -> "Frame":
+        return cls(filename, lineno, function, linecache.getline(filename, lineno).strip())
+
+    def location(self) -> str:
+        return f"{display_path(self.filename)}:{self.lineno} in {self.function}"
+
+    def to_dict(self) -> dict:
+        return {"filename": display_path(self.filename), "lineno": self.lineno,
+                "function": self.function, "line": self.line}
+
+
+class CheckFailure(AssertionError):
+    """Base of every fullgraph assertion; `report` holds the data the message was made from."""
+
+    def __init__(self, message: str, report: object = None):
+        super().__init__(message)
+        self.report = report
+
+
+def display_path(path: str) -> str:
+    """Paths under the current directory are shown relative; others as they are."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return path
+    return path if relative.startswith("..") else relative
+
+
+def format_failure(headline: str, entries: list[list[str]], hint: str | None = None,
+                   msg: str | None = None) -> str:
+    """Number the entries; the first line of each is its heading, the rest are indented under it.
+
+    `msg`, like assert_close's, is put before the generated message.
+    """
+    lines = [headline]
+    for number, entry in enumerate(entries, start=1):
+        if not entry:
+            continue
+        lines.append(f"  {number}. {entry[0]}")
+        lines.extend(f"       {detail}" for detail in entry[1:] if detail)
+    if hint:
+        lines.append(f"Hint: {hint}")
+    text = "\n".join(lines)
+    return f"{msg}\n\n{text}" if msg else text

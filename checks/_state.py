@@ -1,0 +1,71 @@
+"""Leave torch's global state exactly as it was found, pass or fail.
+
+Checkers run inside other projects' suites and under pytest-xdist: one that leaves a logging
+handler, a config flag or a stance behind changes every test after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from . import _compat
+
+__all__ = ["preserved_torch_state"]
+
+
+@dataclass
+class _LoggerState:
+    logger: logging.Logger
+    level: int
+    propagate: bool
+    handlers: list[logging.Handler]
+    disabled: bool
+
+
+def _snapshot_loggers() -> list[_LoggerState]:
+    return [_LoggerState(logger, logger.level, logger.propagate, list(logger.handlers), logger.disabled)
+            for logger in _compat.torch_loggers()]
+
+
+def _restore_loggers(before: list[_LoggerState]) -> None:
+    known = {id(state.logger) for state in before}
+    for state in before:
+        state.logger.setLevel(state.level)
+        state.logger.propagate = state.propagate
+        state.logger.handlers[:] = state.handlers
+        state.logger.disabled = state.disabled
+    # Loggers first created during the check get no handlers of ours either.
+    for logger in _compat.torch_loggers():
+        if id(logger) not in known:
+            logger.handlers[:] = [h for h in logger.handlers if not getattr(h, "_fullgraph", False)]
+
+
+@contextlib.contextmanager
+def preserved_torch_state() -> Iterator[None]:
+    """Snapshot dynamo config, stance and torch's logging, and restore them on exit."""
+    config = _compat.dynamo_config()
+    saved_config = config.get_config_copy()
+    saved_stance = _compat.get_stance()
+    saved_log_state = _compat.get_log_state()
+    saved_loggers = _snapshot_loggers()
+    try:
+        yield
+    finally:
+        _restore_loggers(saved_loggers)
+        _compat.set_log_state(saved_log_state)
+        _compat.set_stance(saved_stance)
+        _restore_config(config, saved_config)
+
+
+def _restore_config(config, saved: dict) -> None:
+    # Set back only what changed: writing every key would also write deprecated ones and warn.
+    current = config.get_config_copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        for key, value in saved.items():
+            if current.get(key) != value:
+                setattr(config, key, value)

@@ -1,0 +1,189 @@
+"""Llama-2 as plain functions over a parameter dict.
+
+Shape legend:
+    B  batch                 S  new tokens in this call     T  cache length (max_seq_len)
+    H  query heads           K  key/value heads             D  head dim (dim // n_heads)
+    E  model dim             F  feed-forward dim            V  vocab
+
+Every function takes params first, data next, and configuration keyword-only. The only argument a
+forward mutates is the KV cache; params are never written. Head counts are read off the weight
+shapes rather than the config, so a tensor-parallel shard of the params runs through the same code.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .cache import KVCache
+from .config import LlamaConfig
+
+__all__ = [
+    "SDPA_BACKENDS",
+    "rms_norm",
+    "rope_tables",
+    "apply_rope",
+    "attention",
+    "feed_forward",
+    "block",
+    "forward",
+]
+
+SDPA_BACKENDS: dict[str, SDPBackend | None] = {
+    "auto": None,
+    "math": SDPBackend.MATH,
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+}
+# Backends whose kernels take fewer KV heads than query heads; the others get K expanded to H.
+_NATIVE_GQA = {"auto", "math", "flash"}
+
+AllReduce = Callable[[Tensor], Tensor]
+
+
+def rms_norm(weight: Tensor, x: Tensor, *, eps: float) -> Tensor:
+    # Normalise in fp32 and round back before scaling, as Meta's RMSNorm does.
+    x_fp32 = x.float()
+    normed = x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + eps)
+    return normed.type_as(x) * weight
+
+
+def rope_tables(input_pos: Tensor, *, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos and sin of every (position, frequency) pair, (S, D/2) each, in fp32.
+
+    Computed from the positions on the fly: the tables are a few kilobytes and fuse into the
+    graph, and no table argument has to follow the params around.
+    """
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=input_pos.device, dtype=torch.float32)
+                            / head_dim)
+    angles = input_pos.to(torch.float32)[:, None] * freqs[None, :]  # (S, D/2)
+    return torch.cos(angles), torch.sin(angles)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate adjacent pairs (x[2i], x[2i+1]) by the position's angle: Meta's layout, in real numbers."""
+    B, S, N, D = x.shape
+    pairs = x.float().reshape(B, S, N, D // 2, 2)
+    even, odd = pairs[..., 0], pairs[..., 1]  # (B, S, N, D/2)
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    return rotated.reshape(B, S, N, D).type_as(x)
+
+
+def attention(
+    params: dict[str, Tensor],
+    x: Tensor,
+    *,
+    prefix: str,
+    layer: int,
+    cfg: LlamaConfig,
+    cos: Tensor,
+    sin: Tensor,
+    input_pos: Tensor,
+    cache: KVCache | None,
+    sdpa_backend: str,
+) -> Tensor:
+    B, S, _ = x.shape
+    D = cfg.head_dim
+    wq, wk, wv = (params[f"{prefix}.attention.{w}.weight"] for w in ("wq", "wk", "wv"))
+    H, K = wq.shape[0] // D, wk.shape[0] // D
+    q = apply_rope(F.linear(x, wq).view(B, S, H, D), cos, sin)
+    k = apply_rope(F.linear(x, wk).view(B, S, K, D), cos, sin)
+    v = F.linear(x, wv).view(B, S, K, D)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, N, S, D)
+
+    if cache is None:
+        mask, is_causal = None, S > 1
+    else:
+        # Write the new keys and values in place at input_pos, then attend over the whole cache;
+        # positions not yet written are masked out. Shapes never depend on the position.
+        cache.k[layer].index_copy_(2, input_pos, k)
+        cache.v[layer].index_copy_(2, input_pos, v)
+        k, v = cache.k[layer], cache.v[layer]  # (B, K, T, D)
+        positions = torch.arange(k.shape[2], device=x.device)
+        mask, is_causal = positions[None, :] <= input_pos[:, None], False  # (S, T)
+
+    y = _sdpa(q, k, v, mask=mask, is_causal=is_causal, backend=sdpa_backend)  # (B, H, S, D)
+    y = y.transpose(1, 2).reshape(B, S, H * D)
+    return F.linear(y, params[f"{prefix}.attention.wo.weight"])
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, is_causal: bool,
+          backend: str) -> Tensor:
+    n_rep = q.shape[1] // k.shape[1]
+    gqa = n_rep > 1 and backend in _NATIVE_GQA
+    if n_rep > 1 and not gqa:
+        k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
+    kwargs = {"attn_mask": mask, "is_causal": is_causal, "enable_gqa": gqa}
+    kernel = SDPA_BACKENDS[backend]
+    if kernel is None:
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    # Entering sdpa_kernel inside the compiled region does not break the graph.
+    with sdpa_kernel([kernel]):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
+def feed_forward(params: dict[str, Tensor], x: Tensor, *, prefix: str) -> Tensor:
+    w1, w2, w3 = (params[f"{prefix}.feed_forward.{w}.weight"] for w in ("w1", "w2", "w3"))
+    return F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)  # SwiGLU, (B, S, E)
+
+
+def block(
+    params: dict[str, Tensor],
+    x: Tensor,
+    *,
+    layer: int,
+    cfg: LlamaConfig,
+    cos: Tensor,
+    sin: Tensor,
+    input_pos: Tensor,
+    cache: KVCache | None,
+    sdpa_backend: str,
+    all_reduce: AllReduce | None = None,
+) -> Tensor:
+    prefix = f"layers.{layer}"
+    normed = rms_norm(params[f"{prefix}.attention_norm.weight"], x, eps=cfg.norm_eps)
+    attn = attention(params, normed, prefix=prefix, layer=layer, cfg=cfg, cos=cos, sin=sin,
+                     input_pos=input_pos, cache=cache, sdpa_backend=sdpa_backend)
+    h = x + (attn if all_reduce is None else all_reduce(attn))
+    ffn = feed_forward(params, rms_norm(params[f"{prefix}.ffn_norm.weight"], h, eps=cfg.norm_eps),
+                       prefix=prefix)
+    return h + (ffn if all_reduce is None else all_reduce(ffn))
+
+
+def forward(
+    params: dict[str, Tensor],
+    tokens: Tensor,
+    *,
+    cfg: LlamaConfig,
+    input_pos: Tensor | None = None,
+    cache: KVCache | None = None,
+    sdpa_backend: str = "auto",
+    all_reduce: AllReduce | None = None,
+) -> Tensor:
+    """Logits (B, S, V) in fp32 for tokens (B, S).
+
+    input_pos: positions of the S tokens, a device tensor (default 0..S-1). With a cache, their
+    keys and values are written there and the tokens attend to everything before them.
+    all_reduce: sums a row-parallel projection's partial output over tensor-parallel ranks.
+    """
+    if sdpa_backend not in SDPA_BACKENDS:
+        raise ValueError(f"sdpa_backend must be one of {sorted(SDPA_BACKENDS)}, got {sdpa_backend!r}")
+    if tokens.dim() != 2:
+        raise ValueError(f"tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
+    if cache is not None and cache.batch_size != tokens.shape[0]:
+        raise ValueError(f"cache holds {cache.batch_size} sequences but tokens has {tokens.shape[0]}")
+    if input_pos is None:
+        input_pos = torch.arange(tokens.shape[1], device=tokens.device)
+    cos, sin = rope_tables(input_pos, head_dim=cfg.head_dim, theta=cfg.rope_theta)
+    x = F.embedding(tokens, params["tok_embeddings.weight"])  # (B, S, E)
+    for layer in range(cfg.n_layers):
+        x = block(params, x, layer=layer, cfg=cfg, cos=cos, sin=sin, input_pos=input_pos,
+                  cache=cache, sdpa_backend=sdpa_backend, all_reduce=all_reduce)
+    x = rms_norm(params["norm.weight"], x, eps=cfg.norm_eps)
+    return F.linear(x, params["output.weight"]).float()
