@@ -1,0 +1,57 @@
+"""Numerical parity with an eager reference, at tolerances set by dtype.
+
+The table is measured, not guessed: the tiny reference model's logits in each dtype against the
+same (rounded) weights run in fp32, over several seeds, with a margin of 2-4x over the worst case
+seen. Deeper models accumulate more rounding; pass atol/rtol to widen.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._message import CheckFailure
+
+__all__ = ["LOGIT_TOLERANCES", "ParityError", "assert_parity"]
+
+# dtype -> (atol, rtol) for logits of magnitude about 1-10. fp32 assumes
+# torch.set_float32_matmul_precision("highest"); TF32 matmuls need the bf16-like row.
+LOGIT_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (1e-2, 5e-3),
+    torch.bfloat16: (8e-2, 2e-2),
+}
+
+
+class ParityError(CheckFailure):
+    """Outputs differ from the reference by more than the tolerance."""
+
+
+def assert_parity(
+    actual: Tensor,
+    expected: Tensor,
+    *,
+    dtype: torch.dtype | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    msg: str | None = None,
+) -> None:
+    """Like torch.testing.assert_close, with the tolerance looked up by `dtype`.
+
+    `dtype` is the precision the computation ran in (default: actual.dtype); atol and rtol
+    override the table.
+    """
+    __tracebackhide__ = True
+    dtype = actual.dtype if dtype is None else dtype
+    if dtype not in LOGIT_TOLERANCES and (atol is None or rtol is None):
+        known = ", ".join(str(d) for d in LOGIT_TOLERANCES)
+        raise ValueError(f"dtype: no tolerance for {dtype}; known: {known}; or pass atol and rtol")
+    table_atol, table_rtol = LOGIT_TOLERANCES.get(dtype, (atol, rtol))
+    atol = table_atol if atol is None else atol
+    rtol = table_rtol if rtol is None else rtol
+    try:
+        torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol)
+    except AssertionError as error:
+        headline = f"parity failed at {dtype} (atol={atol:g}, rtol={rtol:g})"
+        text = f"{headline}\n{error}"
+        raise ParityError(f"{msg}\n\n{text}" if msg else text) from None

@@ -1,0 +1,141 @@
+import dataclasses
+
+import pytest
+import torch
+
+from fullgraph.checks.parity import LOGIT_TOLERANCES, ParityError, assert_parity
+from fullgraph.model import LlamaConfig, ReferenceLlama, forward, init_params, new_cache
+
+pytestmark = pytest.mark.usefixtures("highest_precision")
+
+
+def _tokens(cfg, batch, seq, seed=0):
+    return torch.randint(0, cfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_forward_matches_the_reference_model(tiny_cfg, kv_heads):
+    cfg = dataclasses.replace(tiny_cfg, n_kv_heads=kv_heads)
+    params = init_params(cfg, seed=kv_heads)
+    tokens = _tokens(cfg, 3, 37)
+    expected = ReferenceLlama.from_params(params, cfg)(tokens)
+    torch.testing.assert_close(forward(params, tokens, cfg=cfg), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_reference_model_is_not_trivially_equal(tiny_cfg, tiny_params):
+    # Parity only means something if a wrong weight shows: swap two heads' rows of wq.
+    tokens = _tokens(tiny_cfg, 1, 16)
+    broken = dict(tiny_params)
+    wq = broken["layers.0.attention.wq.weight"]
+    broken["layers.0.attention.wq.weight"] = torch.cat([wq[16:32], wq[:16], wq[32:]])
+    expected = ReferenceLlama.from_params(tiny_params, tiny_cfg)(tokens)
+    assert (forward(broken, tokens, cfg=tiny_cfg) - expected).abs().max() > 1e-3
+
+
+def test_cached_decode_matches_full_recompute(tiny_cfg, tiny_params):
+    tokens = _tokens(tiny_cfg, 2, 40)
+    full = forward(tiny_params, tokens, cfg=tiny_cfg)
+    cache = new_cache(tiny_cfg, batch_size=2)
+    steps = [forward(tiny_params, tokens[:, :8], cfg=tiny_cfg, cache=cache, input_pos=torch.arange(8))]
+    for pos in range(8, 40):
+        steps.append(forward(tiny_params, tokens[:, pos: pos + 1], cfg=tiny_cfg, cache=cache,
+                             input_pos=torch.tensor([pos])))
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_cached_decode_matches_the_reference_models_cache(tiny_cfg, tiny_params):
+    tokens = _tokens(tiny_cfg, 2, 20)
+    reference = ReferenceLlama.from_params(tiny_params, tiny_cfg)
+    reference.setup_cache(batch_size=2)
+    cache = new_cache(tiny_cfg, batch_size=2)
+    for start, stop in [(0, 5), (5, 6), (6, 7), (7, 20)]:
+        got = forward(tiny_params, tokens[:, start:stop], cfg=tiny_cfg, cache=cache,
+                      input_pos=torch.arange(start, stop))
+        torch.testing.assert_close(got, reference(tokens[:, start:stop], start), atol=1e-5, rtol=1e-5)
+
+
+def test_cache_is_the_only_thing_mutated(tiny_cfg, tiny_params):
+    before = {k: v.clone() for k, v in tiny_params.items()}
+    cache = new_cache(tiny_cfg, batch_size=1)
+    forward(tiny_params, _tokens(tiny_cfg, 1, 6), cfg=tiny_cfg, cache=cache, input_pos=torch.arange(6))
+    assert all(torch.equal(before[k], tiny_params[k]) for k in before)
+    written = cache.k[:, :, :, :6].abs().sum(-1)
+    assert (written > 0).all() and not cache.k[:, :, :, 6:].any()
+
+
+def test_cache_is_contiguous_and_preallocated(tiny_cfg):
+    cache = new_cache(tiny_cfg, batch_size=3, dtype=torch.bfloat16)
+    assert cache.k.shape == (2, 3, 2, 512, 16) and cache.k.dtype == torch.bfloat16
+    assert cache.k.is_contiguous() and cache.v.is_contiguous()
+
+
+def test_new_cache_rejects_bad_sizes(tiny_cfg):
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        new_cache(tiny_cfg, batch_size=0)
+
+
+@pytest.mark.parametrize("backend", ["math", "flash"])
+def test_sdpa_backends_agree(tiny_cfg, tiny_params, backend):
+    tokens = _tokens(tiny_cfg, 2, 24)
+    expected = forward(tiny_params, tokens, cfg=tiny_cfg)
+    got = forward(tiny_params, tokens, cfg=tiny_cfg, sdpa_backend=backend)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_arguments_are_named(tiny_cfg, tiny_params):
+    tokens = _tokens(tiny_cfg, 2, 4)
+    with pytest.raises(ValueError, match="sdpa_backend must be one of"):
+        forward(tiny_params, tokens, cfg=tiny_cfg, sdpa_backend="fast")
+    with pytest.raises(ValueError, match=r"tokens must be \(batch, seq\)"):
+        forward(tiny_params, tokens[0], cfg=tiny_cfg)
+    with pytest.raises(ValueError, match="cache holds 1 sequences but tokens has 2"):
+        forward(tiny_params, tokens, cfg=tiny_cfg, cache=new_cache(tiny_cfg, batch_size=1))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_low_precision_logits_within_the_documented_tolerance(tiny_cfg, dtype, seed):
+    low = init_params(tiny_cfg, seed=seed, dtype=dtype)
+    tokens = _tokens(tiny_cfg, 2, 64, seed=seed)
+    expected = forward({k: v.float() for k, v in low.items()}, tokens, cfg=tiny_cfg)
+    assert_parity(forward(low, tokens, cfg=tiny_cfg), expected, dtype=dtype)
+    assert_parity(ReferenceLlama.from_params(low, tiny_cfg)(tokens), expected, dtype=dtype)
+
+
+def test_tolerance_table_is_tight_enough_to_catch_a_bug(tiny_cfg):
+    low = init_params(tiny_cfg, dtype=torch.bfloat16)
+    tokens = _tokens(tiny_cfg, 2, 32)
+    expected = forward({k: v.float() for k, v in low.items()}, tokens, cfg=tiny_cfg)
+    # Dropping one layer's attention norm is a real bug; bf16 tolerance must not hide it.
+    broken = dict(low, **{"layers.1.attention_norm.weight": low["layers.1.attention_norm.weight"] * 1.5})
+    with pytest.raises(ParityError, match=r"parity failed at torch.bfloat16 \(atol=0.08, rtol=0.02\)"):
+        assert_parity(forward(broken, tokens, cfg=tiny_cfg), expected, dtype=torch.bfloat16)
+    assert set(LOGIT_TOLERANCES) == {torch.float32, torch.float16, torch.bfloat16}
+
+
+def test_training_gradients_match_the_reference(tiny_cfg, tiny_params):
+    tokens = _tokens(tiny_cfg, 2, 16)
+    params = {k: v.clone().requires_grad_() for k, v in tiny_params.items()}
+    reference = ReferenceLlama.from_params(tiny_params, tiny_cfg)
+    torch.nn.functional.cross_entropy(
+        forward(params, tokens, cfg=tiny_cfg).flatten(0, 1), tokens.flatten()).backward()
+    # The reference runs under inference_mode by design; use its modules directly for grads.
+    with torch.enable_grad():
+        logits = ReferenceLlama.forward.__wrapped__(reference, tokens)
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten()).backward()
+    reference_grads = dict(reference.named_parameters())
+    for name, param in params.items():
+        torch.testing.assert_close(param.grad, reference_grads[name].grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_forward_matches_eager(tiny_cfg, tiny_params):
+    tokens = _tokens(tiny_cfg, 2, 24)
+    cache = new_cache(tiny_cfg, batch_size=2)
+    eager_cache = new_cache(tiny_cfg, batch_size=2)
+    compiled = torch.compile(forward, fullgraph=True, backend="inductor")
+    pos = torch.arange(24)
+    got = compiled(tiny_params, tokens, cfg=tiny_cfg, cache=cache, input_pos=pos)
+    expected = forward(tiny_params, tokens, cfg=tiny_cfg, cache=eager_cache, input_pos=pos)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache.k, eager_cache.k, atol=1e-5, rtol=1e-5)
