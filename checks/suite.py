@@ -1,0 +1,235 @@
+"""The main job: every check, run on the bundled reference Llama-2.
+
+This is one of the few places checks/ knows about Llama: the reference model is the default
+target. Each check is a function of the target that returns a short detail on success and raises
+AssertionError (a CheckFailure, usually) on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch._dynamo.testing import CompileCounter
+
+from fullgraph.model import LlamaConfig, ReferenceLlama, check_params, forward, generate, init_params, new_cache
+from fullgraph.model.generate import decode_step
+
+from ._message import CheckFailure
+from .parity import assert_parity
+
+__all__ = ["Target", "CheckResult", "CHECKS", "build_target", "run_checks"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PROMPT_LEN = 16
+DECODE_STEPS = 64
+
+
+@dataclass
+class Target:
+    """The reference model with random weights, and the inputs every check uses."""
+
+    cfg: LlamaConfig
+    params: dict[str, torch.Tensor]
+    tokens: torch.Tensor  # (2, PROMPT_LEN)
+    backend: str
+    config_name: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def label(self) -> str:
+        return f"{self.config_name} on {self.device.type}, {_dtype_name(self.dtype)}, backend {self.backend}"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    passed: bool
+    detail: str
+    seconds: float
+    message: str = field(default="", repr=False)  # the whole failure message, for reports
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "passed": self.passed, "detail": self.detail,
+                "seconds": round(self.seconds, 3), "message": self.message}
+
+
+def build_target(*, config: str = "tiny", device: str = "cpu", dtype: str = "float32",
+                 backend: str = "inductor") -> Target:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    cfg = LlamaConfig.from_name(config)
+    # Checks need a few hundred positions at most; a full-length cache only costs memory.
+    cfg = LlamaConfig(**{**cfg.to_dict(), "max_seq_len": min(cfg.max_seq_len, 512)})
+    torch_device = torch.device(device)
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: CUDA was asked for, but torch sees no CUDA device")
+    params = init_params(cfg, dtype=DTYPES[dtype], device=torch_device)
+    tokens = torch.randint(0, cfg.vocab_size, (2, PROMPT_LEN), device=torch_device,
+                           generator=torch.Generator(device=torch_device).manual_seed(0))
+    return Target(cfg, params, tokens, backend, config, torch_device, DTYPES[dtype])
+
+
+@contextlib.contextmanager
+def _exact_matmuls() -> Iterator[None]:
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def check_params_match_config(t: Target) -> str:
+    check_params(t.params, t.cfg)
+    count = sum(p.numel() for p in t.params.values())
+    return f"{len(t.params)} tensors, {count / 1e6:,.1f}M parameters"
+
+
+def check_reference_parity(t: Target) -> str:
+    with _exact_matmuls():
+        expected = ReferenceLlama.from_params(t.params, t.cfg)(t.tokens)
+        actual = forward(t.params, t.tokens, cfg=t.cfg)
+    assert_parity(actual, expected, dtype=t.dtype, msg="functional forward vs ReferenceLlama")
+    return f"max |diff| {(actual - expected).abs().max().item():.1e} over {tuple(actual.shape)}"
+
+
+def check_cached_decode_parity(t: Target) -> str:
+    half = PROMPT_LEN // 2
+    with _exact_matmuls(), torch.inference_mode():
+        full = forward(t.params, t.tokens, cfg=t.cfg)
+        cache = new_cache(t.cfg, batch_size=2, dtype=t.dtype, device=t.device)
+        steps = [forward(t.params, t.tokens[:, :half], cfg=t.cfg, cache=cache,
+                         input_pos=torch.arange(half, device=t.device))]
+        for pos in range(half, PROMPT_LEN):
+            steps.append(forward(t.params, t.tokens[:, pos: pos + 1], cfg=t.cfg, cache=cache,
+                                 input_pos=torch.tensor([pos], device=t.device)))
+    assert_parity(torch.cat(steps, dim=1), full, dtype=t.dtype, msg="cached decode vs full recompute")
+    return f"{PROMPT_LEN - half} decode steps after a {half}-token prefill"
+
+
+def _assert_one_graph(fn: Callable, *args, **kwargs) -> str:
+    explained = torch._dynamo.explain(fn)(*args, **kwargs)
+    if explained.graph_break_count:
+        reasons = "\n".join(f"  {r.reason}" for r in explained.break_reasons)
+        raise CheckFailure(f"{explained.graph_break_count} graph breaks (limit 0)\n{reasons}")
+    torch._dynamo.reset()
+    try:
+        # explain() misses a break at the first statement; fullgraph=True does not.
+        torch.compile(fn, fullgraph=True, backend="eager")(*args, **kwargs)
+    except torch._dynamo.exc.Unsupported as error:
+        raise CheckFailure(f"graph break under fullgraph=True (limit 0)\n  {error}") from None
+    return f"1 graph, {explained.graph_count - 1} breaks, fullgraph=True compiles"
+
+
+def check_prefill_graph(t: Target) -> str:
+    cache = new_cache(t.cfg, batch_size=2, dtype=t.dtype, device=t.device)
+    pos = torch.arange(PROMPT_LEN, device=t.device)
+    with torch.inference_mode():
+        return _assert_one_graph(forward, t.params, t.tokens, cfg=t.cfg, cache=cache, input_pos=pos)
+
+
+def check_decode_graph(t: Target) -> str:
+    cache = new_cache(t.cfg, batch_size=2, dtype=t.dtype, device=t.device)
+    with torch.inference_mode():
+        return _assert_one_graph(decode_step, t.params, t.tokens[:, :1],
+                                 torch.tensor([0], device=t.device), cache, **_decode_options(t))
+
+
+def _training_loss(params: dict[str, torch.Tensor], tokens: torch.Tensor, cfg: LlamaConfig) -> torch.Tensor:
+    logits = forward(params, tokens, cfg=cfg)
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+
+
+def check_training_graph(t: Target) -> str:
+    params = {name: p.detach().requires_grad_() for name, p in t.params.items()}
+    return _assert_one_graph(_training_loss, params, t.tokens, t.cfg)
+
+
+def _decode_options(t: Target) -> dict:
+    return dict(cfg=t.cfg, sdpa_backend="auto", temperature=0.0, top_k=None)
+
+
+def check_decode_compiles_once(t: Target) -> str:
+    counter = CompileCounter()
+    step = torch.compile(decode_step, fullgraph=True, backend=counter)
+    cache = new_cache(t.cfg, batch_size=2, dtype=t.dtype, device=t.device)
+    with torch.inference_mode():
+        # Created inside inference mode like every later step's token: a normal tensor first and
+        # inference tensors after would cost a recompile.
+        token, input_pos = t.tokens[:, :1].clone(), torch.tensor([0], device=t.device)
+        try:
+            for _ in range(DECODE_STEPS):
+                token = step(t.params, token, input_pos, cache, **_decode_options(t)).view(2, 1)
+                input_pos += 1
+        except torch._dynamo.exc.FailOnRecompileLimitHit:
+            raise CheckFailure(f"decode hit the recompile limit after {counter.frame_count} compiles "
+                               f"at position {int(input_pos)} (limit 1)") from None
+    if counter.frame_count != 1:
+        raise CheckFailure(f"decode compiled {counter.frame_count} times over {DECODE_STEPS} "
+                           f"positions (limit 1)")
+    return f"1 compile for {DECODE_STEPS} positions"
+
+
+def check_compiled_parity(t: Target) -> str:
+    compiled = torch.compile(forward, fullgraph=True, backend=t.backend)
+    with _exact_matmuls(), torch.inference_mode():
+        expected = forward(t.params, t.tokens, cfg=t.cfg)
+        actual = compiled(t.params, t.tokens, cfg=t.cfg)
+    assert_parity(actual, expected, dtype=t.dtype, msg=f"forward compiled with {t.backend} vs eager")
+    return f"max |diff| {(actual - expected).abs().max().item():.1e}"
+
+
+def check_compiled_generation(t: Target) -> str:
+    prompts = [t.tokens[0, :5].tolist(), t.tokens[1].tolist()]
+    with _exact_matmuls():
+        eager = generate(t.params, prompts, cfg=t.cfg, max_new_tokens=16, compile=False)
+        compiled = generate(t.params, prompts, cfg=t.cfg, max_new_tokens=16, compile=True)
+    if compiled != eager:
+        raise CheckFailure(f"compiled greedy tokens differ from eager:\n  compiled {compiled}\n"
+                           f"  eager    {eager}")
+    return "2 prompts of unequal length, 16 tokens each, identical"
+
+
+CHECKS: list[tuple[str, Callable[[Target], str]]] = [
+    ("params match the config", check_params_match_config),
+    ("parity: forward vs ReferenceLlama", check_reference_parity),
+    ("parity: cached decode vs recompute", check_cached_decode_parity),
+    ("graph breaks: prefill", check_prefill_graph),
+    ("graph breaks: decode", check_decode_graph),
+    ("graph breaks: training", check_training_graph),
+    ("recompiles: decode over positions", check_decode_compiles_once),
+    ("parity: compiled forward vs eager", check_compiled_parity),
+    ("generate: compiled equals eager", check_compiled_generation),
+]
+
+
+def run_checks(target: Target, *, checks: list[tuple[str, Callable[[Target], str]]] = CHECKS,
+               on_result: Callable[[CheckResult], None] | None = None) -> list[CheckResult]:
+    """Run every check in order, each from a clean dynamo; one failing does not stop the rest."""
+    results = []
+    for name, check in checks:
+        torch._dynamo.reset()
+        start = time.perf_counter()
+        try:
+            detail, passed, message = check(target), True, ""
+        except AssertionError as failure:
+            message = str(failure)
+            detail, passed = message.strip().splitlines()[0] if message.strip() else "failed", False
+        except Exception as error:  # a crash in one check is that check's failure, not the run's
+            message = f"{type(error).__name__}: {error}"
+            detail, passed = message.splitlines()[0], False
+        result = CheckResult(name, passed, detail, time.perf_counter() - start, message)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    torch._dynamo.reset()
+    return results
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

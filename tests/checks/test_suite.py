@@ -1,0 +1,74 @@
+import pytest
+import torch
+
+from fullgraph.checks import suite
+
+
+@pytest.fixture(scope="module")
+def target():
+    return suite.build_target(backend="eager")
+
+
+@pytest.mark.parametrize("name, check", [c for c in suite.CHECKS if c[0] != "generate: compiled equals eager"])
+def test_every_check_passes_on_the_reference_model(target, name, check):
+    assert check(target)
+
+
+def _breaks_in_the_middle(x):
+    x = x + 1
+    print("side effect")
+    return x + 1
+
+
+def _breaks_at_the_first_statement(x):
+    print("side effect")
+    return x + 1
+
+
+@pytest.mark.parametrize("fn, headline", [
+    (_breaks_in_the_middle, "1 graph breaks (limit 0)"),
+    (_breaks_at_the_first_statement, "graph break under fullgraph=True (limit 0)"),
+])
+def test_a_graph_break_fails_its_check_with_the_reason(target, fn, headline):
+    def check(t):
+        return suite._assert_one_graph(fn, torch.ones(2))
+
+    [result] = suite.run_checks(target, checks=[("graph breaks: print", check)])
+    assert not result.passed
+    assert result.detail == headline
+    assert "print" in result.message or "builtin operator" in result.message
+
+
+def test_a_crashing_check_is_reported_and_the_rest_still_run(target):
+    def crash(t):
+        raise RuntimeError("boom")
+
+    seen = []
+    results = suite.run_checks(target, checks=[("crash", crash), ("params", suite.check_params_match_config)],
+                               on_result=seen.append)
+    assert [(r.name, r.passed) for r in results] == [("crash", False), ("params", True)]
+    assert results[0].detail == "RuntimeError: boom"
+    assert seen == results
+
+
+STEPS_TAKEN = {"count": 0}
+
+
+def _decode_that_recompiles(params, token, input_pos, cache, **options):
+    # The counter's value is baked into the graph, so every call fails a guard on it.
+    STEPS_TAKEN["count"] += 1
+    return token.view(-1) + STEPS_TAKEN["count"]
+
+
+def test_a_recompiling_decode_fails_its_check(target, monkeypatch):
+    monkeypatch.setattr(suite, "decode_step", _decode_that_recompiles)
+    [result] = suite.run_checks(target, checks=[("decode", suite.check_decode_compiles_once)])
+    assert not result.passed
+    assert result.detail == "decode hit the recompile limit after 8 compiles at position 8 (limit 1)"
+
+
+def test_build_target_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        suite.build_target(dtype="float8")
+    with pytest.raises(ValueError, match="unknown config name 'huge'"):
+        suite.build_target(config="huge")
