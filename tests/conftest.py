@@ -28,3 +28,12 @@ def tiny_cfg() -> LlamaConfig:
 @pytest.fixture
 def tiny_params(tiny_cfg):
     return init_params(tiny_cfg, seed=0)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
