@@ -1,0 +1,50 @@
+import json
+
+import pytest
+import torch
+
+from fullgraph.checks.cli import main
+from fullgraph.model import LlamaConfig, init_params
+from fullgraph.model.bench import _bytes_per_token, copy_bandwidth, run_bench
+
+
+def test_bytes_per_token_counts_weights_and_the_average_cache_read():
+    cfg = LlamaConfig.from_name("tiny")
+    params = init_params(cfg, device="meta")
+    weights = 131392 * 4
+    per_position = 2 * 2 * 2 * 16 * 4  # k and v, layers, KV heads, head dim, fp32 bytes
+    assert _bytes_per_token(params, cfg, batch_size=3, mean_context=10, dtype=torch.float32) == (
+        weights + 3 * 10 * per_position)
+
+
+def test_copy_bandwidth_is_positive():
+    assert copy_bandwidth(torch.device("cpu"), megabytes=8, repeats=2) > 0
+
+
+def test_eager_bench_reports_consistent_figures():
+    result = run_bench("tiny", device="cpu", dtype=torch.float32, batch_size=2, prompt_len=4,
+                       new_tokens=6, compile=False, bandwidth_gbps=10.0)
+    assert result.batch_size == 2 and not result.compiled
+    assert result.tokens_per_s == pytest.approx(2 * 1000 / result.ms_per_token)
+    assert result.limit_ms_per_token == pytest.approx(result.bytes_per_token / 10e9 * 1e3)
+    assert result.share_of_limit == pytest.approx(result.limit_ms_per_token / result.ms_per_token)
+    assert result.peak_memory_gb is None
+    assert json.loads(json.dumps(result.to_dict()))["config"] == "tiny"
+
+
+def test_bench_rejects_too_few_tokens(capsys):
+    assert main(["bench", "--new-tokens", "1"]) == 2
+    assert "--new-tokens >= 2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_command_prints_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--device", "cpu", "--prompt-len", "4", "--new-tokens", "4",
+                 "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("fullgraph bench: tiny, cpu, float32, prompt 4, 4 new tokens; copy bandwidth")
+    assert "compiled" in out and "eager" in out
+    figures = json.loads(path.read_text())
+    assert [f["compiled"] for f in figures] == [True, False]
+    assert all(f["ms_per_token"] > 0 for f in figures)
