@@ -4,8 +4,10 @@ from .cache import KVCache, new_cache
 from .config import LlamaConfig
 from .generate import generate
 from .llama import forward
+from .loaders import CheckpointError, load_hf_checkpoint, load_meta_checkpoint
 from .params import check_params, init_params, materialize_params, param_shapes
 from .reference import ReferenceLlama
+from .tokenizer import Tokenizer
 
 __all__ = [
     "LlamaConfig",
@@ -18,4 +20,8 @@ __all__ = [
     "forward",
     "generate",
     "ReferenceLlama",
+    "load_meta_checkpoint",
+    "load_hf_checkpoint",
+    "CheckpointError",
+    "Tokenizer",
 ]
