@@ -6,14 +6,24 @@ function or context manager that raises a CheckFailure (an AssertionError) from 
 
 from ._message import CheckFailure, Frame
 
-# -- graph breaks --
+from .graph_breaks import (
+    GraphBreak,
+    GraphBreakError,
+    GraphBreakReport,
+    assert_no_graph_breaks,
+    find_graph_breaks,
+)
 # -- recompiles --
 # -- guards --
 
 __all__ = [
     "CheckFailure",
     "Frame",
-    # -- graph breaks: names --
+    "GraphBreak",
+    "GraphBreakReport",
+    "GraphBreakError",
+    "find_graph_breaks",
+    "assert_no_graph_breaks",
     # -- recompiles: names --
     # -- guards: names --
 ]

@@ -7,7 +7,19 @@ never an AttributeError from deep inside a checker.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
+import json
 import logging
+import os
+import re
+import threading
+import traceback
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -83,3 +95,167 @@ def torch_loggers() -> list[logging.Logger]:
     manager = logging.Logger.manager
     return [logger for name, logger in list(manager.loggerDict.items())
             if (name == "torch" or name.startswith("torch.")) and isinstance(logger, logging.Logger)]
+
+
+# -- graph breaks --
+# Breaks are taken where dynamo records them: InstructionTranslatorBase.log_graph_break runs once
+# for every break dynamo resumes after or skips a frame for, with the exception that caused it
+# (Unsupported: .gb_type, .msg, .real_stack, the traced user frames). The `graph_breaks` log
+# artifact carries the same facts as formatted text, and drops the stack of a repeated break.
+__all__ += [
+    "DISABLED_GB_TYPES",
+    "TORCH_DIR",
+    "BreakMessage",
+    "graph_break_hook",
+    "graph_break_details",
+    "split_break_message",
+    "graph_break_id",
+    "graph_break_registry_text",
+    "graph_break_url",
+    "remove_resume_prefix",
+    "backend_names",
+    "lookup_backend",
+]
+
+# The gb_types of calls the user opted out of with torch.compiler.disable (GB0098, GB0099).
+DISABLED_GB_TYPES = frozenset({
+    "Skip calling `torch.compiler.disable()`d function",
+    "Skip inlining `torch.compiler.disable()`d function",
+})
+
+# Frames in torch's own files are dynamo's machinery (nn.Module.__call__, polyfills), not user code.
+TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+
+# torch chains a break raised while handling another (a break inside a loop) with this line.
+_CHAINED_BREAK = "\n\n*** While handling this graph break, another graph break occurred: ***\n\n"
+# unimplemented()'s layout:
+#   "<gb_type>\n  Explanation: ...\n  Hint: ...\n  Hint: ...\n\n  Developer debug context: ..."
+_BREAK_MESSAGE = re.compile(
+    r"(?P<gb_type>[^\n]*)\n  Explanation: (?P<explanation>.*?)(?P<hints>(?:\n  Hint: .*?)*)"
+    r"\n\n  Developer debug context:",
+    re.S,
+)
+
+
+# One hook at a time: a second thread restoring the method under the first would unhook it.
+_GRAPH_BREAK_HOOK_LOCK = threading.RLock()
+
+
+@dataclass(frozen=True)
+class BreakMessage:
+    """One graph-break message as torch's unimplemented() formats it, split into its parts."""
+
+    gb_type: str
+    explanation: str
+    hints: tuple[str, ...]
+
+
+@contextlib.contextmanager
+def graph_break_hook(callback: Callable[[BaseException, types.CodeType, int | None], None]
+                     ) -> Iterator[None]:
+    """Call `callback(exc, code, lineno)` for each graph break dynamo records, while inside.
+
+    `code` and `lineno` are the frame dynamo was tracing, for breaks whose exception has no stack.
+    The callback runs inside dynamo's compile and must not raise.
+    """
+    symbolic_convert = getattr(torch._dynamo, "symbolic_convert", None)
+    translator = getattr(symbolic_convert, "InstructionTranslatorBase", None)
+    original = getattr(translator, "log_graph_break", None)
+    signature = inspect.signature(original) if original is not None else None
+    if signature is None or "exc" not in signature.parameters:
+        raise _missing("torch._dynamo.symbolic_convert.InstructionTranslatorBase.log_graph_break(exc)")
+
+    @functools.wraps(original)
+    def log_graph_break(self, *args, **kwargs):
+        exc = signature.bind(self, *args, **kwargs).arguments["exc"]
+        # dynamo logs an exception once; `logged` marks the ones it has already seen.
+        if not getattr(exc, "logged", False):
+            callback(exc, self.f_code, getattr(self, "lineno", None))
+        return original(self, *args, **kwargs)
+
+    with _GRAPH_BREAK_HOOK_LOCK:
+        translator.log_graph_break = log_graph_break
+        try:
+            yield
+        finally:
+            translator.log_graph_break = original
+
+
+def graph_break_details(exc: BaseException) -> tuple[str, str, list[traceback.FrameSummary]]:
+    """(gb_type, torch's full message, traced user frames outermost first) of a break's exception."""
+    gb_type = getattr(exc, "gb_type", None) or type(exc).__name__
+    message = getattr(exc, "msg", None) or str(exc)
+    return gb_type, message, list(getattr(exc, "real_stack", None) or [])
+
+
+def split_break_message(message: str) -> list[BreakMessage | None]:
+    """The chain of breaks in one message, the first cause first; None where the layout differs."""
+    parts = []
+    for part in message.split(_CHAINED_BREAK):
+        match = _BREAK_MESSAGE.match(part)
+        if match is None:
+            parts.append(None)
+            continue
+        hints = [_dedent(hint) for hint in match["hints"].split("\n  Hint: ") if hint.strip()]
+        parts.append(BreakMessage(match["gb_type"].strip(), _dedent(match["explanation"]), tuple(hints)))
+    return parts
+
+
+def _dedent(text: str) -> str:
+    # unimplemented() indents continuation lines by four spaces.
+    return re.sub(r"\n {4}", "\n", text).strip()
+
+
+@functools.lru_cache(maxsize=1)
+def _graph_break_registry() -> dict[str, tuple[str, dict]]:
+    """gb_type -> (GB id, registry entry), from torch/_dynamo/graph_break_registry.json.
+
+    A gb_type listed under several ids maps to the last, as torch's own documentation links do.
+    """
+    path = Path(torch._dynamo.__file__).resolve().parent / "graph_break_registry.json"
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as registry:
+        return {entry["Gb_type"]: (gb_id, entry)
+                for gb_id, entries in json.load(registry).items() for entry in entries}
+
+
+def graph_break_id(gb_type: str) -> str | None:
+    """The registry's id for a gb_type ("GB0059"), or None where torch has none."""
+    found = _graph_break_registry().get(gb_type)
+    return found[0] if found else None
+
+
+def graph_break_registry_text(gb_type: str) -> BreakMessage | None:
+    """The registry's explanation and hints: templates with `{placeholders}`, for when a message
+    does not parse."""
+    found = _graph_break_registry().get(gb_type)
+    if found is None:
+        return None
+    entry = found[1]
+    return BreakMessage(gb_type, entry.get("Explanation", ""), tuple(entry.get("Hints", ())))
+
+
+def graph_break_url(gb_type: str) -> str | None:
+    """The documentation page torch links for a gb_type, or None."""
+    link = getattr(torch._dynamo.exc, "get_gbid_documentation_link", None)
+    return link(gb_type) if link is not None else None
+
+
+def remove_resume_prefix(name: str) -> str:
+    """`f` for dynamo's resume function `torch_dynamo_resume_in_f_at_12`; other names unchanged."""
+    remove = getattr(torch._dynamo.exc, "remove_resume_prefix", None)
+    return remove(name) if remove is not None else name
+
+
+def backend_names() -> list[str]:
+    """Every backend name torch.compile accepts, debug and experimental ones included."""
+    return torch.compiler.list_backends(exclude_tags=())
+
+
+def lookup_backend(name: str) -> Callable:
+    """The compiler function behind a backend name, to call from a wrapping backend."""
+    lookup = getattr(torch._dynamo, "lookup_backend", None)
+    if lookup is None:
+        raise _missing("torch._dynamo.lookup_backend")
+    return lookup(name)

@@ -1,0 +1,320 @@
+"""Every graph break in one call of a function: where, why, and what torch suggests.
+
+`torch._dynamo.explain` counts graphs: a break at the first statement leaves no reason, a
+data-dependent `if` shows only `generic_jump`, and one break two helpers deep counts as three.
+`fullgraph=True` stops at the first break and turns on scalar capture, so a `.item()` that breaks
+every production run passes there. find_graph_breaks compiles with fullgraph=False and the
+caller's config, and records each break where dynamo records it, from the exception that caused
+it: its type, torch's explanation and hints, and every user frame down to the breaking line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+import types
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import _compat
+from ._message import CheckFailure, Frame, format_failure
+from ._state import preserved_torch_state
+
+__all__ = [
+    "GraphBreak",
+    "GraphBreakReport",
+    "GraphBreakError",
+    "find_graph_breaks",
+    "assert_no_graph_breaks",
+]
+
+# What counts as an op in a captured graph: everything but placeholders, get_attr and output.
+_OP_KINDS = frozenset({"call_function", "call_method", "call_module"})
+_THIS_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+# A user frame, and whether it is a dynamo resume function (which continues its caller's call).
+_StackEntry = tuple[traceback.FrameSummary, bool]
+
+
+@dataclass(frozen=True)
+class GraphBreak:
+    """One break. `frames` run outermost first, from the function checked to the breaking line."""
+
+    gb_type: str
+    gb_id: str | None
+    explanation: str
+    hints: tuple[str, ...]
+    frames: tuple[Frame, ...]
+    # A torch.compiler.disable'd call: a deliberate break, listed but not counted.
+    disabled: bool = False
+    # The gb_type of the break that led to this one (a break inside a loop skips the whole frame).
+    caused_by: str | None = None
+    # torch's whole message: explanation, hints, developer context and any chained breaks.
+    reason: str = ""
+    url: str | None = None
+
+    @property
+    def location(self) -> Frame:
+        return self.frames[-1]
+
+    def to_dict(self) -> dict:
+        return {"gb_type": self.gb_type, "gb_id": self.gb_id, "explanation": self.explanation,
+                "hints": list(self.hints), "frames": [frame.to_dict() for frame in self.frames],
+                "disabled": self.disabled, "caused_by": self.caused_by, "reason": self.reason,
+                "url": self.url}
+
+
+@dataclass(frozen=True)
+class GraphBreakReport:
+    """What one compiled call did: the breaks, the graphs dynamo captured and the call's result.
+
+    `output` is what the function returned and `error` what it raised instead (breaks seen before
+    the crash are kept); neither is part of `to_dict()`. `graph_break_count` counts the breaks
+    that are not torch.compiler.disable'd calls; `disabled_count` counts those.
+    """
+
+    function: str
+    backend: str
+    breaks: tuple[GraphBreak, ...]
+    ops_per_graph: tuple[int, ...]
+    output: Any = field(default=None, repr=False, compare=False)
+    error: Exception | None = field(default=None, repr=False, compare=False)
+    graph_count: int = field(init=False)
+    graph_break_count: int = field(init=False)
+    disabled_count: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        disabled = sum(brk.disabled for brk in self.breaks)
+        object.__setattr__(self, "graph_count", len(self.ops_per_graph))
+        object.__setattr__(self, "graph_break_count", len(self.breaks) - disabled)
+        object.__setattr__(self, "disabled_count", disabled)
+
+    def to_dict(self) -> dict:
+        return {"function": self.function, "backend": self.backend,
+                "graph_count": self.graph_count, "graph_break_count": self.graph_break_count,
+                "disabled_count": self.disabled_count, "ops_per_graph": list(self.ops_per_graph),
+                "breaks": [brk.to_dict() for brk in self.breaks],
+                "error": None if self.error is None else _describe(self.error)}
+
+    def __str__(self) -> str:
+        ops = ", ".join(map(str, self.ops_per_graph))
+        headline = (f"{self.function} (backend {self.backend}): "
+                    f"{_plural(self.graph_count, 'graph')} ({ops or 'no'} ops), "
+                    f"{_plural(self.graph_break_count, 'graph break')}, "
+                    f"{_plural(self.disabled_count, 'disabled call')}")
+        entries = [_entry(brk, url=True) for brk in self.breaks]
+        text = format_failure(headline, entries)
+        return text if self.error is None else f"{text}\nThe call raised {_describe(self.error)}"
+
+
+class GraphBreakError(CheckFailure):
+    """More graph breaks than allowed; `.report` is the GraphBreakReport."""
+
+
+def find_graph_breaks(fn: Callable, *args: Any, backend: str | Callable = "eager",
+                      **kwargs: Any) -> GraphBreakReport:
+    """Compile `fn` (a function, bound method or nn.Module), call it once with args and kwargs,
+    and report every graph break.
+
+    Dynamo is reset before and after, so earlier compiles neither hide breaks nor outlive the
+    check, and torch's config, stance and logging are left as they were. The stance is "default"
+    during the call, so a "force_eager" stance cannot make a broken function look clean. An
+    exception from the call is kept in the report's `error`, not raised.
+    """
+    name = _function_name(fn)
+    compiler = _compiler(backend)
+    ops_per_graph: list[int] = []
+    events: list[tuple[str, str, list[_StackEntry]]] = []
+
+    def record_graph(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        ops_per_graph.append(sum(node.op in _OP_KINDS for node in gm.graph.nodes))
+        return compiler(gm, example_inputs)
+
+    def record_break(exc: BaseException, code: types.CodeType, lineno: int | None) -> None:
+        above = _user_frames_above_dynamo()
+        if above is None:  # a compile on another thread
+            return
+        gb_type, message, traced = _compat.graph_break_details(exc)
+        if not traced:  # a break at the first instruction has no traced frame yet
+            traced = [traceback.FrameSummary(code.co_filename, lineno or code.co_firstlineno,
+                                             code.co_name, lookup_line=False)]
+        # Of the traced frames only the first, the one dynamo compiles, can be a resume function,
+        # and torch may have renamed it in its own stack already: its code has the real name.
+        resumes = [_is_resume(code.co_name)] + [False] * (len(traced) - 1)
+        events.append((gb_type, message, above + list(zip(traced, resumes))))
+
+    output = error = None
+    with preserved_torch_state(), _compat.graph_break_hook(record_break):
+        torch.compiler.reset()
+        torch.compiler.set_stance("default")
+        try:
+            output = _call_compiled(torch.compile(fn, backend=record_graph), args, kwargs)
+        except Exception as exc:  # kept in the report, so the breaks seen before it are too
+            error = exc
+        finally:
+            torch.compiler.reset()
+    breaks = _unique(_graph_break(*event) for event in events)
+    return GraphBreakReport(name, _backend_name(backend), breaks, tuple(ops_per_graph),
+                            output=output, error=error)
+
+
+def assert_no_graph_breaks(fn: Callable, *args: Any, msg: str | None = None,
+                           backend: str | Callable = "eager", max_breaks: int = 0,
+                           **kwargs: Any) -> GraphBreakReport:
+    """Raise GraphBreakError if calling compiled `fn(*args, **kwargs)` breaks more than
+    `max_breaks` times; return the report (its `output` is fn's result) otherwise.
+
+    torch.compiler.disable'd calls are deliberate and not counted. If fn raises, that exception
+    is re-raised, with the breaks seen before it added as a note.
+    """
+    __tracebackhide__ = True
+    if isinstance(max_breaks, bool) or not isinstance(max_breaks, int):
+        raise TypeError(f"assert_no_graph_breaks: max_breaks must be an int, got {max_breaks!r}")
+    if max_breaks < 0:
+        raise ValueError(f"assert_no_graph_breaks: max_breaks must be >= 0, got {max_breaks}")
+    if msg is not None and not isinstance(msg, str):
+        raise TypeError(f"assert_no_graph_breaks: msg must be a str or None, got {type(msg).__name__}")
+    report = find_graph_breaks(fn, *args, backend=backend, **kwargs)
+    if report.error is not None:
+        if report.breaks and hasattr(report.error, "add_note"):  # Python 3.11+
+            seen = f"{_plural(len(report.breaks), 'graph break')} in {report.function} before it raised:"
+            report.error.add_note(format_failure(seen, [_entry(brk) for brk in report.breaks]))
+        raise report.error
+    if report.graph_break_count > max_breaks:
+        raise GraphBreakError(_failure_message(report, max_breaks, msg), report)
+    return report
+
+
+def _call_compiled(compiled: Callable, args: tuple, kwargs: dict) -> Any:
+    # Its frame marks where the user's call starts on the stack; see _user_frames_above_dynamo.
+    return compiled(*args, **kwargs)
+
+
+def _user_frames_above_dynamo() -> list[_StackEntry] | None:
+    """The user frames running eagerly between our call and the frame dynamo is compiling.
+
+    A helper compiled as its own frame (after its caller broke) carries only its own stack; the
+    caller's frame, still on the Python stack, completes it. None if our call is not on the stack.
+    """
+    frames = []
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code is not _call_compiled.__code__:
+        frames.append(frame)
+        frame = frame.f_back
+    if frame is None:
+        return None
+    return [(traceback.FrameSummary(f.f_code.co_filename, f.f_lineno, f.f_code.co_name,
+                                    lookup_line=False), _is_resume(f.f_code.co_name))
+            for f in reversed(frames) if f.f_lineno is not None and _is_user_file(f.f_code.co_filename)]
+
+
+def _is_resume(code_name: str) -> bool:
+    return _compat.remove_resume_prefix(code_name) != code_name
+
+
+def _is_user_file(filename: str) -> bool:
+    path = os.path.abspath(filename)
+    return not (path.startswith(_compat.TORCH_DIR + os.sep) or path.startswith(_THIS_PACKAGE + os.sep))
+
+
+def _graph_break(gb_type: str, message: str, stack: list[_StackEntry]) -> GraphBreak:
+    chain = _compat.split_break_message(message)
+    parsed = chain[-1] or _compat.graph_break_registry_text(gb_type)
+    first_cause = chain[0].gb_type if len(chain) > 1 and chain[0] is not None else None
+    return GraphBreak(
+        gb_type=gb_type,
+        gb_id=_compat.graph_break_id(gb_type),
+        explanation=parsed.explanation if parsed else "",
+        hints=parsed.hints if parsed else (),
+        frames=_user_frames(stack),
+        disabled=gb_type in _compat.DISABLED_GB_TYPES,
+        caused_by=first_cause,
+        reason=message,
+        url=_compat.graph_break_url(gb_type),
+    )
+
+
+def _user_frames(stack: list[_StackEntry]) -> tuple[Frame, ...]:
+    """Outermost first, without torch's frames, with dynamo's resume functions folded back into
+    the function they resume (`torch_dynamo_resume_in_f_at_12` is the rest of `f`, called by `f`)."""
+    frames: list[Frame] = []
+    for summary, resumes in stack:
+        if not _is_user_file(summary.filename):
+            continue
+        name = _compat.remove_resume_prefix(summary.name)
+        if resumes and frames and (frames[-1].filename, frames[-1].function) == (summary.filename, name):
+            frames.pop()  # the same call of the function, further down
+        frames.append(Frame.at(summary.filename, summary.lineno, name))
+    return tuple(frames)
+
+
+def _unique(breaks: Iterable[GraphBreak]) -> tuple[GraphBreak, ...]:
+    """One entry per break site. A helper that breaks is traced twice, inside its caller and then
+    as its own frame; a break in a loop is reported as "graph break in loop" and then again by
+    its cause: same frames, same first cause, one break."""
+    seen, unique = set(), []
+    for brk in breaks:
+        key = (brk.caused_by or brk.gb_type, brk.frames)
+        if key not in seen:
+            seen.add(key)
+            unique.append(brk)
+    return tuple(unique)
+
+
+def _failure_message(report: GraphBreakReport, limit: int, msg: str | None) -> str:
+    counted = [brk for brk in report.breaks if not brk.disabled]
+    headline = f"{_plural(len(counted), 'graph break')} in {report.function} (limit {limit})"
+    hint = ("fix them in order, as one break can cause the next; this error's .report has "
+            "torch's whole message and documentation link for each")
+    return format_failure(headline, [_entry(brk) for brk in counted], hint, msg)
+
+
+def _entry(brk: GraphBreak, *, url: bool = False) -> list[str]:
+    heading = f"{brk.location.location()}: {brk.gb_type}"
+    if brk.caused_by:
+        heading += f" (caused by: {brk.caused_by})"
+    if brk.disabled:
+        heading += " (deliberate, not counted)"
+    lines = [heading, brk.location.line]
+    lines += [f"called from {frame.location()}" for frame in reversed(brk.frames[:-1])]
+    lines.append(brk.explanation.splitlines()[0] if brk.explanation else "")
+    if brk.hints:
+        lines.append(f"Hint: {brk.hints[0]}")
+    if url and brk.url:
+        lines.append(brk.url)
+    return lines
+
+
+def _compiler(backend: str | Callable) -> Callable:
+    if isinstance(backend, str):
+        known = _compat.backend_names()
+        if backend not in known:
+            raise ValueError(f"find_graph_breaks: backend must be one of {known}, got {backend!r}")
+        return _compat.lookup_backend(backend)
+    if callable(backend):
+        return backend
+    raise TypeError("find_graph_breaks: backend must be a name or a callable, "
+                    f"got {type(backend).__name__}")
+
+
+def _function_name(fn: Callable) -> str:
+    if isinstance(fn, torch.nn.Module):
+        return f"{type(fn).__qualname__}.forward"
+    if not callable(fn):
+        raise TypeError(f"find_graph_breaks: fn must be callable, got {type(fn).__name__}")
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+def _backend_name(backend: str | Callable) -> str:
+    return backend if isinstance(backend, str) else getattr(backend, "__name__", repr(backend))
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
