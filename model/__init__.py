@@ -7,6 +7,7 @@ from .llama import forward
 from .loaders import CheckpointError, load_hf_checkpoint, load_meta_checkpoint
 from .params import check_params, init_params, materialize_params, param_shapes
 from .reference import ReferenceLlama
+from .tensor_parallel import init_shard, local_kv_heads, make_all_reduce, shard_params, shard_shapes
 from .tokenizer import Tokenizer
 
 __all__ = [
@@ -24,4 +25,9 @@ __all__ = [
     "load_hf_checkpoint",
     "CheckpointError",
     "Tokenizer",
+    "shard_params",
+    "shard_shapes",
+    "local_kv_heads",
+    "init_shard",
+    "make_all_reduce",
 ]

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .cache import KVCache, new_cache
 from .config import LlamaConfig
-from .llama import forward
+from .llama import AllReduce, forward
 
 __all__ = ["generate", "prefill", "decode_step", "sample"]
 
@@ -40,18 +40,19 @@ def sample(logits: Tensor, *, temperature: float, top_k: int | None) -> Tensor:
 
 
 def prefill(params: dict[str, Tensor], tokens: Tensor, input_pos: Tensor, cache: KVCache, *,
-            cfg: LlamaConfig, sdpa_backend: str, temperature: float, top_k: int | None) -> Tensor:
+            cfg: LlamaConfig, sdpa_backend: str, temperature: float, top_k: int | None,
+            all_reduce: AllReduce | None = None) -> Tensor:
     logits = forward(params, tokens, cfg=cfg, input_pos=input_pos, cache=cache,
-                     sdpa_backend=sdpa_backend)
+                     sdpa_backend=sdpa_backend, all_reduce=all_reduce)
     return sample(logits[:, -1], temperature=temperature, top_k=top_k)
 
 
 def decode_step(params: dict[str, Tensor], token: Tensor, input_pos: Tensor, cache: KVCache, *,
                 cfg: LlamaConfig, sdpa_backend: str, temperature: float,
-                top_k: int | None) -> Tensor:
+                top_k: int | None, all_reduce: AllReduce | None = None) -> Tensor:
     """One token per row: token (B, 1) at the device-tensor position input_pos (1,)."""
     return prefill(params, token, input_pos, cache, cfg=cfg, sdpa_backend=sdpa_backend,
-                   temperature=temperature, top_k=top_k)
+                   temperature=temperature, top_k=top_k, all_reduce=all_reduce)
 
 
 @functools.cache
@@ -73,11 +74,14 @@ def generate(
     compile: bool = True,
     device: str | torch.device | None = None,
     sdpa_backend: str = "auto",
+    all_reduce: AllReduce | None = None,
 ) -> list[list[int]]:
     """New tokens for each prompt, stopping before `eos_id` or after `max_new_tokens`.
 
     Prefill and decode are compiled separately, both with fullgraph=True; on CUDA, decode also runs
     under CUDA graphs (mode="reduce-overhead"). `device` defaults to the params' device.
+    Tensor parallel: pass a rank's shard as `params` and the all-reduce over its group (see
+    fullgraph.model.tensor_parallel); every rank must call generate with the same prompts.
     """
     _check_generate_args(prompt_tokens, cfg=cfg, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_k=top_k)
@@ -94,9 +98,13 @@ def generate(
     for row, prompt in enumerate(prompt_tokens):
         tokens[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
         is_prompt[row, : len(prompt)] = True
-    cache = new_cache(cfg, batch_size=batch, dtype=embeddings.dtype, device=device)
+    # A tensor-parallel shard holds fewer KV heads than the config: size the cache from the weights.
+    n_kv_heads = params["layers.0.attention.wk.weight"].shape[0] // cfg.head_dim
+    cache = new_cache(cfg, batch_size=batch, dtype=embeddings.dtype, device=device,
+                      n_kv_heads=n_kv_heads)
     prefill_fn, decode_fn = _step_functions(params, cache, compile=compile, device=device)
-    options = dict(cfg=cfg, sdpa_backend=sdpa_backend, temperature=temperature, top_k=top_k)
+    options = dict(cfg=cfg, sdpa_backend=sdpa_backend, temperature=temperature, top_k=top_k,
+                   all_reduce=all_reduce)
 
     with torch.inference_mode():
         next_token = prefill_fn(params, tokens[:, :shortest],

@@ -1,0 +1,88 @@
+"""One rank of the tensor-parallel parity test, launched by test_tensor_parallel.py or torchrun.
+
+    torchrun --nproc-per-node 2 tests/model/tp_worker.py SPEC.json OUT_DIR
+
+SPEC.json holds the config, the tokens for forward, the prompts and max_new_tokens for generate,
+the compile backend, and optionally a rank that should fail. Each rank shards the same real
+params, runs forward (eager, and compiled with fullgraph=True) and greedy generate (compile=False
+and True), and saves the results to OUT_DIR/rank{r}.pt for the test to compare with the
+single-process model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+from unittest import mock
+
+import torch
+import torch.distributed as dist
+
+from fullgraph.model import LlamaConfig, forward, generate, init_params
+from fullgraph.model.tensor_parallel import backend_for, make_all_reduce, shard_params
+
+# The package re-exports the function under the module's name.
+generate_module = importlib.import_module("fullgraph.model.generate")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("spec", type=Path)
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    spec = json.loads(args.spec.read_text())
+    # Two cores are shared by every rank: one thread each avoids oversubscription.
+    torch.set_num_threads(1)
+    torch.set_float32_matmul_precision("highest")
+    dist.init_process_group(backend_for("cpu"))
+    results = run(spec)
+    torch.save(results, args.out / f"rank{dist.get_rank()}.pt")
+    # Only on success: a rank that raised leaves its peers blocked in a collective, where a
+    # collective teardown would hang; torchrun ends them instead.
+    dist.destroy_process_group()
+
+
+def run(spec: dict) -> dict:
+    if dist.get_rank() == spec.get("fail_rank"):
+        # Lets the test check that one rank's error reaches pytest instead of hanging the others.
+        raise RuntimeError(f"rank {dist.get_rank()} failed on purpose")
+    cfg = LlamaConfig(**spec["cfg"])
+    shard = shard_params(init_params(cfg, seed=0), cfg, world_size=dist.get_world_size(),
+                         rank=dist.get_rank())
+    all_reduce = make_all_reduce()
+    tokens = torch.tensor(spec["tokens"])
+    compiled = torch.compile(forward, fullgraph=True, backend=spec["backend"])
+    options = dict(cfg=cfg, max_new_tokens=spec["max_new_tokens"], all_reduce=all_reduce)
+    results = {
+        "logits_eager": forward(shard, tokens, cfg=cfg, all_reduce=all_reduce),
+        "logits_compiled": compiled(shard, tokens, cfg=cfg, all_reduce=all_reduce),
+        "tokens_eager": generate(shard, spec["prompts"], compile=False, **options),
+    }
+    # generate compiles its steps with inductor on CPU: over half a minute on two shared cores;
+    # the same fullgraph step functions under a cheaper backend test the same tracing.
+    with mock.patch.object(generate_module, "_compiled", _compiler(spec["backend"])):
+        results["tokens_compiled"] = generate(shard, spec["prompts"], compile=True, **options)
+    return results
+
+
+def _compiler(backend: str) -> Callable:
+    @functools.cache
+    def compiled(fn: Callable, mode: str | None) -> Callable:
+        return torch.compile(fn, fullgraph=True, mode=mode, backend=backend)
+
+    return compiled
+
+
+if __name__ == "__main__":
+    main()
+    # A gloo worker thread can still hold the last collective's tensors when the interpreter
+    # shuts down, and releasing them then aborts the process (pytorch/pytorch#179291; about one
+    # run in three with 4 ranks on 2 cores). The results are written: skip the shutdown.
+    sys.stdout.flush()
+    os._exit(0)
