@@ -13,8 +13,26 @@ from .graph_breaks import (
     assert_no_graph_breaks,
     find_graph_breaks,
 )
-# -- recompiles --
-# -- guards --
+from .recompiles import (
+    CompileEvent,
+    CompileReport,
+    GuardFailure,
+    RecompileBudgetError,
+    assert_recompiles_at_most,
+    recompile_budget,
+    track_compiles,
+)
+from .shapes import Dim, DimReport, assert_dims, dim_report, shapes, sweep_shapes
+from .guards import (
+    GuardDiff,
+    GuardSet,
+    UnstableGuard,
+    UnstableGuardError,
+    assert_no_unstable_guards,
+    diff_guards,
+    find_unstable_guards,
+    guards_of,
+)
 
 __all__ = [
     "CheckFailure",
@@ -24,6 +42,25 @@ __all__ = [
     "GraphBreakError",
     "find_graph_breaks",
     "assert_no_graph_breaks",
-    # -- recompiles: names --
-    # -- guards: names --
+    "CompileEvent",
+    "CompileReport",
+    "GuardFailure",
+    "RecompileBudgetError",
+    "track_compiles",
+    "recompile_budget",
+    "assert_recompiles_at_most",
+    "Dim",
+    "DimReport",
+    "dim_report",
+    "assert_dims",
+    "shapes",
+    "sweep_shapes",
+    "GuardSet",
+    "GuardDiff",
+    "UnstableGuard",
+    "UnstableGuardError",
+    "guards_of",
+    "diff_guards",
+    "find_unstable_guards",
+    "assert_no_unstable_guards",
 ]

@@ -259,3 +259,151 @@ def lookup_backend(name: str) -> Callable:
     if lookup is None:
         raise _missing("torch._dynamo.lookup_backend")
     return lookup(name)
+
+
+# -- recompiles and guards --
+# Compiles are read from torch._dynamo.utils' compilation-metrics deque (one CompilationMetrics per
+# compile attempt, recompile_reason holding the newest cache entry's failure); the guard failures of
+# every cache entry from the `recompiles` log artifact; the recompile-limit hit from a warning that
+# convert_frame logs and from the metrics of the attempt it refused (fail_reason, no co_name).
+__all__ += [
+    "RECOMPILES_LOGGERS",
+    "CONVERT_FRAME_LOGGER",
+    "compilation_metrics",
+    "retained_compilation_metrics",
+    "compilation_metrics_capacity",
+    "enable_log_artifact",
+    "log_artifact_enabled",
+    "current_compile_id",
+    "is_recompile_limit_failure",
+    "recompile_limit",
+    "cache_entries",
+    "entry_compile_id",
+    "entry_guards",
+    "compiled_target",
+]
+
+# The artifact loggers the recompile reasons go to; `recompiles_verbose` replaces `recompiles`
+# when both are on.
+RECOMPILES_LOGGERS = ("torch._dynamo.guards.__recompiles", "torch._dynamo.guards.__recompiles_verbose")
+CONVERT_FRAME_LOGGER = "torch._dynamo.convert_frame"
+# The gb_type of the Unsupported that convert_frame raises when a code object reaches the limit.
+_RECOMPILE_LIMIT_GB_TYPE = "Dynamo recompile limit exceeded"
+
+
+def _dynamo_utils() -> Any:
+    import torch._dynamo.utils as utils
+
+    return utils
+
+
+def compilation_metrics() -> list[Any]:
+    """Every CompilationMetrics torch still holds, oldest first (backward compiles included)."""
+    getter = getattr(_dynamo_utils(), "get_compilation_metrics", None)
+    if getter is None:
+        raise _missing("torch._dynamo.utils.get_compilation_metrics")
+    return getter()
+
+
+def compilation_metrics_capacity() -> int | None:
+    """How many metrics torch keeps (the newest), or None if it keeps all or cannot say."""
+    store = getattr(_dynamo_utils(), "_compilation_metrics", None)
+    return getattr(store, "maxlen", None)
+
+
+@contextlib.contextmanager
+def retained_compilation_metrics(at_least: int) -> Iterator[None]:
+    """Keep at least `at_least` metrics while inside (torch keeps the last 64), then trim back.
+
+    Trimming keeps the newest entries, so afterwards torch holds what it would have held anyway.
+    """
+    before = compilation_metrics_capacity()
+    set_limit = getattr(_dynamo_utils(), "set_compilation_metrics_limit", None)
+    if before is None or set_limit is None:
+        yield  # an unbounded or unknown store: nothing to widen
+        return
+    set_limit(max(before, at_least))
+    try:
+        yield
+    finally:
+        set_limit(before)
+
+
+def enable_log_artifact(name: str) -> None:
+    """Turn one artifact on in torch._logging's state, leaving every other setting alone.
+
+    set_logs would reset everything else; `set_log_state` restores the state afterwards.
+    """
+    state = getattr(torch._logging._internal, "log_state", None)
+    if state is None or not hasattr(state, "enable_artifact"):
+        raise _missing("torch._logging._internal.log_state.enable_artifact")
+    state.enable_artifact(name)
+
+
+def log_artifact_enabled(name: str) -> bool:
+    state = getattr(torch._logging._internal, "log_state", None)
+    return state is not None and state.is_artifact_enabled(name)
+
+
+def current_compile_id() -> str | None:
+    """The id ("0/1") of the compile running on this thread, or None outside one."""
+    context = getattr(torch._guards, "CompileContext", None)
+    current = getattr(context, "current_compile_id", None)
+    compile_id = current() if current is not None else None
+    return None if compile_id is None else str(compile_id)
+
+
+def is_recompile_limit_failure(fail_type: str | None, fail_reason: str | None) -> bool:
+    """Whether a compile attempt's metrics say it was refused for hitting the recompile limit.
+
+    Without fullgraph, dynamo raises Unsupported with this gb_type and runs the frame eagerly from
+    then on; with fullgraph=True (or fail_on_recompile_limit_hit) it raises FailOnRecompileLimitHit.
+    """
+    return (fail_type == "FailOnRecompileLimitHit"
+            or bool(fail_reason) and fail_reason.startswith(_RECOMPILE_LIMIT_GB_TYPE))
+
+
+def recompile_limit() -> int:
+    config = torch._dynamo.config
+    limit = getattr(config, "recompile_limit", None)
+    return config.cache_size_limit if limit is None else limit
+
+
+def cache_entries(code: types.CodeType) -> list[Any]:
+    """The cache entries dynamo holds for a code object, most recently used first."""
+    eval_frame = torch._dynamo.eval_frame
+    getter = getattr(eval_frame, "_debug_get_cache_entry_list", None)
+    if getter is None:
+        raise _missing("torch._dynamo.eval_frame._debug_get_cache_entry_list")
+    return getter(code)
+
+
+def entry_compile_id(entry: Any) -> str:
+    return str(getattr(entry, "compile_id", "?"))
+
+
+def entry_guards(entry: Any) -> list[str]:
+    """One cache entry's guards as code, one a line, as dynamo's guard manager prints them.
+
+    code_parts holds the guard tree; the symbolic-shape guards ("2 <= L['x'].size()[0]") are
+    epilogue lambda guards outside it, so they are read separately, without their comments.
+    """
+    manager = getattr(entry, "guard_manager", None)
+    parts = getattr(manager, "code_parts", None)
+    if parts is None:
+        raise _missing("CacheEntry.guard_manager.code_parts")
+    root = getattr(manager, "root", None)
+    epilogue = getattr(root, "get_epilogue_lambda_guards", None)
+    shape_parts = [part.split("#")[0].rstrip()
+                   for guard in (epilogue() if epilogue is not None else [])
+                   for part in guard.verbose_code_parts()]
+    return [*parts, *shape_parts]
+
+
+def compiled_target(obj: Any) -> Any:
+    """What torch.compile wrapped: the module of an OptimizedModule, the function of a compiled
+    function; anything else as it is."""
+    optimized_module = getattr(torch._dynamo.eval_frame, "OptimizedModule", None)
+    if optimized_module is not None and isinstance(obj, optimized_module):
+        return obj._orig_mod
+    return getattr(obj, "_torchdynamo_orig_callable", obj)

@@ -1,0 +1,332 @@
+"""Read the guards behind each compiled graph, diff two compiles, and flag guards that never hold.
+
+Every graph dynamo caches for a code object sits behind guards: checks on the call's tensors
+(dtype, device, sizes, strides), on Python values it baked in, and on global state. When a
+function compiled twice, the difference between the two graphs' guards is the reason:
+
+    >>> diff_guards(0, 1, of=fn).summary()
+    "x.size()[1]: 3 -> 4"
+
+A guard on a value that changes on every call (a step counter kept on an nn.Module, a Python int
+argument used as a loop bound) recompiles on every call until the recompile limit, then silently
+runs eagerly; `find_unstable_guards` calls a function a few times and names such guards.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import _compat
+from ._message import CheckFailure, Frame, format_failure
+from .recompiles import VALUE_KINDS, CompileReport, GuardFailure, compiled_run, counted
+
+__all__ = [
+    "GuardSet",
+    "GuardChange",
+    "GuardDiff",
+    "UnstableGuard",
+    "UnstableGuardError",
+    "guards_of",
+    "diff_guards",
+    "find_unstable_guards",
+    "assert_no_unstable_guards",
+]
+
+
+class UnstableGuardError(CheckFailure):
+    """A guard failed on call after call, or a function hit dynamo's recompile limit."""
+
+
+@dataclass(frozen=True)
+class GuardSet:
+    """The guards of one cached graph: what a call must satisfy to run that graph."""
+
+    compile_id: str
+    guards: tuple[str, ...]  # guard code as dynamo prints it, L['x'] for argument x
+
+    def __str__(self) -> str:
+        return "\n".join([f"cache entry {self.compile_id}: {len(self.guards)} guards",
+                          *(f"  {guard}" for guard in self.guards)])
+
+    def to_dict(self) -> dict:
+        return {"compile_id": self.compile_id, "guards": list(self.guards)}
+
+
+def guards_of(obj: Any) -> list[GuardSet]:
+    """The guards of every graph dynamo holds for `obj`, in the order they were compiled.
+
+    obj: a function, a bound method or an nn.Module (whose forward is looked up), compiled or
+    not; what counts is the code object, which is where dynamo keeps its cache.
+    """
+    entries = _compat.cache_entries(_code_of(obj))
+    sets = [GuardSet(_compat.entry_compile_id(entry), tuple(_compat.entry_guards(entry)))
+            for entry in entries]
+    return sorted(sets, key=lambda guard_set: _compile_order(guard_set.compile_id))
+
+
+def _code_of(obj: Any) -> Any:
+    target = _compat.compiled_target(obj)
+    if isinstance(target, torch.nn.Module):
+        target = target.forward
+    target = getattr(target, "__func__", target)  # a bound method
+    code = getattr(target, "__code__", None)
+    if code is None:
+        raise TypeError(f"obj must be a function, a method or an nn.Module, compiled or not; "
+                        f"got {type(obj).__name__}")
+    return code
+
+
+def _compile_order(compile_id: str) -> tuple[int, ...]:
+    return tuple(int(number) for number in re.findall(r"\d+", compile_id))
+
+
+# -- diffing -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GuardChange:
+    """One guarded fact that differs: `x.size()[1]` was 3, is 4. None: no such guard."""
+
+    source: str
+    before: str | None
+    after: str | None
+
+    def __str__(self) -> str:
+        return f"{self.source}: {_shown(self.before)} -> {_shown(self.after)}"
+
+
+def _shown(value: str | None) -> str:
+    return "(no guard)" if value is None else value
+
+
+@dataclass(frozen=True)
+class GuardDiff:
+    """What the guards of two compiled graphs disagree on."""
+
+    a: str  # compile ids
+    b: str
+    changes: tuple[GuardChange, ...]
+
+    def summary(self, *, limit: int = 3) -> str:
+        """The answer to "why did it compile twice", on one line."""
+        if not self.changes:
+            return f"{self.a} and {self.b} have the same guards"
+        shown = "; ".join(str(change) for change in self.changes[:limit])
+        more = len(self.changes) - limit
+        return f"{shown}; and {more} more" if more > 0 else shown
+
+    def __str__(self) -> str:
+        heading = f"guards of {self.a} -> {self.b}: {counted(len(self.changes), 'difference')}"
+        return "\n".join([heading, *(f"  {change}" for change in self.changes)])
+
+    def to_dict(self) -> dict:
+        return {"a": self.a, "b": self.b,
+                "changes": [{"source": c.source, "before": c.before, "after": c.after}
+                            for c in self.changes]}
+
+
+def diff_guards(a: GuardSet | int, b: GuardSet | int, *, of: Any = None) -> GuardDiff:
+    """What differs between two compiled graphs' guards.
+
+    Either two GuardSets (from `guards_of`), or two indices into `guards_of(of)`, in compile
+    order: `diff_guards(0, 1, of=fn)` compares fn's first and second graph.
+    """
+    if of is not None:
+        sets = guards_of(of)
+        a, b = (_pick(sets, index, name) for index, name in ((a, "a"), (b, "b")))
+    for value, name in ((a, "a"), (b, "b")):
+        if not isinstance(value, GuardSet):
+            raise TypeError(f"{name} must be a GuardSet, or an int index with of=; "
+                            f"got {type(value).__name__}")
+    before, after = _facts(a.guards), _facts(b.guards)
+    changes = [GuardChange(_readable(key), before.get(key), after.get(key))
+               for key in dict.fromkeys([*before, *after]) if before.get(key) != after.get(key)]
+    # A value that changed says more than a guard that came or went: list those first.
+    changes.sort(key=lambda change: change.before is None or change.after is None)
+    return GuardDiff(a.compile_id, b.compile_id, tuple(changes))
+
+
+def _pick(sets: list[GuardSet], index: Any, name: str) -> GuardSet:
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise TypeError(f"{name} must be an int index when of= is given, got {index!r}")
+    if not -len(sets) <= index < len(sets):
+        raise ValueError(f"{name}={index}, but there are {len(sets)} cache entries")
+    return sets[index]
+
+
+_CHECK_TENSOR = re.compile(
+    r"check_tensor\((?P<source>.+?), (?P<type>\w+), (?P<keys>DispatchKeySet\(.*?\)), "
+    r"(?P<dtype>[\w.]+), device=(?P<device>[^,]+), requires_grad=(?P<requires_grad>\w+), "
+    r"size=\[(?P<size>.*?)\], stride=\[(?P<stride>.*?)\]\)")
+_GLOBAL_STATE = re.compile(r"___check_global_state\(\) against (?P<state>\{.*\})")
+_OBJECT_ID = re.compile(r"___check_(?P<what>obj|type)_id\((?P<source>.+), (?P<id>\d+)\)"
+                        r"(?:, type=(?P<type>.*))?")
+_EQUALS = re.compile(r"(?P<source>.+?) == (?P<value>.+)")
+_SIZE_TERM = re.compile(r"\.(?:size|stride)\(\)\[\d+\]")
+
+
+def _facts(guards: Iterable[str]) -> dict[str, str]:
+    """Each guard as (what it checks, the value it wants), so two graphs' guards line up."""
+    facts: dict[str, str] = {}
+    for guard in guards:
+        for key, value in _guard_facts(guard):
+            facts.setdefault(key, value)
+    return facts
+
+
+def _guard_facts(guard: str) -> list[tuple[str, str]]:
+    tensor = _CHECK_TENSOR.fullmatch(guard)
+    if tensor:
+        source = tensor["source"]
+        facts = [(f"{source}.{field}", tensor[field])
+                 for field in ("dtype", "device", "requires_grad")]
+        facts.append((f"{source}.dispatch_keys", tensor["keys"]))
+        for field in ("size", "stride"):
+            values = tensor[field].split(", ") if tensor[field] else []  # [] for a scalar
+            for index, value in enumerate(values):
+                facts.append((f"{source}.{field}()[{index}]",
+                              "dynamic" if value == "None" else value))
+        return facts
+    state = _GLOBAL_STATE.fullmatch(guard)
+    if state:
+        return [(f"global {name}", json.dumps(value))
+                for name, value in json.loads(state["state"]).items()]
+    obj = _OBJECT_ID.fullmatch(guard)
+    if obj:
+        if obj["what"] == "type":
+            return [(f"type({obj['source']})", obj["type"] or f"type id {obj['id']}")]
+        return [(f"id({obj['source']})", f"id {obj['id']}")]
+    equals = _EQUALS.fullmatch(guard)
+    if equals and not _SIZE_TERM.search(guard):
+        return [(equals["source"], equals["value"])]
+    # A relation between sizes ("2 <= L['x'].size()[0]") or anything else: present or not.
+    return [(guard, "guarded")]
+
+
+def _readable(key: str) -> str:
+    """L['x'].size()[1] -> x.size()[1], as torch's recompile messages write it."""
+    return re.sub(r"L\[\s*['\"](.*?)['\"]\s*\]", r"\1", key)
+
+
+# -- unstable guards -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class UnstableGuard:
+    """A guard on a Python value that failed in recompile after recompile."""
+
+    function: Frame
+    kind: str  # value, id, type or length
+    source: str
+    origin: str  # argument, module attribute or global
+    values: tuple[str, ...]  # the values the failed graphs had baked in, oldest first
+    recompiles: int  # recompiles it took part in
+    calls: int
+    where: Frame | None  # the user line that installed the guard, where torch says
+    note: str
+
+    def to_dict(self) -> dict:
+        return {"function": self.function.to_dict(), "kind": self.kind, "source": self.source,
+                "origin": self.origin, "values": list(self.values),
+                "recompiles": self.recompiles, "calls": self.calls,
+                "where": self.where.to_dict() if self.where else None, "note": self.note}
+
+
+def unstable_guards(report: CompileReport, *, calls: int) -> list[UnstableGuard]:
+    """Guards on Python values that failed in two recompiles or more, with different values.
+
+    One recompile on a changed value is dynamo's normal course (an int argument becomes dynamic
+    after it changes once); the same guard failing again with yet another value is a value that
+    changes on every call.
+    """
+    seen: dict[tuple[Frame, str], list[tuple[str, GuardFailure]]] = defaultdict(list)
+    for event in report.recompiles:
+        for failure in event.failures:
+            if failure.kind in VALUE_KINDS:
+                seen[(event.function, failure.source)].append((event.compile_id, failure))
+    found = []
+    for (function, source), hits in seen.items():
+        oldest_first = sorted(hits, key=lambda hit: _compile_order(hit[1].entry))
+        values = tuple(dict.fromkeys(failure.expected or "?" for _, failure in oldest_first))
+        recompiles = len({compile_id for compile_id, _ in hits})
+        if recompiles >= 2 and len(values) >= 2:
+            first = hits[0][1]
+            found.append(UnstableGuard(function, first.kind, source, first.origin, values,
+                                       recompiles, calls, first.where, first.note))
+    return found
+
+
+def find_unstable_guards(fn: Callable, inputs: Iterable[Any], *, dynamic: bool | None = None,
+                         backend: Any = "eager") -> list[UnstableGuard]:
+    """Compile `fn` afresh, call it on every input, and name the guards that kept failing.
+
+    Call it at least three times, with inputs as alike as real calls are: the same tensor three
+    times shows a module attribute that changes on every call.
+    """
+    counter = _CallCounter()
+    with compiled_run(fn, inputs, dynamic=dynamic, backend=backend,
+                      before_call=counter) as (report, _):
+        pass
+    return unstable_guards(report, calls=counter.calls)
+
+
+def assert_no_unstable_guards(fn: Callable, inputs: Iterable[Any], *,
+                              dynamic: bool | None = None, backend: Any = "eager",
+                              msg: str | None = None) -> CompileReport:
+    """Fail if a guard of `fn` fails call after call, or if `fn` hits the recompile limit.
+
+    Returns the CompileReport of the calls.
+    """
+    __tracebackhide__ = True
+    counter = _CallCounter()
+    with compiled_run(fn, inputs, dynamic=dynamic, backend=backend,
+                      before_call=counter) as (report, _):
+        pass
+    found = unstable_guards(report, calls=counter.calls)
+    if found or report.limit_hits:
+        raise UnstableGuardError(_unstable_message(found, report, msg), report)
+    return report
+
+
+class _CallCounter:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, args: tuple) -> None:
+        self.calls += 1
+
+
+def _unstable_message(found: list[UnstableGuard], report: CompileReport, msg: str | None) -> str:
+    hits = report.limit_hits
+    parts = []
+    if found:
+        calls = found[0].calls
+        recompiles = counted(len(report.recompiles), "recompile")
+        parts.append(f"{counted(len(found), 'guard')} failed call after call ({recompiles} in "
+                     f"{counted(calls, 'call')}), more than the limit of 0")
+    if hits:
+        parts.append(f"{len(hits)} hit torch._dynamo.config.recompile_limit and fell back to eager")
+    entries = [_unstable_entry(guard) for guard in found]
+    entries += [[f"{event.function.location()}: recompile limit hit (compile {event.compile_id})",
+                 event.error or ""] for event in hits]
+    hint = ("Keep per-call Python state (step counters, positions, lengths used as loop bounds) "
+            "out of the compiled code: pass it as a tensor, or as an int dynamo may treat as "
+            "dynamic (an argument, not an nn.Module attribute).")
+    return format_failure("; ".join(parts), entries, hint=hint, msg=msg)
+
+
+def _unstable_entry(guard: UnstableGuard) -> list[str]:
+    place = guard.where or guard.function
+    values = ", ".join(guard.values)
+    lines = [f"{place.location()}: {guard.kind} guard on {guard.source} ({guard.origin})",
+             place.line,
+             f"failed in {counted(guard.recompiles, 'recompile')} of {guard.function.function} "
+             f"over {counted(guard.calls, 'call')}; the graphs had {values} baked in"]
+    if guard.note:
+        lines.append(f"torch: {guard.note}")
+    return lines
