@@ -407,3 +407,77 @@ def compiled_target(obj: Any) -> Any:
     if optimized_module is not None and isinstance(obj, optimized_module):
         return obj._orig_mod
     return getattr(obj, "_torchdynamo_orig_callable", obj)
+
+
+# -- the process-wide recorder (watch) --
+# watch() records every compile in a block without knowing which call started it: a graph break's
+# eager frames are taken up to torch.compile's wrapper, the graphs and CUDA-graph skips from
+# dynamo's and inductor's counters, and the skips' reasons from the warning inductor logs for each.
+__all__ += [
+    "CUDAGRAPH_LOGGER",
+    "compile_wrapper_code",
+    "is_cudagraph_skip",
+    "cudagraph_skip_count",
+    "unique_graph_count",
+    "entry_code",
+    "non_default_dynamo_config",
+]
+
+# log_cudagraph_skip_and_bump_counter warns here (the `cudagraphs` artifact) for every skip it counts.
+CUDAGRAPH_LOGGER = "torch._inductor.cudagraph_utils.__cudagraphs"
+_CUDAGRAPH_SKIP_FUNCTION = "log_cudagraph_skip_and_bump_counter"
+
+
+def _wrapper_probe() -> None:
+    """Never called: torch.compile wraps it once, to find its wrapper's code object."""
+
+
+@functools.lru_cache(maxsize=1)
+def compile_wrapper_code() -> types.CodeType | None:
+    """The code of the wrapper torch.compile puts around a function or module, which every
+    wrapper shares: its frame on the stack marks where a compiled call starts. None if unknown.
+
+    Call it outside a compile: wrapping a function inside one would be traced.
+    """
+    return getattr(torch.compile(_wrapper_probe, backend="eager"), "__code__", None)
+
+
+def is_cudagraph_skip(record: logging.LogRecord) -> bool:
+    """Whether a record on CUDAGRAPH_LOGGER is a skip; its other warnings (too many distinct
+    shapes recorded) are not."""
+    return record.levelno >= logging.WARNING and record.funcName == _CUDAGRAPH_SKIP_FUNCTION
+
+
+def _counters() -> Any:
+    import torch._dynamo.utils as utils
+
+    counters = getattr(utils, "counters", None)
+    if counters is None:
+        raise _missing("torch._dynamo.utils.counters")
+    return counters
+
+
+def cudagraph_skip_count() -> int:
+    """Every CUDA-graph skip inductor has counted in this process, logged or not (a graph on a
+    non-CUDA device is skipped without a message)."""
+    return _counters()["inductor"]["cudagraph_skips"]
+
+
+def unique_graph_count() -> int:
+    """Every FX graph dynamo has handed to a backend in this process."""
+    return _counters()["stats"]["unique_graphs"]
+
+
+def entry_code(entry: Any) -> types.CodeType | None:
+    """The bytecode dynamo produced for one cache entry: the original function rewritten to call
+    the compiled graph and the resume functions."""
+    return getattr(entry, "code", None)
+
+
+def non_default_dynamo_config() -> dict[str, Any]:
+    """The dynamo config entries that differ from their defaults (set in code or by environment)."""
+    config = torch._dynamo.config
+    get_dict = getattr(config, "_get_dict", None)
+    if get_dict is None:
+        return {}
+    return get_dict(skip_default=True)

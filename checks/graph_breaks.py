@@ -14,7 +14,7 @@ import os
 import sys
 import traceback
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,9 @@ class GraphBreak:
     # torch's whole message: explanation, hints, developer context and any chained breaks.
     reason: str = ""
     url: str | None = None
+    # How many times dynamo met this break: once per compile that traced it. find_graph_breaks
+    # makes one call, so 1 there; watch() counts every compile in its block.
+    count: int = field(default=1, compare=False)
 
     @property
     def location(self) -> Frame:
@@ -64,7 +67,7 @@ class GraphBreak:
         return {"gb_type": self.gb_type, "gb_id": self.gb_id, "explanation": self.explanation,
                 "hints": list(self.hints), "frames": [frame.to_dict() for frame in self.frames],
                 "disabled": self.disabled, "caused_by": self.caused_by, "reason": self.reason,
-                "url": self.url}
+                "url": self.url, "count": self.count}
 
 
 @dataclass(frozen=True)
@@ -134,17 +137,10 @@ def find_graph_breaks(fn: Callable, *args: Any, backend: str | Callable = "eager
         return compiler(gm, example_inputs)
 
     def record_break(exc: BaseException, code: types.CodeType, lineno: int | None) -> None:
-        above = _user_frames_above_dynamo()
+        above = _user_frames_above_dynamo(_is_call_compiled)
         if above is None:  # a compile on another thread
             return
-        gb_type, message, traced = _compat.graph_break_details(exc)
-        if not traced:  # a break at the first instruction has no traced frame yet
-            traced = [traceback.FrameSummary(code.co_filename, lineno or code.co_firstlineno,
-                                             code.co_name, lookup_line=False)]
-        # Of the traced frames only the first, the one dynamo compiles, can be a resume function,
-        # and torch may have renamed it in its own stack already: its code has the real name.
-        resumes = [_is_resume(code.co_name)] + [False] * (len(traced) - 1)
-        events.append((gb_type, message, above + list(zip(traced, resumes))))
+        events.append(_break_event(exc, code, lineno, above))
 
     output = error = None
     with preserved_torch_state(), _compat.graph_break_hook(record_break):
@@ -193,15 +189,21 @@ def _call_compiled(compiled: Callable, args: tuple, kwargs: dict) -> Any:
     return compiled(*args, **kwargs)
 
 
-def _user_frames_above_dynamo() -> list[_StackEntry] | None:
-    """The user frames running eagerly between our call and the frame dynamo is compiling.
+def _is_call_compiled(frame: types.FrameType) -> bool:
+    return frame.f_code is _call_compiled.__code__
 
-    A helper compiled as its own frame (after its caller broke) carries only its own stack; the
-    caller's frame, still on the Python stack, completes it. None if our call is not on the stack.
+
+def _user_frames_above_dynamo(is_entry: Callable[[types.FrameType], bool]
+                              ) -> list[_StackEntry] | None:
+    """The user frames running eagerly between the compiled call and the frame dynamo is compiling.
+
+    `is_entry` tells the frame that made the compiled call. A helper compiled as its own frame
+    (after its caller broke) carries only its own stack; the caller's frame, still on the Python
+    stack, completes it. None if no entry frame is on the stack.
     """
     frames = []
     frame = sys._getframe(1)
-    while frame is not None and frame.f_code is not _call_compiled.__code__:
+    while frame is not None and not is_entry(frame):
         frames.append(frame)
         frame = frame.f_back
     if frame is None:
@@ -209,6 +211,19 @@ def _user_frames_above_dynamo() -> list[_StackEntry] | None:
     return [(traceback.FrameSummary(f.f_code.co_filename, f.f_lineno, f.f_code.co_name,
                                     lookup_line=False), _is_resume(f.f_code.co_name))
             for f in reversed(frames) if f.f_lineno is not None and _is_user_file(f.f_code.co_filename)]
+
+
+def _break_event(exc: BaseException, code: types.CodeType, lineno: int | None,
+                 above: list[_StackEntry]) -> tuple[str, str, list[_StackEntry]]:
+    """(gb_type, torch's message, user stack outermost first) of one break graph_break_hook saw."""
+    gb_type, message, traced = _compat.graph_break_details(exc)
+    if not traced:  # a break at the first instruction has no traced frame yet
+        traced = [traceback.FrameSummary(code.co_filename, lineno or code.co_firstlineno,
+                                         code.co_name, lookup_line=False)]
+    # Of the traced frames only the first, the one dynamo compiles, can be a resume function,
+    # and torch may have renamed it in its own stack already: its code has the real name.
+    resumes = [_is_resume(code.co_name)] + [False] * (len(traced) - 1)
+    return gb_type, message, above + list(zip(traced, resumes))
 
 
 def _is_resume(code_name: str) -> bool:
@@ -257,11 +272,16 @@ def _unique(breaks: Iterable[GraphBreak]) -> tuple[GraphBreak, ...]:
     its cause: same frames, same first cause, one break."""
     seen, unique = set(), []
     for brk in breaks:
-        key = (brk.caused_by or brk.gb_type, brk.frames)
+        key = _break_key(brk)
         if key not in seen:
             seen.add(key)
             unique.append(brk)
     return tuple(unique)
+
+
+def _break_key(brk: GraphBreak) -> Hashable:
+    """Two records of one break site share this key (see _unique)."""
+    return brk.caused_by or brk.gb_type, brk.frames
 
 
 def _failure_message(report: GraphBreakReport, limit: int, msg: str | None) -> str:

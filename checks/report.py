@@ -1,0 +1,590 @@
+"""Reports a person can paste into an issue: what torch.compile did while a program ran.
+
+    with watch() as seen:
+        main()
+    write_report(Report(seen, command="python train.py"), "report.md")
+
+A Report is the environment, the command, how it ended, and what `watch()` saw. `to_dict()` is the
+one source every renderer reads: JSON is that dict (docs/report-format.md versions its schema),
+Markdown and HTML lay it out. Paths under the current directory are written relative to it, the
+home directory as `~` and torch's own directory as `<torch>`, so nothing about the machine shows
+beyond the environment block. `CheckReport` does the same for the results of `fullgraph check`.
+"""
+
+from __future__ import annotations
+
+import ast
+import html
+import json
+import linecache
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import _compat
+from ._message import display_path
+from .env import environment
+from .graph_breaks import GraphBreak
+from .recompiles import CompileEvent
+from .watch import CompileTiming, Watch
+
+if TYPE_CHECKING:
+    from .suite import CheckResult
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "FORMATS",
+    "Report",
+    "CheckReport",
+    "render_markdown",
+    "render_json",
+    "render_html",
+    "write_report",
+    "format_for_path",
+]
+
+# Bump on any change a reader of the JSON could notice; docs/report-format.md lists each version.
+SCHEMA_VERSION = 1
+FORMATS = ("md", "json", "html")
+_EXTENSIONS = {".md": "md", ".markdown": "md", ".json": "json", ".html": "html", ".htm": "html"}
+CONTEXT_LINES = 2  # source lines shown either side of a breaking line
+
+
+# -- the report model -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Report:
+    """What torch.compile did while `command` ran.
+
+    status: "ok", "exception" or "exit N"; exception: "ValueError: boom" when one ended the run.
+    target: what ran, for the title (a script, `-m module`, `module:function`); the command if None.
+    """
+
+    watch: Watch
+    command: str
+    status: str = "ok"
+    exception: str | None = None
+    target: str | None = None
+    env: dict = field(default_factory=environment)
+
+    def to_dict(self) -> dict:
+        """The report as JSON-safe data, in the schema docs/report-format.md describes."""
+        seen = self.watch
+        breaks = seen.graph_breaks
+        timings = seen.compile_times
+        data = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "compile-report",
+            "target": self.target or self.command,
+            "command": self.command,
+            "exit": {"status": self.status, "exception": self.exception},
+            "env": dict(self.env),
+            "dynamo_config": seen.to_dict()["dynamo_config"],
+            "summary": {**seen.summary(),
+                        "compiles": len(seen.compiles),
+                        "limit_hits": len(seen.limit_hits),
+                        "cudagraph_skips": seen.cudagraph_skip_count,
+                        "compile_seconds": round(sum(t.seconds or 0.0 for t in timings), 6)},
+            "graph_breaks": [_break_dict(brk, seen) for brk in breaks],
+            "compiles": [_compile_dict(event, timing) for event, timing in zip(seen.compiles, timings)],
+            "cudagraph_skips": list(seen.cudagraph_skips),
+            "reproduction": {"command": self.command, "sources": _sources(breaks)},
+        }
+        return _scrubbed(data)
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The results of one `fullgraph check` run: `target` is what was checked."""
+
+    results: tuple[CheckResult, ...]
+    command: str
+    target: str
+    seconds: float
+    env: dict = field(default_factory=environment)
+
+    def to_dict(self) -> dict:
+        passed = sum(result.passed for result in self.results)
+        data = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "check-results",
+            "target": self.target,
+            "command": self.command,
+            "env": dict(self.env),
+            "summary": {"passed": passed, "failed": len(self.results) - passed,
+                        "seconds": round(self.seconds, 3)},
+            "results": [result.to_dict() for result in self.results],
+        }
+        return _scrubbed(data)
+
+
+def _break_dict(brk: GraphBreak, seen: Watch) -> dict:
+    decompiled, note = _decompiled(seen.transformed_code(brk), brk)
+    return {**brk.to_dict(), "context": _context(brk), "decompiled": decompiled,
+            "decompiled_note": note}
+
+
+def _compile_dict(event: CompileEvent, timing: CompileTiming) -> dict:
+    return {"compile_id": event.compile_id, "kind": event.kind,
+            "function": event.function.function,
+            "filename": display_path(event.function.filename),
+            "lineno": event.function.lineno, "recompile": event.recompile,
+            "reasons": [f"{failure.entry}: {failure.describe()}" for failure in event.failures],
+            "error": event.error, "start": timing.to_dict()["start"],
+            "seconds": timing.to_dict()["seconds"]}
+
+
+def _context(brk: GraphBreak) -> dict | None:
+    """The breaking line with CONTEXT_LINES either side, numbered from `start`."""
+    frame = brk.location
+    lines = linecache.getlines(frame.filename)
+    if not lines or not 0 < frame.lineno <= len(lines):
+        return None
+    start = max(1, frame.lineno - CONTEXT_LINES)
+    end = min(len(lines), frame.lineno + CONTEXT_LINES)
+    return {"filename": display_path(frame.filename), "lineno": frame.lineno, "start": start,
+            "lines": [line.rstrip("\n") for line in lines[start - 1:end]]}
+
+
+def _decompiled(codes: tuple, brk: GraphBreak) -> tuple[str | None, str | None]:
+    """(depyf's Python for each cache entry of the broken frame, or None; why it is missing)."""
+    if not codes:
+        return None, (f"dynamo no longer holds compiled code for {brk.frames[0].function} "
+                      f"(reset before the report was written)")
+    try:
+        import depyf  # optional: the fullgraph[report] extra
+    except ImportError:
+        return None, "depyf is not installed (pip install depyf) to show the bytecode dynamo produced"
+    parts = []
+    for number, code in enumerate(codes):
+        try:
+            text = depyf.decompile(code)
+        except Exception as error:  # a decompiler gap must not cost the rest of the report
+            text = f"# depyf could not decompile this entry: {type(error).__name__}: {error}\n"
+        parts.append(f"# cache entry {number}: {code.co_name}\n{text.rstrip()}")
+    return "\n\n".join(parts), None
+
+
+def _sources(breaks: tuple[GraphBreak, ...]) -> list[dict]:
+    """The source of each function a break happened in, once each."""
+    sources, seen = [], set()
+    for brk in breaks:
+        frame = brk.location
+        found = _function_source(frame.filename, frame.lineno, frame.function)
+        if found is None or (frame.filename, found[0]) in seen:
+            continue
+        seen.add((frame.filename, found[0]))
+        sources.append({"filename": display_path(frame.filename), "function": frame.function,
+                        "lineno": found[0], "source": found[1]})
+    return sources
+
+
+def _function_source(filename: str, lineno: int, name: str) -> tuple[int, str] | None:
+    """(first line, text) of the innermost function `name` around `lineno`, decorators included."""
+    lines = linecache.getlines(filename)
+    try:
+        tree = ast.parse("".join(lines))
+    except (SyntaxError, ValueError):
+        return None
+    found = None
+    for node in ast.walk(tree):
+        if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name
+                and node.lineno <= lineno <= (node.end_lineno or node.lineno)
+                and (found is None or node.lineno > found.lineno)):
+            found = node
+    if found is None:
+        return None
+    start = min([found.lineno] + [decorator.lineno for decorator in found.decorator_list])
+    return start, "".join(lines[start - 1:found.end_lineno]).rstrip("\n")
+
+
+# -- what may not leave the machine -----------------------------------------------------------
+
+def _scrubbed(data: Any) -> Any:
+    scrub = _scrubber()
+    return _map_strings(data, scrub)
+
+
+def _scrubber() -> Callable[[str], str]:
+    """Rewrite torch's directory, the current directory and the home directory in any text."""
+    places = [(_compat.TORCH_DIR, "<torch>"), (os.getcwd(), "."), (os.path.expanduser("~"), "~")]
+    # Longest first: torch often lives under the current or the home directory. A root "/"
+    # would match every path.
+    places = sorted(((os.path.normpath(path), short) for path, short in places
+                     if len(Path(path).parts) > 1), key=lambda place: -len(place[0]))
+    if not places:
+        return lambda text: text
+    pattern = re.compile("|".join(f"({re.escape(path)})(?![\\w.-])" for path, _ in places))
+    shorts = [short for _, short in places]
+
+    def scrub(text: str) -> str:
+        return pattern.sub(lambda match: shorts[match.lastindex - 1], text)
+
+    return scrub
+
+
+def _map_strings(data: Any, function: Callable[[str], str]) -> Any:
+    if isinstance(data, str):
+        return function(data)
+    if isinstance(data, dict):
+        return {key: _map_strings(value, function) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_map_strings(item, function) for item in data]
+    return data
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+def render_json(report: Report | CheckReport) -> str:
+    return json.dumps(report.to_dict(), indent=2) + "\n"
+
+
+def render_markdown(report: Report | CheckReport) -> str:
+    """GitHub-flavoured Markdown, ready to paste into an issue."""
+    data = report.to_dict()
+    if data["kind"] == "check-results":
+        return _check_markdown(data)
+    return _compile_markdown(data)
+
+
+def render_html(report: Report | CheckReport) -> str:
+    """One self-contained page: inline CSS, no scripts, no external assets."""
+    data = report.to_dict()
+    if data["kind"] == "check-results":
+        body = _check_html(data)
+    else:
+        body = _compile_html(data)
+    return _HTML_PAGE.format(title=html.escape(_title(data)), css=_CSS, body=body)
+
+
+_RENDERERS = {"md": render_markdown, "json": render_json, "html": render_html}
+
+
+def format_for_path(path: str | os.PathLike, format: str | None = None) -> str:
+    """The format to write `path` in: `format` if given, else from the extension."""
+    if format is not None:
+        if format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+        return format
+    found = _EXTENSIONS.get(Path(path).suffix.lower())
+    if found is None:
+        raise ValueError(f"path: cannot tell the format of {os.fspath(path)!r} from its extension; "
+                         f"use .md, .json or .html, or give the format")
+    return found
+
+
+def write_report(report: Report | CheckReport, path: str | os.PathLike, format: str | None = None
+                 ) -> Path:
+    """Write the report to `path` as Markdown, JSON or HTML (from the extension unless `format`
+    says); return the path."""
+    text = _RENDERERS[format_for_path(path, format)](report)
+    target = Path(path)
+    target.write_text(text, encoding="utf-8")
+    return target
+
+
+# -- shared wording ---------------------------------------------------------------------------
+
+def _title(data: dict) -> str:
+    summary = data["summary"]
+    if data["kind"] == "check-results":
+        return (f"fullgraph check: {summary['passed']} passed, {summary['failed']} failed "
+                f"({data['target']})")
+    parts = []
+    if summary["graph_breaks"]:
+        parts.append(_plural(summary["graph_breaks"], "graph break"))
+    if summary["recompiles"]:
+        parts.append(_plural(summary["recompiles"], "recompile"))
+    if summary["limit_hits"]:
+        parts.append("recompile limit hit")
+    if summary["cudagraph_skips"]:
+        parts.append("CUDA graphs skipped")
+    found = ", ".join(parts) if parts else "no graph breaks or recompiles"
+    return f"torch.compile: {found} in {data['target']}"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _env_lines(data: dict) -> list[str]:
+    env = data["env"]
+    rows = [("torch", env.get("torch")), ("Python", env.get("python")),
+            ("OS", env.get("platform")), ("CUDA", env.get("cuda")), ("GPU", env.get("gpu"))]
+    if "dynamo_config" in data:
+        changed = data["dynamo_config"]
+        rows += [(f"torch._dynamo.config.{key}", repr(value)) for key, value in changed.items()]
+        rows += [] if changed else [("dynamo config", "defaults")]
+    width = max(len(name) for name, _ in rows)
+    return [f"{name:<{width}}  {value if value is not None else '-'}" for name, value in rows]
+
+
+def _summary_rows(data: dict) -> list[tuple[str, str]]:
+    summary, exit_ = data["summary"], data["exit"]
+    ended = exit_["status"] + (f" ({exit_['exception']})" if exit_["exception"] else "")
+    return [("command", data["command"]), ("ended", ended),
+            ("graphs", str(summary["graph_count"])),
+            ("graph breaks", f"{summary['graph_breaks']} distinct"),
+            ("compiles", f"{summary['compiles']} ({summary['compile_seconds']:.2f} s)"),
+            ("recompiles", str(summary["recompiles"])),
+            ("recompile-limit hits", str(summary["limit_hits"])),
+            ("CUDA-graph skips", str(summary["cudagraph_skips"]))]
+
+
+def _function_label(compile_: dict) -> str:
+    name = _compat.remove_resume_prefix(compile_["function"])
+    resumed = name != compile_["function"]
+    return f"{name} (resumed)" if resumed else name
+
+
+def _break_heading(number: int, brk: dict) -> str:
+    gb_id = f" ({brk['gb_id']})" if brk["gb_id"] else ""
+    deliberate = ", torch.compiler.disable'd, not counted" if brk["disabled"] else ""
+    return f"{number}. {brk['gb_type']}{gb_id}: {_plural(brk['count'], 'time')}{deliberate}"
+
+
+def _where(brk: dict) -> list[str]:
+    """`path:line in function` of the breaking line, then of each caller, innermost first."""
+    return [f"{frame['filename']}:{frame['lineno']} in {frame['function']}"
+            for frame in reversed(brk["frames"])]
+
+
+def _context_text(context: dict) -> str:
+    width = len(str(context["start"] + len(context["lines"]) - 1))
+    return "\n".join(f"{'>' if number == context['lineno'] else ' '} {number:>{width}}  {line}".rstrip()
+                     for number, line in enumerate(context["lines"], start=context["start"]))
+
+
+# -- Markdown ---------------------------------------------------------------------------------
+
+def _fence(text: str, language: str = "") -> str:
+    # A fence longer than any run of backticks inside, so code containing ``` cannot close it.
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{language}\n{text}\n{fence}"
+
+
+def _compile_markdown(data: dict) -> str:
+    out = [f"**Suggested issue title:** {_title(data)}", "",
+           "## Environment", "", _fence("\n".join(_env_lines(data))), "",
+           "## Summary", "", "| | |", "|---|---|"]
+    out += [f"| {name} | {f'`{value}`' if name == 'command' else _cell(value)} |"
+            for name, value in _summary_rows(data)]
+    out += ["", "## Graph breaks", ""]
+    if not data["graph_breaks"]:
+        out += ["None.", ""]
+    for number, brk in enumerate(data["graph_breaks"], start=1):
+        out += _break_markdown(number, brk)
+    out += ["## Recompiles", ""]
+    out += _recompiles_markdown(data["compiles"])
+    if data["cudagraph_skips"]:
+        out += ["## CUDA-graph skips", ""]
+        out += [f"- {message}" for message in data["cudagraph_skips"]] + [""]
+    out += _reproduction_markdown(data)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _break_markdown(number: int, brk: dict) -> list[str]:
+    where = _where(brk)
+    out = [f"### {_break_heading(number, brk)}", "", f"`{where[0]}`"]
+    out += [f"called from `{caller}`" for caller in where[1:]]
+    out.append("")
+    if brk["context"]:
+        out += [_fence(_context_text(brk["context"]), "python"), ""]
+    if brk["caused_by"]:
+        out += [f"Caused by: {brk['caused_by']}", ""]
+    if brk["explanation"]:
+        out += [brk["explanation"], ""]
+    if brk["hints"]:
+        out += [f"- Hint: {hint}" for hint in brk["hints"]] + [""]
+    if brk["url"]:
+        out.append(f"[{brk['gb_id'] or 'torch'} documentation]({brk['url']})")
+    out += ["", "<details><summary>Bytecode dynamo produced for "
+                f"{brk['frames'][0]['function']}, decompiled by depyf</summary>", ""]
+    out += [_fence(brk["decompiled"], "python") if brk["decompiled"] else brk["decompiled_note"]]
+    out += ["", "</details>", ""]
+    return out
+
+
+def _recompiles_markdown(compiles: list[dict]) -> list[str]:
+    recompiles = [compile_ for compile_ in compiles if compile_["recompile"]]
+    if not recompiles:
+        return ["None.", ""]
+    out = ["| compile | function | why |", "|---|---|---|"]
+    for compile_ in recompiles:
+        why = "; ".join(compile_["reasons"]) or "-"
+        if compile_["error"]:
+            why += f" ({compile_['error']})"
+        out.append(f"| {compile_['compile_id']} | `{_function_label(compile_)}` "
+                   f"({compile_['filename']}:{compile_['lineno']}) | {_cell(why)} |")
+    return out + [""]
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _reproduction_markdown(data: dict) -> list[str]:
+    out = ["## Reproduction", "", _fence(data["reproduction"]["command"], "sh"), ""]
+    sources = data["reproduction"]["sources"]
+    if sources:
+        out += ["The functions that broke:", ""]
+    for source in sources:
+        out += [f"`{source['filename']}:{source['lineno']}` {source['function']}", "",
+                _fence(source["source"], "python"), ""]
+    return out
+
+
+def _check_markdown(data: dict) -> str:
+    out = [f"# {_title(data)}", "", "## Environment", "", _fence("\n".join(_env_lines(data))), "",
+           "## Results", "", f"`{data['command']}` in {data['summary']['seconds']:.1f} s", "",
+           "| check | result | detail | time |", "|---|---|---|---|"]
+    out += [f"| {_cell(r['name'])} | {'pass' if r['passed'] else '**FAIL**'} | {_cell(r['detail'])} "
+            f"| {r['seconds']:.1f} s |" for r in data["results"]]
+    out.append("")
+    for result in data["results"]:
+        if not result["passed"]:
+            out += [f"### {result['name']}", "", _fence(result["message"]), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# -- HTML -------------------------------------------------------------------------------------
+
+_HTML_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title}</title>
+<style>{css}</style>
+</head>
+<body>
+{body}
+</body>
+</html>
+"""
+
+_CSS = """
+body { font: 15px/1.5 system-ui, sans-serif; max-width: 72em; margin: 2em auto; padding: 0 1em;
+       color: #1f2328; }
+pre { background: #f6f8fa; padding: .8em; overflow-x: auto; font-size: 13px; }
+code { font-family: ui-monospace, monospace; }
+table { border-collapse: collapse; margin: .5em 0; }
+td, th { border: 1px solid #d0d7de; padding: .2em .6em; text-align: left; vertical-align: top; }
+.fail { color: #cf222e; font-weight: bold; }
+.hit { background: #fff8c5; display: block; }
+.timeline { margin: .5em 0; }
+.row { display: flex; align-items: center; gap: .6em; font-size: 13px; }
+.label { width: 22em; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.track { flex: 1; position: relative; height: 1em; background: #f6f8fa; }
+.bar { position: absolute; top: 0; height: 100%; min-width: 2px; background: #0969da; }
+.bar.recompile { background: #bf8700; }
+.bar.recompile_limit { background: #cf222e; }
+.secs { width: 5em; text-align: right; }
+"""
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    return "<table>" + "".join(f"<tr><th>{name}</th><td>{value}</td></tr>"
+                               for name, value in rows) + "</table>"
+
+
+def _compile_html(data: dict) -> str:
+    summary = [(_e(name), _e(value)) for name, value in _summary_rows(data)]
+    parts = [f"<h1>{_e(_title(data))}</h1>",
+             "<h2>Environment</h2>", f"<pre>{_e(chr(10).join(_env_lines(data)))}</pre>",
+             "<h2>Summary</h2>", _table(summary),
+             "<h2>Graph breaks</h2>"]
+    parts += [_break_html(number, brk) for number, brk in enumerate(data["graph_breaks"], start=1)]
+    if not data["graph_breaks"]:
+        parts.append("<p>None.</p>")
+    parts += ["<h2>Recompiles</h2>", _recompiles_html(data["compiles"]),
+              "<h2>Timeline of compiles</h2>", _timeline_html(data["compiles"])]
+    if data["cudagraph_skips"]:
+        parts += ["<h2>CUDA-graph skips</h2>", "<ul>"]
+        parts += [f"<li>{_e(message)}</li>" for message in data["cudagraph_skips"]] + ["</ul>"]
+    parts += ["<h2>Reproduction</h2>", f"<pre><code>{_e(data['reproduction']['command'])}</code></pre>"]
+    for source in data["reproduction"]["sources"]:
+        parts += [f"<p><code>{_e(source['filename'])}:{source['lineno']}</code> "
+                  f"{_e(source['function'])}</p>", f"<pre><code>{_e(source['source'])}</code></pre>"]
+    return "\n".join(parts)
+
+
+def _break_html(number: int, brk: dict) -> str:
+    where = _where(brk)
+    parts = [f'<section class="break"><h3>{_e(_break_heading(number, brk))}</h3>',
+             f"<p><code>{_e(where[0])}</code>"]
+    parts += [f"<br>called from <code>{_e(caller)}</code>" for caller in where[1:]]
+    parts.append("</p>")
+    if brk["context"]:
+        context = brk["context"]
+        lines = _context_text(context).splitlines()
+        hit = context["lineno"] - context["start"]
+        lines = [f'<span class="hit">{_e(line)}</span>' if index == hit else _e(line)
+                 for index, line in enumerate(lines)]
+        parts.append("<pre><code>" + "\n".join(lines) + "</code></pre>")
+    if brk["caused_by"]:
+        parts.append(f"<p>Caused by: {_e(brk['caused_by'])}</p>")
+    if brk["explanation"]:
+        parts.append(f"<p>{_e(brk['explanation'])}</p>")
+    parts += [f"<p>Hint: {_e(hint)}</p>" for hint in brk["hints"]]
+    if brk["url"]:
+        parts.append(f'<p><a href="{_e(brk["url"])}">{_e(brk["gb_id"] or "torch")} documentation</a></p>')
+    body = (f"<pre><code>{_e(brk['decompiled'])}</code></pre>" if brk["decompiled"]
+            else f"<p>{_e(brk['decompiled_note'])}</p>")
+    parts.append(f"<details><summary>Bytecode dynamo produced for {_e(brk['frames'][0]['function'])}"
+                 f", decompiled by depyf</summary>{body}</details></section>")
+    return "\n".join(parts)
+
+
+def _recompiles_html(compiles: list[dict]) -> str:
+    recompiles = [compile_ for compile_ in compiles if compile_["recompile"]]
+    if not recompiles:
+        return "<p>None.</p>"
+    rows = "".join(
+        f"<tr><td>{_e(c['compile_id'])}</td><td><code>{_e(_function_label(c))}</code> "
+        f"{_e(c['filename'])}:{c['lineno']}</td>"
+        f"<td>{'<br>'.join(_e(reason) for reason in c['reasons']) or '-'}"
+        f"{'<br>' + _e(c['error']) if c['error'] else ''}</td></tr>"
+        for c in recompiles)
+    return f"<table><tr><th>compile</th><th>function</th><th>why</th></tr>{rows}</table>"
+
+
+def _timeline_html(compiles: list[dict]) -> str:
+    """One bar per compile, by start time, on a scale from the block's start to the last end."""
+    timed = sorted((c for c in compiles if c["start"] is not None),
+                   key=lambda c: c["start"])
+    if not timed:
+        return "<p>No compiles.</p>"
+    span = max(c["start"] + (c["seconds"] or 0.0) for c in timed) or 1.0
+    rows = []
+    for c in timed:
+        left, width = 100 * c["start"] / span, 100 * (c["seconds"] or 0.0) / span
+        label = f"{c['compile_id']} {c['kind']}: {_function_label(c)}"
+        seconds = "-" if c["seconds"] is None else f"{c['seconds']:.3f} s"
+        rows.append(f'<div class="row"><span class="label" title="{_e(label)}">{_e(label)}</span>'
+                    f'<span class="track"><span class="bar {_e(c["kind"])}" '
+                    f'style="left:{left:.2f}%;width:{width:.2f}%"></span></span>'
+                    f'<span class="secs">{seconds}</span></div>')
+    return f'<div class="timeline">{"".join(rows)}</div>'
+
+
+def _check_html(data: dict) -> str:
+    rows = "".join(
+        f"<tr><td>{_e(r['name'])}</td>"
+        f"<td>{'pass' if r['passed'] else '<span class=fail>FAIL</span>'}</td>"
+        f"<td>{_e(r['detail'])}</td><td>{r['seconds']:.1f} s</td></tr>" for r in data["results"])
+    parts = [f"<h1>{_e(_title(data))}</h1>", "<h2>Environment</h2>",
+             f"<pre>{_e(chr(10).join(_env_lines(data)))}</pre>", "<h2>Results</h2>",
+             f"<p><code>{_e(data['command'])}</code> in {data['summary']['seconds']:.1f} s</p>",
+             f"<table><tr><th>check</th><th>result</th><th>detail</th><th>time</th></tr>{rows}</table>"]
+    for result in data["results"]:
+        if not result["passed"]:
+            parts += [f"<h3>{_e(result['name'])}</h3>", f"<pre>{_e(result['message'])}</pre>"]
+    return "\n".join(parts)
