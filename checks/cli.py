@@ -1,9 +1,10 @@
-"""The `fullgraph` command: `check` (the main job), `bench` and `env`."""
+"""The `fullgraph` command: `check` (the main job), `report`, `bench` and `env`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from typing import TextIO
@@ -27,6 +28,19 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     check.add_argument("--backend", default="inductor",
                        help="torch.compile backend for the compiled-parity check (default: inductor)")
+    check.add_argument("-o", "--output", metavar="PATH",
+                       help="also write the results as Markdown, JSON or HTML (.md, .json, .html)")
+    report = commands.add_parser(
+        "report", help="run a program and report what torch.compile did in it",
+        usage="fullgraph report [-o PATH] [--format {md,json,html}] -- TARGET",
+        description="Run TARGET and report every graph break, recompile and CUDA-graph skip in "
+                    "it. TARGET is `script.py [args]`, `-m module [args]` or `module:function` "
+                    "(called with no arguments). Exits with TARGET's exit code.")
+    report.add_argument("-o", "--output", metavar="PATH",
+                        help="write the report here (default: Markdown on stdout)")
+    report.add_argument("--format", choices=["md", "json", "html"],
+                        help="default: from the extension of PATH, else md")
+    report.add_argument("target", nargs=argparse.REMAINDER, metavar="TARGET")
     commands.add_parser("env", help="print the environment block")
     bench = commands.add_parser("bench", help="decode speed against the memory-bandwidth limit")
     bench.add_argument("--config", default="tiny", choices=LlamaConfig.names())
@@ -38,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--new-tokens", type=int, default=256)
     bench.add_argument("--no-eager", action="store_true", help="skip the eager baseline")
     bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    bench.add_argument("--profile", action="store_true",
+                       help="CUDA only: break a compiled decode step down by kernel category")
     return parser
 
 
@@ -48,16 +64,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "bench":
         return _bench(args, out=sys.stdout)
-    return _check(args, out=sys.stdout)
+    command = shlex.join(["fullgraph", *(sys.argv[1:] if argv is None else argv)])
+    if args.command == "report":
+        return _report(args, command=command, out=sys.stdout)
+    return _check(args, command=command, out=sys.stdout)
 
 
 def _bench(args: argparse.Namespace, *, out: TextIO) -> int:
     import torch
 
-    from fullgraph.model.bench import copy_bandwidth, run_bench
+    from fullgraph.model.bench import copy_bandwidth, profile_decode, run_bench
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    if args.profile and device.type != "cuda":
+        print("fullgraph bench: --profile needs a CUDA device", file=sys.stderr)
+        return 2
     if args.prompt_len < 1 or args.new_tokens < 2 or min(args.batch) < 1:
         print("fullgraph bench: --prompt-len and --batch must be >= 1, --new-tokens >= 2", file=sys.stderr)
         return 2
@@ -68,6 +90,9 @@ def _bench(args: argparse.Namespace, *, out: TextIO) -> int:
           f"{'share':>5}  {'compile s':>9}  {'peak GB':>7}  {'speed-up':>8}", file=out)
     results = []
     for batch in args.batch:
+        # Each batch size gets its own static graphs, as a deployment at that size would; without
+        # the reset, the second size would run the dynamic-shape graph compiled for both.
+        torch._dynamo.reset()
         modes = [True] if args.no_eager else [True, False]
         runs = [run_bench(args.config, device=str(device), dtype=dtype, batch_size=batch,
                           prompt_len=args.prompt_len, new_tokens=args.new_tokens, compile=compiled,
@@ -79,15 +104,62 @@ def _bench(args: argparse.Namespace, *, out: TextIO) -> int:
                   f"{run.tokens_per_s:>9.1f}  {run.limit_ms_per_token:>8.2f}  {run.share_of_limit:>5.2f}  "
                   f"{run.compile_s:>9.1f}  {peak:>7}  {speedup:>7.2f}x", file=out, flush=True)
         results.extend(runs)
+        if args.profile:
+            breakdown = profile_decode(args.config, device=str(device), dtype=dtype, batch_size=batch,
+                                       prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+                                       steps=min(32, args.new_tokens - 4))
+            parts = ", ".join(f"{name} {ms:.3f}" for name, ms in breakdown.by_category.items())
+            print(f"{batch:>5}  profile ms/step {breakdown.total_ms:.3f}: {parts}", file=out)
+            for name, ms in breakdown.top_kernels:
+                print(f"{'':>7}{ms:8.3f}  {name[:120]}", file=out, flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r.to_dict() for r in results], f, indent=2)
     return 0
 
 
-def _check(args: argparse.Namespace, *, out: TextIO) -> int:
+def _output_format(command: str, path: str | None, format: str | None) -> str | None:
+    """The format to write -o PATH in; prints the error and returns None if there is none."""
+    from .report import format_for_path
+
+    try:
+        return format_for_path(path, format) if path else format or "md"
+    except ValueError:
+        print(f"fullgraph {command}: -o {path}: the extension must be .md, .json or .html"
+              + (" (or give --format)" if command == "report" else ""), file=sys.stderr)
+        return None
+
+
+def _report(args: argparse.Namespace, *, command: str, out: TextIO) -> int:
+    from ._target import TargetError, load_target, run_target
+    from .report import Report, render, write_report
+    from .watch import watch
+
+    format = _output_format("report", args.output, args.format)
+    if format is None:
+        return 2
+    try:
+        target = load_target(args.target)
+    except TargetError as error:
+        print(f"fullgraph report: {error}", file=sys.stderr)
+        return 2
+    with watch() as seen:
+        outcome = run_target(target)
+    report = Report(seen, command=command, status=outcome.status, exception=outcome.exception,
+                    target=target.label)
+    if args.output:
+        write_report(report, args.output, format)
+        print(f"fullgraph report: wrote {args.output}", file=sys.stderr)
+    else:
+        print(render(report, format), end="", file=out)
+    return outcome.code
+
+
+def _check(args: argparse.Namespace, *, command: str, out: TextIO) -> int:
     from .suite import build_target, run_checks  # imports the model and torch's compiler stack
 
+    if args.output and _output_format("check", args.output, None) is None:
+        return 2
     start = time.perf_counter()
     try:
         target = build_target(config=args.config, device=args.device, dtype=args.dtype,
@@ -109,6 +181,11 @@ def _check(args: argparse.Namespace, *, out: TextIO) -> int:
         print(f"\n== {result.name} ==\n{result.message}", file=out)
     total = time.perf_counter() - start
     print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed in {total:.1f}s", file=out)
+    if args.output:
+        from .report import CheckReport, write_report
+
+        write_report(CheckReport(tuple(results), command=command, target=target.label, seconds=total),
+                     args.output)
     return 1 if failed else 0
 
 

@@ -20,7 +20,7 @@ from .config import LlamaConfig
 from .generate import _step_functions
 from .params import init_params
 
-__all__ = ["BenchResult", "copy_bandwidth", "run_bench"]
+__all__ = ["BenchResult", "DecodeProfile", "copy_bandwidth", "run_bench", "profile_decode"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,37 @@ def _bytes_per_token(params: dict[str, torch.Tensor], cfg: LlamaConfig, *, batch
     return int(weights + batch_size * mean_context * per_position)
 
 
+class _DecodeLoop:
+    """Greedy prefill then decode of one random prompt batch, through generate's step functions."""
+
+    def __init__(self, config: str, *, device: torch.device, dtype: torch.dtype, batch_size: int,
+                 prompt_len: int, new_tokens: int, compile: bool):
+        # Only the cache length changes, so every batch size and the profile reuse one config and
+        # the compiled code that guards on it.
+        self.cfg = dataclasses.replace(LlamaConfig.from_name(config),
+                                       max_seq_len=prompt_len + new_tokens)
+        self.device, self.batch_size, self.prompt_len = device, batch_size, prompt_len
+        self.params = init_params(self.cfg, dtype=dtype, device=device)
+        self.cache = new_cache(self.cfg, batch_size=batch_size, dtype=dtype, device=device)
+        self.prefill_fn, self.decode_fn = _step_functions(self.params, self.cache, compile=compile,
+                                                          device=device)
+        self.options = dict(cfg=self.cfg, sdpa_backend="auto", temperature=0.0, top_k=None)
+        self.prompt = torch.randint(0, self.cfg.vocab_size, (batch_size, prompt_len), device=device)
+
+    def prefill(self) -> None:
+        positions = torch.arange(self.prompt_len, device=self.device)
+        token = self.prefill_fn(self.params, self.prompt, positions, self.cache, **self.options)
+        self.token = token.view(self.batch_size, 1)
+        self.position = torch.tensor([self.prompt_len], device=self.device)
+
+    def decode(self, steps: int) -> None:
+        for _ in range(steps):
+            # Cloned: the next CUDA-graph replay overwrites the step's output buffer.
+            token = self.decode_fn(self.params, self.token, self.position, self.cache, **self.options)
+            self.token = token.clone().view(self.batch_size, 1)
+            self.position += 1
+
+
 def run_bench(
     config: str,
     *,
@@ -87,39 +118,20 @@ def run_bench(
     bandwidth_gbps: float | None = None,
 ) -> BenchResult:
     """Prefill `prompt_len` tokens, then time `new_tokens` greedy decode steps."""
-    cfg = dataclasses.replace(LlamaConfig.from_name(config), max_seq_len=prompt_len + new_tokens,
-                              max_batch_size=max(batch_size, 1))
     torch_device = torch.device(device)
-    params = init_params(cfg, dtype=dtype, device=torch_device)
-    cache = new_cache(cfg, batch_size=batch_size, dtype=dtype, device=torch_device)
-    prefill_fn, decode_fn = _step_functions(params, cache, compile=compile, device=torch_device)
-    options = dict(cfg=cfg, sdpa_backend="auto", temperature=0.0, top_k=None)
-    prompt = torch.randint(0, cfg.vocab_size, (batch_size, prompt_len), device=torch_device)
+    loop = _DecodeLoop(config, device=torch_device, dtype=dtype, batch_size=batch_size,
+                       prompt_len=prompt_len, new_tokens=new_tokens, compile=compile)
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
-
     with torch.inference_mode():
-        positions = torch.arange(prompt_len, device=torch_device)
-        step = {"token": None, "pos": None}
-
-        def do_prefill() -> None:
-            step["token"] = prefill_fn(params, prompt, positions, cache, **options).view(batch_size, 1)
-            step["pos"] = torch.tensor([prompt_len], device=torch_device)
-
-        def do_decode(steps: int) -> None:
-            token, pos = step["token"], step["pos"]
-            for _ in range(steps):
-                token = decode_fn(params, token, pos, cache, **options).clone().view(batch_size, 1)
-                pos += 1
-
         # Compile and warm up: CUDA graphs record on the third call of the decode step.
-        compile_s = _timed(lambda: (do_prefill(), do_decode(3)), torch_device)
-        prefill_s = _timed(do_prefill, torch_device)
-        decode_s = _timed(lambda: do_decode(new_tokens - 1), torch_device)
+        compile_s = _timed(lambda: (loop.prefill(), loop.decode(3)), torch_device)
+        prefill_s = _timed(loop.prefill, torch_device)
+        decode_s = _timed(lambda: loop.decode(new_tokens - 1), torch_device)
 
     ms_per_token = decode_s / (new_tokens - 1) * 1e3
     bandwidth = copy_bandwidth(torch_device) if bandwidth_gbps is None else bandwidth_gbps
-    bytes_per_token = _bytes_per_token(params, cfg, batch_size=batch_size,
+    bytes_per_token = _bytes_per_token(loop.params, loop.cfg, batch_size=batch_size,
                                        mean_context=prompt_len + new_tokens / 2, dtype=dtype)
     limit_ms = bytes_per_token / (bandwidth * 1e9) * 1e3
     peak = (torch.cuda.max_memory_allocated(torch_device) / 1e9
@@ -132,3 +144,75 @@ def run_bench(
         bytes_per_token=bytes_per_token, bandwidth_gbps=bandwidth,
         limit_ms_per_token=limit_ms, share_of_limit=limit_ms / ms_per_token,
     )
+
+
+# Kernel-name fragments, lower case, checked in this order: the first match names the category.
+_KERNEL_CATEGORIES = [
+    ("all-reduce", ("nccl", "allreduce", "all_reduce", "cross_device_reduce")),
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn_generated_fort_native_sdpa")),
+    ("matmul", ("gemm", "gemv", "cutlass", "xmma", "cublas", "matmul", "splitk", "sm90")),
+    ("copy", ("memcpy", "memset", "copy")),
+    ("fused elementwise (triton)", ("triton",)),
+]
+
+
+def _category(kernel_name: str) -> str:
+    name = kernel_name.lower()
+    for category, fragments in _KERNEL_CATEGORIES:
+        if any(fragment in name for fragment in fragments):
+            return category
+    return "other kernels"
+
+
+@dataclass(frozen=True)
+class DecodeProfile:
+    """Milliseconds per decode step: by kernel category, the launch gaps, and the top kernels."""
+
+    total_ms: float
+    by_category: dict[str, float]
+    top_kernels: tuple[tuple[str, float], ...]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def profile_decode(
+    config: str,
+    *,
+    device: str = "cuda",
+    dtype: torch.dtype = torch.bfloat16,
+    batch_size: int = 1,
+    prompt_len: int = 128,
+    new_tokens: int = 256,
+    steps: int = 32,
+    compile: bool = True,
+) -> DecodeProfile:
+    """Where a decode step's time goes, from the GPU kernels the profiler saw.
+
+    CUDA only: the categories come from kernel names. "launch gaps" is the step's wall time not
+    covered by any kernel, i.e. time the GPU sat idle waiting for work.
+    """
+    torch_device = torch.device(device)
+    if torch_device.type != "cuda":
+        raise ValueError(f"profile_decode: device must be CUDA, got {device!r}")
+    if steps + 3 >= new_tokens:
+        raise ValueError(f"profile_decode: steps ({steps}) must be below new_tokens - 3 ({new_tokens - 3})")
+    loop = _DecodeLoop(config, device=torch_device, dtype=dtype, batch_size=batch_size,
+                       prompt_len=prompt_len, new_tokens=new_tokens, compile=compile)
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.inference_mode():
+        loop.prefill()
+        loop.decode(3)
+        with torch.profiler.profile(activities=activities) as profiler:
+            wall_s = _timed(lambda: loop.decode(steps), torch_device)
+    by_kernel: dict[str, float] = {}
+    for event in profiler.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            by_kernel[event.name] = by_kernel.get(event.name, 0.0) + event.time_range.elapsed_us() / 1e3 / steps
+    by_category: dict[str, float] = {}
+    for name, ms in by_kernel.items():
+        by_category[_category(name)] = by_category.get(_category(name), 0.0) + ms
+    total_ms = wall_s * 1e3 / steps
+    by_category["launch gaps"] = max(total_ms - sum(by_category.values()), 0.0)
+    top = sorted(by_kernel.items(), key=lambda item: -item[1])[:10]
+    return DecodeProfile(total_ms, by_category, tuple(top))

@@ -5,7 +5,7 @@ import torch
 
 from fullgraph.checks.cli import main
 from fullgraph.model import LlamaConfig, init_params
-from fullgraph.model.bench import _bytes_per_token, copy_bandwidth, run_bench
+from fullgraph.model.bench import _bytes_per_token, copy_bandwidth, profile_decode, run_bench
 
 
 def test_bytes_per_token_counts_weights_and_the_average_cache_read():
@@ -33,8 +33,15 @@ def test_eager_bench_reports_consistent_figures():
 
 
 def test_bench_rejects_too_few_tokens(capsys):
-    assert main(["bench", "--new-tokens", "1"]) == 2
+    assert main(["bench", "--device", "cpu", "--new-tokens", "1"]) == 2
     assert "--new-tokens >= 2" in capsys.readouterr().err
+
+
+def test_profile_needs_cuda(capsys):
+    assert main(["bench", "--device", "cpu", "--profile"]) == 2
+    assert "--profile needs a CUDA device" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="profile_decode: device must be CUDA"):
+        profile_decode("tiny", device="cpu")
 
 
 @pytest.mark.slow

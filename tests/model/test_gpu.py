@@ -50,3 +50,14 @@ def test_every_sdpa_backend_runs_prefill_compiled(tiny_cfg, backend):
 
     assert_parity(compiled(params, tokens, cfg=tiny_cfg, sdpa_backend=backend), expected,
                   dtype=torch.bfloat16)
+
+
+def test_bench_profile_splits_a_decode_step_into_kernel_categories():
+    from fullgraph.model.bench import profile_decode
+
+    breakdown = profile_decode("tiny", device="cuda", dtype=torch.bfloat16, prompt_len=8,
+                               new_tokens=24, steps=8)
+    assert breakdown.total_ms > 0 and breakdown.by_category["matmul"] > 0
+    # Kernels and gaps add up to the step, unless kernels overlap (then gaps are 0).
+    assert sum(breakdown.by_category.values()) >= breakdown.total_ms * 0.99
+    assert len(breakdown.top_kernels) <= 10 and breakdown.top_kernels[0][1] > 0
