@@ -239,10 +239,15 @@ class _BreakRecorder:
 
 
 def _depth(frames: tuple[Frame, ...], code: types.CodeType) -> int:
-    """Where in a break's stack the frame dynamo was compiling sits (0 outermost); -1 if absent."""
+    """Where in a break's stack the frame dynamo was compiling sits (0 outermost); -1 if absent.
+
+    Matched by file, name and line: two methods called `forward` can share a file.
+    """
     name = _compat.remove_resume_prefix(code.co_name)
+    lines = {line for _, _, line in code.co_lines()}
     for index in range(len(frames) - 1, -1, -1):
-        if (frames[index].filename, frames[index].function) == (code.co_filename, name):
+        frame = frames[index]
+        if (frame.filename, frame.function) == (code.co_filename, name) and frame.lineno in lines:
             return index
     return -1
 
