@@ -42,6 +42,7 @@ __all__ = [
     "render_markdown",
     "render_json",
     "render_html",
+    "render",
     "write_report",
     "format_for_path",
 ]
@@ -122,9 +123,11 @@ class CheckReport:
 
 
 def _break_dict(brk: GraphBreak, seen: Watch) -> dict:
-    decompiled, note = _decompiled(seen.transformed_code(brk), brk)
-    return {**brk.to_dict(), "context": _context(brk), "decompiled": decompiled,
-            "decompiled_note": note}
+    codes = seen.transformed_code(brk)
+    # The frame dynamo was compiling: the function itself, or a resume function of it.
+    compiled = codes[0].co_name if codes else brk.frames[0].function
+    return {**brk.to_dict(), "context": _context(brk), "compiled_function": compiled,
+            **_decompiled(codes, compiled)}
 
 
 def _compile_dict(event: CompileEvent, timing: CompileTiming) -> dict:
@@ -149,23 +152,26 @@ def _context(brk: GraphBreak) -> dict | None:
             "lines": [line.rstrip("\n") for line in lines[start - 1:end]]}
 
 
-def _decompiled(codes: tuple, brk: GraphBreak) -> tuple[str | None, str | None]:
-    """(depyf's Python for each cache entry of the broken frame, or None; why it is missing)."""
+def _decompiled(codes: tuple, function: str) -> dict:
+    """{"decompiled": depyf's Python for each cache entry, or None; "decompiled_note": why not}."""
     if not codes:
-        return None, (f"dynamo no longer holds compiled code for {brk.frames[0].function} "
-                      f"(reset before the report was written)")
+        return {"decompiled": None,
+                "decompiled_note": f"dynamo holds no compiled code for {function}: its compile did "
+                                   f"not finish, or dynamo was reset before the report was written"}
     try:
         import depyf  # optional: the fullgraph[report] extra
     except ImportError:
-        return None, "depyf is not installed (pip install depyf) to show the bytecode dynamo produced"
+        return {"decompiled": None,
+                "decompiled_note": "depyf is not installed: `pip install depyf` to show the "
+                                   "bytecode dynamo produced"}
     parts = []
     for number, code in enumerate(codes):
         try:
             text = depyf.decompile(code)
         except Exception as error:  # a decompiler gap must not cost the rest of the report
             text = f"# depyf could not decompile this entry: {type(error).__name__}: {error}\n"
-        parts.append(f"# cache entry {number}: {code.co_name}\n{text.rstrip()}")
-    return "\n\n".join(parts), None
+        parts.append(f"# cache entry {number}\n{text.rstrip()}")
+    return {"decompiled": "\n\n".join(parts), "decompiled_note": None}
 
 
 def _sources(breaks: tuple[GraphBreak, ...]) -> list[dict]:
@@ -263,6 +269,13 @@ def render_html(report: Report | CheckReport) -> str:
 _RENDERERS = {"md": render_markdown, "json": render_json, "html": render_html}
 
 
+def render(report: Report | CheckReport, format: str = "md") -> str:
+    """The report as text in one of FORMATS."""
+    if format not in _RENDERERS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    return _RENDERERS[format](report)
+
+
 def format_for_path(path: str | os.PathLike, format: str | None = None) -> str:
     """The format to write `path` in: `format` if given, else from the extension."""
     if format is not None:
@@ -280,7 +293,7 @@ def write_report(report: Report | CheckReport, path: str | os.PathLike, format: 
                  ) -> Path:
     """Write the report to `path` as Markdown, JSON or HTML (from the extension unless `format`
     says); return the path."""
-    text = _RENDERERS[format_for_path(path, format)](report)
+    text = render(report, format_for_path(path, format))
     target = Path(path)
     target.write_text(text, encoding="utf-8")
     return target
@@ -335,9 +348,17 @@ def _summary_rows(data: dict) -> list[tuple[str, str]]:
 
 
 def _function_label(compile_: dict) -> str:
-    name = _compat.remove_resume_prefix(compile_["function"])
-    resumed = name != compile_["function"]
-    return f"{name} (resumed)" if resumed else name
+    return _resumed(compile_["function"])
+
+
+def _compiled_label(brk: dict) -> str:
+    return _resumed(brk["compiled_function"])
+
+
+def _resumed(code_name: str) -> str:
+    """`f (resumed)` for dynamo's resume function `torch_dynamo_resume_in_f_at_12`."""
+    name = _compat.remove_resume_prefix(code_name)
+    return f"{name} (resumed)" if name != code_name else name
 
 
 def _break_heading(number: int, brk: dict) -> str:
@@ -403,7 +424,7 @@ def _break_markdown(number: int, brk: dict) -> list[str]:
     if brk["url"]:
         out.append(f"[{brk['gb_id'] or 'torch'} documentation]({brk['url']})")
     out += ["", "<details><summary>Bytecode dynamo produced for "
-                f"{brk['frames'][0]['function']}, decompiled by depyf</summary>", ""]
+                f"{_compiled_label(brk)}, decompiled by depyf</summary>", ""]
     out += [_fence(brk["decompiled"], "python") if brk["decompiled"] else brk["decompiled_note"]]
     out += ["", "</details>", ""]
     return out
@@ -538,7 +559,7 @@ def _break_html(number: int, brk: dict) -> str:
         parts.append(f'<p><a href="{_e(brk["url"])}">{_e(brk["gb_id"] or "torch")} documentation</a></p>')
     body = (f"<pre><code>{_e(brk['decompiled'])}</code></pre>" if brk["decompiled"]
             else f"<p>{_e(brk['decompiled_note'])}</p>")
-    parts.append(f"<details><summary>Bytecode dynamo produced for {_e(brk['frames'][0]['function'])}"
+    parts.append(f"<details><summary>Bytecode dynamo produced for {_e(_compiled_label(brk))}"
                  f", decompiled by depyf</summary>{body}</details></section>")
     return "\n".join(parts)
 

@@ -1,0 +1,161 @@
+import json
+import os
+import re
+import sys
+
+import pytest
+import torch
+
+import zoo
+from fullgraph.checks.report import (SCHEMA_VERSION, CheckReport, Report, format_for_path, render,
+                                     render_html, render_json, render_markdown, write_report)
+from fullgraph.checks.suite import CheckResult
+from fullgraph.checks.watch import watch
+
+ZOO = os.path.relpath(zoo.__file__)
+DOCS = "https://meta-pytorch.github.io/compile-graph-break-site/"
+BUILTIN = "Failed to trace builtin operator"
+
+
+@pytest.fixture(scope="module")
+def report():
+    """Two functions: one breaks in a helper and recompiles, one reads .item()."""
+    torch._dynamo.reset()
+    helpers = torch.compile(zoo.calls_helpers, backend="eager", dynamic=False)
+    item = torch.compile(zoo.reads_item, backend="eager")
+    with watch() as seen:
+        for size in (2, 3):
+            helpers(torch.ones(size))
+        item(torch.ones(2))
+    # Paths of this machine in the command: the report must not repeat them.
+    command = f"python {os.getcwd()}/train.py --data {os.path.expanduser('~')}/data"
+    yield Report(seen, command=command, target="train.py")
+    torch._dynamo.reset()
+
+
+def test_json_has_the_versioned_schema(report):
+    data = json.loads(render_json(report))
+
+    assert data["schema_version"] == SCHEMA_VERSION and data["kind"] == "compile-report"
+    assert set(data["env"]) >= {"torch", "python", "platform", "cuda", "gpu"}
+    assert data["env"]["torch"] == torch.__version__
+    assert data["exit"] == {"status": "ok", "exception": None}
+    assert data["summary"]["graph_breaks"] == 2 and data["summary"]["recompiles"] >= 3
+    assert data["summary"]["graph_count"] == report.watch.graph_count
+    helper, scalar = data["graph_breaks"]
+    assert {"gb_type", "gb_id", "reason", "explanation", "hints", "frames", "count"} <= set(helper)
+    assert helper["count"] == 2 and scalar["count"] == 1 and helper["gb_id"].startswith("GB")
+    assert [(f["function"], f["lineno"]) for f in helper["frames"]] == [
+        ("calls_helpers", zoo.line_of("outer call")), ("_scale_and_log", zoo.line_of("middle call")),
+        ("_log", zoo.line_of("helper"))]
+    assert helper["frames"][-1] == {"filename": ZOO, "lineno": zoo.line_of("helper"),
+                                    "function": "_log",
+                                    "line": 'print("log", x.shape)  # break: helper'}
+    first = data["compiles"][0]
+    recompile = next(compile_ for compile_ in data["compiles"] if compile_["recompile"])
+    assert {"compile_id", "function", "filename", "lineno", "recompile", "reasons"} <= set(first)
+    assert first["function"] == "calls_helpers" and first["recompile"] is False
+    assert first["filename"] == ZOO and first["seconds"] > 0
+    assert recompile["recompile"] and "size guard on x.size()[0]: expected 2, actual 3" in recompile["reasons"][0]
+
+
+def test_markdown_is_an_issue_body(report):
+    text = render_markdown(report)
+    title, _, rest = text.partition("\n")
+
+    assert title == "**Suggested issue title:** torch.compile: 2 graph breaks, " \
+                    f"{report.to_dict()['summary']['recompiles']} recompiles in train.py"
+    sections = re.findall(r"^## (.+)$", text, re.M)
+    assert sections == ["Environment", "Summary", "Graph breaks", "Recompiles", "Reproduction"]
+    assert f"torch          {torch.__version__}" in text and "dynamo config  defaults" in text
+    assert "| graph breaks | 2 distinct |" in text
+    # Each distinct break once, with its count.
+    assert re.findall(r"^### \d\. (.+)$", text, re.M) == [
+        f"{BUILTIN} (GB0059): 2 times",
+        "Unsupported Tensor.item() call with capture_scalar_outputs=False (GB0124): 1 time"]
+    helper = zoo.line_of("helper")
+    assert f"`{ZOO}:{helper} in _log`\ncalled from `{ZOO}:{zoo.line_of('middle call')} in _scale_and_log`" in text
+    assert f"> {helper}      print(\"log\", x.shape)  # break: helper" in text  # the line, marked
+    assert f"  {helper - 1}  def _log(x):" in text and f"  {helper + 1}      return x + 1" in text
+    assert "- Hint: Avoid calling builtin `print`" in text
+    assert f"[GB0059 documentation]({DOCS}gb/gb0059.html)" in text
+    assert "<details><summary>Bytecode dynamo produced for calls_helpers, decompiled by depyf" in text
+    assert "def calls_helpers(x):" in text and "__resume_at_" in text
+    assert "size guard on x.size()[0]: expected 2, actual 3" in text
+    reproduction = text[text.index("## Reproduction"):]
+    assert "```sh\npython ./train.py --data ~/data\n```" in reproduction
+    assert f"`{ZOO}:{helper - 1}` _log\n\n```python\ndef _log(x):\n" in reproduction
+
+
+
+def test_html_is_self_contained_with_a_timeline(report):
+    page = render_html(report)
+
+    assert page.startswith("<!DOCTYPE html>") and "<style>" in page
+    links = re.findall(r"""(?:src|href)\s*=\s*["']?([^"' >]+)""", page)
+    assert links and all(link.startswith(DOCS) for link in links)
+    assert "<script" not in page and "@import" not in page and "url(" not in page
+    bars = re.findall(r'<span class="bar (\w+)" style="left:([\d.]+)%;width:([\d.]+)%">', page)
+    assert len(bars) == len(report.watch.compiles)
+    kinds = [kind for kind, _, _ in bars]
+    assert kinds[:2] == ["compile", "compile"] and "recompile" in kinds
+    assert [float(left) for _, left, _ in bars] == sorted(float(left) for _, left, _ in bars)
+    for heading in ("Environment", "Summary", "Graph breaks", "Recompiles", "Timeline of compiles",
+                    "Reproduction"):
+        assert f"<h2>{heading}</h2>" in page
+    assert "<details><summary>Bytecode dynamo produced for calls_helpers" in page
+
+
+@pytest.mark.parametrize("render_as", [render_markdown, render_json, render_html])
+def test_nothing_about_the_machine_leaks(report, render_as):
+    text = render_as(report)
+    assert os.getcwd() not in text and os.path.expanduser("~") not in text
+    assert os.path.dirname(torch.__file__) not in text
+
+
+def test_says_when_depyf_is_missing(report, monkeypatch):
+    monkeypatch.setitem(sys.modules, "depyf", None)  # makes `import depyf` raise ImportError
+    data = report.to_dict()
+    assert data["graph_breaks"][0]["decompiled"] is None
+    assert data["graph_breaks"][0]["decompiled_note"].startswith("depyf is not installed")
+    assert "depyf is not installed: `pip install depyf`" in render_markdown(report)
+
+
+def test_a_failed_run_says_how_it_ended():
+    with watch() as seen:
+        pass
+    report = Report(seen, command="python boom.py", status="exception", exception="ValueError: boom")
+    text = render_markdown(report)
+    assert "| ended | exception (ValueError: boom) |" in text
+    assert text.startswith("**Suggested issue title:** torch.compile: no graph breaks or recompiles "
+                           "in python boom.py")
+    assert json.loads(render_json(report))["exit"] == {"status": "exception", "exception": "ValueError: boom"}
+
+
+def test_write_report_picks_the_format_from_the_extension(report, tmp_path):
+    assert json.loads(write_report(report, tmp_path / "r.json").read_text())["schema_version"] == 1
+    assert write_report(report, tmp_path / "r.md").read_text().startswith("**Suggested issue title")
+    assert write_report(report, tmp_path / "r.htm").read_text().startswith("<!DOCTYPE html>")
+    assert write_report(report, tmp_path / "r.txt", format="json").read_text().startswith("{")
+    with pytest.raises(ValueError, match=r"^path: cannot tell the format of '.*r\.txt'"):
+        write_report(report, tmp_path / "r.txt")
+    with pytest.raises(ValueError, match=r"^format must be one of md, json, html, got 'pdf'"):
+        format_for_path("r.md", "pdf")
+
+
+def test_check_results_render_in_every_format():
+    results = (CheckResult("graph breaks: decode", True, "1 graph, 0 breaks", 1.25),
+               CheckResult("recompiles: decode", False, "decode compiled 3 times (limit 1)", 2.5,
+                           message="decode compiled 3 times over 64 positions (limit 1)"))
+    checks = CheckReport(results, command="fullgraph check -o r.md", target="tiny on cpu", seconds=3.8)
+
+    text = render(checks, "md")
+    assert text.startswith("# fullgraph check: 1 passed, 1 failed (tiny on cpu)")
+    assert "| graph breaks: decode | pass | 1 graph, 0 breaks | 1.2 s |" in text
+    assert "| recompiles: decode | **FAIL** |" in text
+    assert "### recompiles: decode\n\n```\ndecode compiled 3 times over 64 positions (limit 1)" in text
+    data = json.loads(render(checks, "json"))
+    assert data["kind"] == "check-results" and data["summary"] == {"passed": 1, "failed": 1, "seconds": 3.8}
+    assert data["results"][1]["message"].startswith("decode compiled 3 times") and "torch" in data["env"]
+    page = render(checks, "html")
+    assert "<span class=fail>FAIL</span>" in page and "http" not in page
