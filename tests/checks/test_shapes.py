@@ -184,3 +184,14 @@ def test_shapes_draws_named_sizes_and_rejects_what_is_not_a_strategy():
         shapes()
     with pytest.raises(TypeError, match="got one dict"):
         sweep_shapes(zoo.rows_sum, lambda rows: torch.ones(rows, 2), {"rows": 2})
+
+
+def test_size_oblivious_shapes_cover_one_token_prompts_in_the_same_graph():
+    # The fix for the one-token graph above: with backed_size_oblivious, dynamo stops
+    # specialising size 1, and prompt lengths 1..256 share one graph.
+    patch = torch.fx.experimental._config.patch(backed_size_oblivious=True)
+    with patch:
+        report = dim_report(model_step, [prompts(2, seq) for seq in (1, 2, 17, 256)], [BATCH, SEQ],
+                            mark_dynamic=[SEQ])
+    assert len(report.compiles.events) == 1
+    assert report["seq"].recompiles == ()

@@ -65,6 +65,11 @@ def test_a_break_before_tracing_is_caught_by_fullgraph(target):
     assert "Attempt to trace generator" in result.message
 
 
+def _line_of(text):
+    source = open(__file__).read().splitlines()
+    return next(number for number, line in enumerate(source, 1) if line.strip().startswith(text))
+
+
 STEPS_TAKEN = {"count": 0}
 
 
@@ -78,7 +83,10 @@ def test_a_recompiling_decode_fails_its_check(target, monkeypatch):
     monkeypatch.setattr(suite, "decode_step", _decode_that_recompiles)
     [result] = suite.run_checks(target, checks=[("decode", suite.check_decode_compiles_once)])
     assert not result.passed
-    assert result.detail == "decode hit the recompile limit after 8 compiles at position 8 (limit 1)"
+    assert result.detail == ("_decode_that_recompiles recompiled 8 times, more than the limit of 0 per "
+                             "function; 1 hit torch._dynamo.config.recompile_limit and fell back to eager")
+    line = _line_of('STEPS_TAKEN["count"] += 1')
+    assert f"guarded at tests/checks/test_suite.py:{line} in _decode_that_recompiles" in result.message
 
 
 def test_build_target_rejects_bad_arguments():
@@ -86,3 +94,30 @@ def test_build_target_rejects_bad_arguments():
         suite.build_target(dtype="float8")
     with pytest.raises(ValueError, match="unknown config name 'huge'"):
         suite.build_target(config="huge")
+
+
+def _prefill_that_specialises(params, tokens, input_pos, cache, cfg):
+    # A loop bounded by the length bakes every length into its own graph.
+    total = tokens[:, 0]
+    for _ in range(int(input_pos.shape[0])):
+        total = total + 1
+    return total
+
+
+def test_a_prefill_that_specialises_on_length_fails_its_check(target, monkeypatch):
+    monkeypatch.setattr(suite, "_prefill", _prefill_that_specialises)
+    [result] = suite.run_checks(target, checks=[("prefill", suite.check_prefill_recompiles)])
+    assert not result.passed
+    assert result.detail.startswith("_prefill_that_specialises recompiled 3 times, more than the limit of 1")
+
+
+def _decode_with_a_counter(params, token, input_pos, cache, cfg):
+    STEPS_TAKEN["count"] += 1
+    return token + STEPS_TAKEN["count"]
+
+
+def test_an_unstable_decode_guard_fails_its_check(target, monkeypatch):
+    monkeypatch.setattr(suite, "_decode", _decode_with_a_counter)
+    [result] = suite.run_checks(target, checks=[("guards", suite.check_decode_guards_are_stable)])
+    assert not result.passed
+    assert "STEPS_TAKEN" in result.message
