@@ -475,9 +475,13 @@ def entry_code(entry: Any) -> types.CodeType | None:
 
 
 def non_default_dynamo_config() -> dict[str, Any]:
-    """The dynamo config entries that differ from their defaults (set in code or by environment)."""
+    """The dynamo config entries whose values differ from their defaults (set in code or by
+    environment)."""
     config = torch._dynamo.config
     get_dict = getattr(config, "_get_dict", None)
     if get_dict is None:
         return {}
-    return get_dict(skip_default=True)
+    # An entry set back to its default still counts as set for torch: compare the values.
+    entries = getattr(config, "_config", {})
+    return {name: value for name, value in get_dict(skip_default=True).items()
+            if name not in entries or value != getattr(entries[name], "default", object())}

@@ -159,3 +159,10 @@ def test_check_results_render_in_every_format():
     assert data["results"][1]["message"].startswith("decode compiled 3 times") and "torch" in data["env"]
     page = render(checks, "html")
     assert "<span class=fail>FAIL</span>" in page and "http" not in page
+
+
+def test_the_environment_names_dynamo_config_that_differs_from_the_defaults():
+    with watch() as seen:
+        torch._dynamo.config.recompile_limit = 2
+    text = render_markdown(Report(seen, command="python train.py"))
+    assert "torch._dynamo.config.recompile_limit  2\n" in text and "dynamo config  defaults" not in text

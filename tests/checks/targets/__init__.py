@@ -1,0 +1,1 @@
+"""Small programs that `fullgraph report` runs in its tests, one idea each."""
