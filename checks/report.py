@@ -127,7 +127,7 @@ def _break_dict(brk: GraphBreak, seen: Watch) -> dict:
     # The frame dynamo was compiling: the function itself, or a resume function of it.
     compiled = codes[0].co_name if codes else brk.frames[0].function
     return {**brk.to_dict(), "context": _context(brk), "compiled_function": compiled,
-            **_decompiled(codes, compiled)}
+            **_decompiled(codes, _resumed(compiled))}
 
 
 def _compile_dict(event: CompileEvent, timing: CompileTiming) -> dict:
@@ -164,14 +164,15 @@ def _decompiled(codes: tuple, function: str) -> dict:
         return {"decompiled": None,
                 "decompiled_note": "depyf is not installed: `pip install depyf` to show the "
                                    "bytecode dynamo produced"}
-    parts = []
-    for number, code in enumerate(codes):
-        try:
-            text = depyf.decompile(code)
-        except Exception as error:  # a decompiler gap must not cost the rest of the report
-            text = f"# depyf could not decompile this entry: {type(error).__name__}: {error}\n"
-        parts.append(f"# cache entry {number}\n{text.rstrip()}")
-    return {"decompiled": "\n\n".join(parts), "decompiled_note": None}
+    # One entry per recompile, most recently used first: the newest stands for the rest.
+    try:
+        text = depyf.decompile(codes[0]).rstrip()
+    except Exception as error:  # a decompiler gap must not cost the rest of the report
+        return {"decompiled": None,
+                "decompiled_note": f"depyf could not decompile it: {type(error).__name__}: {error}"}
+    note = (f"the newest of {len(codes)} cache entries, one per compile of {function}"
+            if len(codes) > 1 else None)
+    return {"decompiled": text, "decompiled_note": note}
 
 
 def _sources(breaks: tuple[GraphBreak, ...]) -> list[dict]:
@@ -410,8 +411,8 @@ def _compile_markdown(data: dict) -> str:
 
 def _break_markdown(number: int, brk: dict) -> list[str]:
     where = _where(brk)
-    out = [f"### {_break_heading(number, brk)}", "", f"`{where[0]}`"]
-    out += [f"called from `{caller}`" for caller in where[1:]]
+    out = [f"### {_break_heading(number, brk)}", "", f"- `{where[0]}`"]
+    out += [f"- called from `{caller}`" for caller in where[1:]]
     out.append("")
     if brk["context"]:
         out += [_fence(_context_text(brk["context"]), "python"), ""]
@@ -425,6 +426,8 @@ def _break_markdown(number: int, brk: dict) -> list[str]:
         out.append(f"[{brk['gb_id'] or 'torch'} documentation]({brk['url']})")
     out += ["", "<details><summary>Bytecode dynamo produced for "
                 f"{_compiled_label(brk)}, decompiled by depyf</summary>", ""]
+    if brk["decompiled"] and brk["decompiled_note"]:
+        out += [f"{brk['decompiled_note'].capitalize()}:", ""]
     out += [_fence(brk["decompiled"], "python") if brk["decompiled"] else brk["decompiled_note"]]
     out += ["", "</details>", ""]
     return out
@@ -436,12 +439,23 @@ def _recompiles_markdown(compiles: list[dict]) -> list[str]:
         return ["None.", ""]
     out = ["| compile | function | why |", "|---|---|---|"]
     for compile_ in recompiles:
-        why = "; ".join(compile_["reasons"]) or "-"
-        if compile_["error"]:
-            why += f" ({compile_['error']})"
+        why = _why(compile_)
         out.append(f"| {compile_['compile_id']} | `{_function_label(compile_)}` "
                    f"({compile_['filename']}:{compile_['lineno']}) | {_cell(why)} |")
     return out + [""]
+
+
+def _why(compile_: dict) -> str:
+    """The newest cache entry's failed guard (the others usually fail the same way), and the
+    error of a refused compile."""
+    reasons = compile_["reasons"]
+    why = reasons[0] if reasons else "-"
+    if len(reasons) > 1:
+        older = len(reasons) - 1
+        why += f" ({older} older {'entry' if older == 1 else 'entries'} failed too)"
+    if compile_["error"]:
+        why += f" ({compile_['error']})"
+    return why
 
 
 def _cell(text: str) -> str:
@@ -557,8 +571,10 @@ def _break_html(number: int, brk: dict) -> str:
     parts += [f"<p>Hint: {_e(hint)}</p>" for hint in brk["hints"]]
     if brk["url"]:
         parts.append(f'<p><a href="{_e(brk["url"])}">{_e(brk["gb_id"] or "torch")} documentation</a></p>')
-    body = (f"<pre><code>{_e(brk['decompiled'])}</code></pre>" if brk["decompiled"]
-            else f"<p>{_e(brk['decompiled_note'])}</p>")
+    body = "".join([f"<p>{_e(brk['decompiled_note'].capitalize())}:</p>"
+                    if brk["decompiled"] and brk["decompiled_note"] else "",
+                    f"<pre><code>{_e(brk['decompiled'])}</code></pre>" if brk["decompiled"]
+                    else f"<p>{_e(brk['decompiled_note'])}</p>"])
     parts.append(f"<details><summary>Bytecode dynamo produced for {_e(_compiled_label(brk))}"
                  f", decompiled by depyf</summary>{body}</details></section>")
     return "\n".join(parts)
@@ -571,8 +587,7 @@ def _recompiles_html(compiles: list[dict]) -> str:
     rows = "".join(
         f"<tr><td>{_e(c['compile_id'])}</td><td><code>{_e(_function_label(c))}</code> "
         f"{_e(c['filename'])}:{c['lineno']}</td>"
-        f"<td>{'<br>'.join(_e(reason) for reason in c['reasons']) or '-'}"
-        f"{'<br>' + _e(c['error']) if c['error'] else ''}</td></tr>"
+        f"<td>{_e(_why(c))}</td></tr>"
         for c in recompiles)
     return f"<table><tr><th>compile</th><th>function</th><th>why</th></tr>{rows}</table>"
 

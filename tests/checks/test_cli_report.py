@@ -81,6 +81,15 @@ def test_module_colon_function_is_imported_and_called(tmp_path):
     assert '<div class="timeline">' in page
 
 
+def test_the_documented_example_still_breaks_as_documented(capsys):
+    # docs/report-example.md was made from this program.
+    assert main(["report", "--format", "json", "--", "targets/decode_loop.py"]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(out[out.index("{"):])
+    assert [(brk["frames"][-1]["function"], brk["count"]) for brk in data["graph_breaks"]] == [
+        ("rotate", 3), ("log_step", 3)]
+
+
 @pytest.mark.parametrize("argv, error", [
     ([], "TARGET is missing: give `script.py [args]`, `-m module [args]` or `module:function`"),
     (["--"], "TARGET is missing"),

@@ -74,7 +74,9 @@ def test_markdown_is_an_issue_body(report):
         f"{BUILTIN} (GB0059): 2 times",
         "Unsupported Tensor.item() call with capture_scalar_outputs=False (GB0124): 1 time"]
     helper = zoo.line_of("helper")
-    assert f"`{ZOO}:{helper} in _log`\ncalled from `{ZOO}:{zoo.line_of('middle call')} in _scale_and_log`" in text
+    assert (f"- `{ZOO}:{helper} in _log`\n"
+            f"- called from `{ZOO}:{zoo.line_of('middle call')} in _scale_and_log`\n"
+            f"- called from `{ZOO}:{zoo.line_of('outer call')} in calls_helpers`\n") in text
     assert f"> {helper}      print(\"log\", x.shape)  # break: helper" in text  # the line, marked
     assert f"  {helper - 1}  def _log(x):" in text and f"  {helper + 1}      return x + 1" in text
     assert "- Hint: Avoid calling builtin `print`" in text
