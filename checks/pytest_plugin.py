@@ -1,0 +1,544 @@
+"""The pytest plugin: two fixtures, the `fullgraph` marker and the --fullgraph-* options.
+
+    def test_counts(compile_tracker): ...          # track_compiles() around the test
+    def test_sweep(fresh_dynamo): ...              # torch.compiler.reset() before and after
+    @pytest.mark.fullgraph(max_graph_breaks=0, max_recompiles=1)
+    def test_forward(): ...                        # fails past either limit
+
+    pytest --fullgraph-watch                       # which tests broke the graph or recompiled
+    pytest --fullgraph-report=run.md               # the whole run's report: .md, .json or .html
+    pytest --fullgraph-baseline=fullgraph.json [--fullgraph-update-baseline]
+
+The pytest11 entry point loads this module wherever fullgraph is installed, in every project's
+test run, so it costs nothing until one of those is used: torch's compiler is imported inside
+hooks and fixtures only, and the per-test hooks are registered only when a collected test
+carries the marker or an option asks for them.
+
+Only a test's call phase is watched. A session fixture compiles once, in whichever test sets it
+up first: counting fixtures would make a test's numbers depend on test order and on the xdist
+worker it ran on.
+
+Under pytest-xdist each worker watches its own tests and puts what it saw on the call phase's
+TestReport as an extra attribute, which pytest serialises with the report; the controller reads
+every test's numbers from the reports, the same way with or without workers.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+__all__ = [
+    "MARKER",
+    "Limits",
+    "marker_limits",
+    "compile_tracker",
+    "fresh_dynamo",
+    "pytest_addoption",
+    "pytest_configure",
+    "pytest_collection_modifyitems",
+]
+
+MARKER = "fullgraph"
+COUNTS = ("graph_breaks", "recompiles")  # what a baseline holds for each test
+_MARKER_HELP = (f"{MARKER}(max_graph_breaks=0, max_recompiles=None): watch every compile in the "
+                "test and fail past either limit (recompiles are counted per function); a "
+                "recompile-limit fallback to eager always fails")
+_LIMITS = pytest.StashKey["Limits"]()
+_WATCHED = pytest.StashKey[Any]()
+_REPORT_ATTRIBUTE = "fullgraph"  # the TestReport attribute that carries a test's record
+
+
+# -- fixtures -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def compile_tracker():
+    """track_compiles() around the test: the live CompileReport of every compile in it."""
+    from .recompiles import track_compiles
+
+    with track_compiles() as report:
+        yield report
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """torch.compiler.reset() before and after the test: it compiles from scratch, and leaves
+    nothing compiled for the next test."""
+    import torch
+
+    torch.compiler.reset()
+    yield
+    torch.compiler.reset()
+
+
+# -- the marker ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Limits:
+    """A marked test's limits; max_recompiles None means no budget (limit hits still fail)."""
+
+    max_graph_breaks: int = 0
+    max_recompiles: int | None = None
+
+
+def marker_limits(marker: pytest.Mark) -> Limits:
+    """The Limits a `fullgraph` marker asks for; TypeError or ValueError naming what is wrong."""
+    __tracebackhide__ = True
+    if marker.args:
+        raise TypeError(f"@pytest.mark.{MARKER} takes keyword arguments only, got {marker.args!r}")
+    known = Limits.__dataclass_fields__
+    unknown = [name for name in marker.kwargs if name not in known]
+    if unknown:
+        raise TypeError(f"@pytest.mark.{MARKER} got unknown keyword argument(s) "
+                        f"{', '.join(unknown)}; it takes {', '.join(known)}")
+    for name, value in marker.kwargs.items():
+        if value is None and name == "max_recompiles":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"@pytest.mark.{MARKER}: {name} must be an int, got {value!r}")
+        if value < 0:
+            raise ValueError(f"@pytest.mark.{MARKER}: {name} must be >= 0, got {value}")
+    return Limits(**marker.kwargs)
+
+
+def _enforce(limits: Limits, watched: Any, test: str) -> None:
+    """Raise GraphBreakError or RecompileBudgetError (the first that applies, with both messages)."""
+    __tracebackhide__ = True
+    from .graph_breaks import GraphBreakError, _entry
+    from ._message import format_failure
+    from .recompiles import RecompileBudgetError, budget_message, counted, over_budget
+
+    failures = []
+    breaks = [brk for brk in watched.graph_breaks if not brk.disabled]
+    if len(breaks) > limits.max_graph_breaks:
+        headline = (f"{counted(len(breaks), 'graph break')} in {test} "
+                    f"(limit {limits.max_graph_breaks})")
+        hint = "fix them in order, as one break can cause the next"
+        failures.append((GraphBreakError,
+                         format_failure(headline, [_entry(brk) for brk in breaks], hint)))
+    # Without a budget only the recompile-limit hits are offenders.
+    budget = sys.maxsize if limits.max_recompiles is None else limits.max_recompiles
+    offenders = over_budget(watched.compiles, budget, per_function=True)
+    if offenders:
+        failures.append((RecompileBudgetError, budget_message(watched, offenders, budget,
+                                                              per_function=True, msg=None)))
+    if failures:
+        raise failures[0][0]("\n\n".join(message for _, message in failures), watched)
+
+
+# -- options ------------------------------------------------------------------------------------
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup(MARKER, "fullgraph: what torch.compile did in each test")
+    group.addoption("--fullgraph-watch", action="store_true", default=False,
+                    help="watch every test's compiles and list, in the terminal summary, each "
+                         "test that broke the graph or recompiled, grouped by graph-break type "
+                         "and location and by function and guard")
+    group.addoption("--fullgraph-report", metavar="PATH", default=None,
+                    help="write what torch.compile did in the whole run to PATH, as Markdown, "
+                         "JSON or HTML by its extension (.md, .json, .html); implies watching")
+    group.addoption("--fullgraph-baseline", metavar="FILE", default=None,
+                    help="compare each test's graph breaks and recompiles with FILE (JSON, "
+                         "{nodeid: {graph_breaks: n, recompiles: m}}) and fail the run on any "
+                         "increase; implies watching")
+    group.addoption("--fullgraph-update-baseline", action="store_true", default=False,
+                    help="write the counts of the tests that ran into the --fullgraph-baseline "
+                         "FILE instead of comparing (other tests' entries are kept)")
+
+
+@dataclass(frozen=True)
+class _Options:
+    watch: bool
+    report: Path | None
+    baseline: Path | None
+    update_baseline: bool
+
+    @property
+    def any(self) -> bool:
+        return self.watch or self.report is not None or self.baseline is not None
+
+
+def _options(config: pytest.Config) -> _Options:
+    report = config.getoption("fullgraph_report")
+    baseline = config.getoption("fullgraph_baseline")
+    return _Options(watch=config.getoption("fullgraph_watch"),
+                    report=Path(report) if report else None,
+                    baseline=Path(baseline) if baseline else None,
+                    update_baseline=config.getoption("fullgraph_update_baseline"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", _MARKER_HELP)
+    options = _options(config)
+    if options.update_baseline and options.baseline is None:
+        raise pytest.UsageError("--fullgraph-update-baseline needs --fullgraph-baseline=FILE")
+    if not options.any:
+        return
+    config.pluginmanager.register(_Watcher(every_test=True, report=options.report is not None),
+                                  "fullgraph-watcher")
+    if not _is_xdist_worker(config):
+        run = _Run(config, options)
+        run.check_options()
+        config.pluginmanager.register(run, "fullgraph-run")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A plain run registers nothing: the per-test hooks exist only once a test needs them.
+    if config.pluginmanager.has_plugin("fullgraph-watcher"):
+        return
+    if any(item.get_closest_marker(MARKER) is not None for item in items):
+        config.pluginmanager.register(_Watcher(every_test=False, report=False), "fullgraph-watcher")
+
+
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+# -- watching each test (in the process that runs it) -------------------------------------------
+
+class _Watcher:
+    """Watches the call phase of marked tests, or of every test; enforces the marker's limits."""
+
+    def __init__(self, *, every_test: bool, report: bool) -> None:
+        self.every_test = every_test
+        self.report = report
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        # Before any fixture runs, so a misspelt marker costs no setup.
+        __tracebackhide__ = True
+        marker = item.get_closest_marker(MARKER)
+        if marker is not None:
+            item.stash[_LIMITS] = marker_limits(marker)
+
+    # Innermost: pytest's log capture, entered first, then does not hook the loggers watch()
+    # takes off root, and failing tests do not print torch's recompile log.
+    @pytest.hookimpl(wrapper=True, trylast=True)
+    def pytest_runtest_call(self, item: pytest.Item):
+        __tracebackhide__ = True
+        limits = item.stash.get(_LIMITS, None)
+        if limits is None and not self.every_test:
+            return (yield)
+        from .watch import watch
+
+        with watch() as watched:
+            item.stash[_WATCHED] = (watched, time.time())
+            result = yield
+        if limits is not None:
+            _enforce(limits, watched, item.name)
+        return result
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        report = yield
+        if call.when != "call" or _WATCHED not in item.stash:
+            return report
+        # Items live as long as the session: drop the Watch, it holds code objects and frames.
+        watched, started = item.stash[_WATCHED]
+        del item.stash[_WATCHED]
+        if self.every_test:
+            setattr(report, _REPORT_ATTRIBUTE, _record(watched, started, nodeid=item.nodeid,
+                                                       report=self.report))
+        return report
+
+
+def _record(watched: Any, started: float, *, nodeid: str, report: bool) -> dict:
+    """One test's record: builtins only, so that xdist can send it to the controller."""
+    summary = watched.summary()
+    record = {
+        "graph_breaks": summary["graph_breaks"],
+        "recompiles": summary["recompiles"],
+        "breaks": [{"gb_type": brk.gb_type, "location": brk.location.location(),
+                    "line": brk.location.line}
+                   for brk in watched.graph_breaks if not brk.disabled],
+        "recompiled": [{"function": event.function.location(), "guard": _guard_kind(event)}
+                       for event in watched.recompiles],
+    }
+    if report:
+        from .report import Report
+
+        # The environment is the controller's to add, once.
+        record["report"] = Report(watched, command=nodeid, env={}).to_dict()
+        record["started"] = started
+    return record
+
+
+def _guard_kind(event: Any) -> str:
+    if event.kind == "recompile_limit":
+        return "recompile limit hit"
+    return event.failures[0].subject() if event.failures else "no guard reported"
+
+
+# -- the run (in the controller, or the only process) -------------------------------------------
+
+@dataclass(frozen=True)
+class Increase:
+    """A test whose count went up against the baseline; `old` is None for a test not in it."""
+
+    nodeid: str
+    count: str
+    old: int | None
+    new: int
+
+    def describe(self) -> str:
+        old = "not in the baseline, so 0" if self.old is None else str(self.old)
+        return f"{self.nodeid}: {self.count.replace('_', ' ')} {old} -> {self.new}"
+
+
+class _Run:
+    """Collects every test's record from its report; compares, writes and prints at the end."""
+
+    def __init__(self, config: pytest.Config, options: _Options) -> None:
+        self.config = config
+        self.options = options
+        self.records: dict[str, dict] = {}
+        self.baseline: dict[str, dict] = {}
+        self.increases: list[Increase] = []
+        self.written: list[str] = []
+
+    def check_options(self) -> None:
+        """Fail before any test runs, not after the whole suite."""
+        if self.options.report is not None:
+            from .report import format_for_path
+
+            try:
+                format_for_path(self.options.report)
+            except ValueError as error:
+                raise pytest.UsageError(f"--fullgraph-report: {error}") from None
+        if self.options.baseline is not None:
+            self.baseline = load_baseline(self.options.baseline,
+                                          missing_ok=self.options.update_baseline)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        record = getattr(report, _REPORT_ATTRIBUTE, None)
+        if report.when == "call" and record is not None:
+            self.records[report.nodeid] = record
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if session.exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR):
+            return  # a partial run must not overwrite a baseline or pass as a report
+        if self.options.report is not None:
+            self._write_report(session)
+        if self.options.baseline is not None:
+            self._baseline(session)
+
+    def _write_report(self, session: pytest.Session) -> None:
+        from .report import write_report
+
+        command = shlex.join(["pytest", *self.config.invocation_params.args])
+        write_report(_RunReport(self.records, command, int(session.exitstatus)),
+                     self.options.report)
+        self.written.append(f"report written to {self.options.report}")
+
+    def _baseline(self, session: pytest.Session) -> None:
+        counts = {nodeid: {name: record[name] for name in COUNTS}
+                  for nodeid, record in self.records.items()}
+        if self.options.update_baseline:
+            write_baseline(self.options.baseline, {**self.baseline, **counts})
+            self.written.append(f"baseline written to {self.options.baseline} "
+                                f"({len(counts)} tests updated)")
+            return
+        self.increases = increases(self.baseline, counts)
+        if self.increases and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        write = terminalreporter.write_line
+        terminalreporter.write_sep("=", "fullgraph", red=bool(self.increases))
+        if self.options.watch:
+            for line in summary_lines(self.records):
+                write(line)
+        if self.increases:
+            write(f"{len(self.increases)} increase(s) over the baseline {self.options.baseline}:",
+                  red=True)
+            for increase in self.increases:
+                write(f"  {increase.describe()}")
+            write("If they are expected, record them with --fullgraph-update-baseline.")
+        elif self.options.baseline is not None and not self.options.update_baseline:
+            write(f"no test's graph breaks or recompiles went up over "
+                  f"{self.options.baseline} ({len(self.records)} tests compared)")
+        for line in self.written:
+            write(line)
+
+
+# -- the terminal summary -----------------------------------------------------------------------
+
+def summary_lines(records: dict[str, dict]) -> list[str]:
+    """Each test that broke the graph or recompiled, grouped by gb_type and location, and by
+    function and guard kind."""
+    broke = [nodeid for nodeid, record in records.items() if record["graph_breaks"]]
+    recompiled = [nodeid for nodeid, record in records.items() if record["recompiles"]]
+    if not broke and not recompiled:
+        return [f"{len(records)} tests watched: no graph breaks, no recompiles"]
+    lines = [f"{len(records)} tests watched: {len(broke)} broke the graph, "
+             f"{len(recompiled)} recompiled"]
+    breaks = _grouped(records, "breaks", lambda brk: (brk["gb_type"],
+                                                      f"{brk['location']}: {brk['line']}"))
+    if breaks:
+        lines.append("graph breaks, by type and location:")
+        lines += _group_lines(breaks)
+    recompiles = _grouped(records, "recompiled", lambda event: (event["function"], event["guard"]))
+    if recompiles:
+        lines.append("recompiles, by function and guard:")
+        lines += _group_lines(recompiles)
+    return lines
+
+
+def _grouped(records: dict[str, dict], field: str, key) -> dict[str, dict[str, dict[str, int]]]:
+    """{first key: {second key: {nodeid: times}}}, in the order first seen."""
+    groups: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
+    for nodeid, record in records.items():
+        for item in record[field]:
+            outer, inner = key(item)
+            tests = groups[outer][inner]
+            tests[nodeid] = tests.get(nodeid, 0) + 1
+    return groups
+
+
+def _group_lines(groups: dict[str, dict[str, dict[str, int]]]) -> list[str]:
+    lines = []
+    for outer, inner_groups in groups.items():
+        lines.append(f"  {outer}")
+        for inner, tests in inner_groups.items():
+            lines.append(f"    {inner}")
+            lines += [f"      {nodeid}" + (f" ({times} times)" if times > 1 else "")
+                      for nodeid, times in tests.items()]
+    return lines
+
+
+# -- the baseline -------------------------------------------------------------------------------
+
+def load_baseline(path: Path, *, missing_ok: bool = False) -> dict[str, dict]:
+    """{nodeid: {"graph_breaks": n, "recompiles": m}} from `path`; UsageError if unusable."""
+    if not path.exists():
+        if missing_ok:
+            return {}
+        raise pytest.UsageError(f"--fullgraph-baseline: {path} does not exist; write it with "
+                                f"--fullgraph-update-baseline")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise pytest.UsageError(f"--fullgraph-baseline: cannot read {path}: {error}") from None
+    if not isinstance(data, dict) or not all(_is_counts(value) for value in data.values()):
+        raise pytest.UsageError(f"--fullgraph-baseline: {path} must map each test id to "
+                                f'{{"graph_breaks": n, "recompiles": m}}')
+    return data
+
+
+def _is_counts(value: Any) -> bool:
+    return (isinstance(value, dict)
+            and all(isinstance(value.get(name, 0), int) for name in COUNTS))
+
+
+def write_baseline(path: Path, baseline: dict[str, dict]) -> None:
+    # Sorted, one test a line or so: the file is reviewed in diffs.
+    path.write_text(json.dumps(dict(sorted(baseline.items())), indent=2) + "\n", encoding="utf-8")
+
+
+def increases(baseline: dict[str, dict], counts: dict[str, dict]) -> list[Increase]:
+    """Every count that went up; a test missing from the baseline counts as 0 there."""
+    found = []
+    for nodeid, now in counts.items():
+        before = baseline.get(nodeid)
+        for name in COUNTS:
+            old = None if before is None else before.get(name, 0)
+            if now[name] > (old or 0):
+                found.append(Increase(nodeid, name, old, now[name]))
+    return found
+
+
+# -- the run's report ---------------------------------------------------------------------------
+
+class _RunReport:
+    """The whole run as one compile report, for report.py's renderers (which read `to_dict()`).
+
+    Each test's report is made where the test ran; here the breaks met in several tests become
+    one entry (their counts added), the compiles are listed in the order they ran, and "tests"
+    gives each test's counts.
+    """
+
+    def __init__(self, records: dict[str, dict], command: str, exit_status: int) -> None:
+        self.records = {nodeid: record for nodeid, record in records.items() if "report" in record}
+        self.command = command
+        self.exit_status = exit_status
+
+    def to_dict(self) -> dict:
+        from .env import environment
+        from .report import SCHEMA_VERSION
+
+        reports = [record["report"] for record in self.records.values()]
+        breaks = _merged_breaks(self.records)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "compile-report",
+            "target": self.command,
+            "command": self.command,
+            "exit": {"status": "ok" if self.exit_status == 0 else f"exit {self.exit_status}",
+                     "exception": None},
+            "env": environment(),
+            "dynamo_config": {key: value for report in reports
+                              for key, value in report["dynamo_config"].items()},
+            "summary": _merged_summary(reports, len(breaks)),
+            "graph_breaks": breaks,
+            "compiles": _merged_compiles(self.records),
+            "cudagraph_skips": [skip for report in reports for skip in report["cudagraph_skips"]],
+            "reproduction": {"command": self.command,
+                             "sources": _unique(source for report in reports
+                                                for source in report["reproduction"]["sources"])},
+            "tests": {nodeid: {name: record[name] for name in COUNTS}
+                      for nodeid, record in self.records.items()},
+        }
+
+
+def _merged_summary(reports: list[dict], distinct_breaks: int) -> dict:
+    summary = {name: sum(report["summary"][name] for report in reports)
+               for name in ("graph_count", "recompiles", "compiles", "limit_hits",
+                            "cudagraph_skips")}
+    seconds = sum(report["summary"]["compile_seconds"] for report in reports)
+    return {**summary, "graph_breaks": distinct_breaks, "compile_seconds": round(seconds, 6)}
+
+
+def _merged_breaks(records: dict[str, dict]) -> list[dict]:
+    """One entry per break site, whichever tests met it; `tests` lists them."""
+    merged: dict[tuple, dict] = {}
+    for nodeid, record in records.items():
+        for brk in record["report"]["graph_breaks"]:
+            key = (brk["gb_type"], brk["caused_by"], json.dumps(brk["frames"], sort_keys=True))
+            if key in merged:
+                merged[key]["count"] += brk["count"]
+                merged[key]["tests"].append(nodeid)
+            else:
+                merged[key] = {**brk, "tests": [nodeid]}
+    return list(merged.values())
+
+
+def _merged_compiles(records: dict[str, dict]) -> list[dict]:
+    """Every test's compiles, each with its test, on one clock: the run's first test's start."""
+    first = min((record["started"] for record in records.values()), default=0.0)
+    compiles = []
+    for nodeid, record in records.items():
+        offset = record["started"] - first
+        for compile_ in record["report"]["compiles"]:
+            start = compile_["start"]
+            compiles.append({**compile_, "test": nodeid,
+                             "start": None if start is None else round(start + offset, 6)})
+    return sorted(compiles, key=lambda compile_: compile_["start"] or 0.0)
+
+
+def _unique(sources) -> list[dict]:
+    seen, unique = set(), []
+    for source in sources:
+        key = (source["filename"], source["lineno"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(source)
+    return unique
