@@ -1,0 +1,365 @@
+"""The pytest plugin, run the way users run it: pytest in a subprocess, through the entry point.
+
+Each subprocess imports torch (seconds on a loaded machine), so each run covers many scenarios:
+one for the marker and the fixtures, one that watches, reports and writes a baseline, and one
+under `-n 2` that compares against it. Option errors and the plain run are checked in-process,
+where nothing compiles.
+"""
+
+import json
+import re
+
+import pytest
+
+# Imported before the in-process runs, which would otherwise import it for the first time and
+# have pytester drop it from sys.modules afterwards.
+import fullgraph.checks.report  # noqa: F401
+from fullgraph.checks.pytest_plugin import Increase, increases, load_baseline, marker_limits
+
+pytest_plugins = "pytester"
+
+BUILTIN = "Failed to trace builtin operator"
+BRANCH = "Data-dependent branching"
+
+FUNCTIONS = '''
+import torch
+
+
+def prints(x):
+    y = x * 2
+    print("tracing")
+    return y + 1
+
+
+def branches(x):
+    if x.sum() > 0:
+        return x + 1
+    return x - 1
+
+
+def adds(x, n):
+    return x + n
+
+
+def compile_adds(values):
+    compiled = torch.compile(adds, backend="eager")
+    for n in values:
+        compiled(torch.ones(3), n)
+'''
+
+
+def line_of(source: str, text: str) -> int:
+    # pytester writes the source stripped of its leading newline.
+    lines = source.strip().splitlines()
+    (number,) = [n for n, line in enumerate(lines, start=1) if text in line]
+    return number
+
+
+PRINT_LINE = line_of(FUNCTIONS, 'print("tracing")')
+ADDS_LINE = line_of(FUNCTIONS, "def adds")
+
+
+# -- the marker and the fixtures ------------------------------------------------------------------
+
+MARKED_CONFTEST = '''
+import sys
+
+# Read when pytest imports this conftest: after every plugin, before any test ran.
+LOADED_AT_START = {name: name in sys.modules
+                   for name in ("fullgraph.checks.pytest_plugin", "torch._dynamo")}
+'''
+
+MARKED_TESTS = '''
+import pytest
+import torch
+
+from functions import compile_adds, prints
+
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+
+
+def test_plugin_is_loaded_without_the_compiler():
+    import conftest
+
+    assert conftest.LOADED_AT_START == {"fullgraph.checks.pytest_plugin": True,
+                                        "torch._dynamo": False}
+
+
+@pytest.mark.fullgraph
+def test_breaks_the_graph():
+    torch.compile(prints, backend="eager")(torch.ones(3))
+
+
+@pytest.mark.fullgraph(max_graph_breaks=1)
+def test_one_break_allowed():
+    torch.compile(prints, backend="eager")(torch.ones(3))
+
+
+@pytest.mark.fullgraph(max_recompiles=0)
+def test_recompiles_past_the_budget():
+    compile_adds([1, 2, 3])
+
+
+@pytest.mark.fullgraph
+def test_recompiles_without_a_budget():
+    compile_adds([1, 2, 3])
+
+
+@pytest.mark.fullgraph(max_recompiles=10)
+def test_hits_the_recompile_limit():
+    with torch._dynamo.config.patch(recompile_limit=1):
+        compile_adds([1, 2, 3])
+
+
+@pytest.mark.fullgraph(max_breaks=1, strict=True)
+def test_unknown_keywords():
+    pass
+
+
+@pytest.mark.fullgraph(max_recompiles="1")
+def test_not_an_int():
+    pass
+
+
+def test_compile_tracker_is_live(compile_tracker):
+    compile_adds([1])
+    assert [event.kind for event in compile_tracker.events] == ["compile"]
+    compile_adds([2])
+    assert [event.kind for event in compile_tracker.events] == ["compile", "recompile"]
+
+
+@pytest.mark.fullgraph  # watch() inside the fixture's track_compiles()
+def test_fresh_dynamo_resets_before_the_test(compile_tracker):
+    # The test above compiled adds for two values; after the reset it compiles once again.
+    compile_adds([2])
+    assert [event.kind for event in compile_tracker.events] == ["compile"]
+'''
+
+
+def test_marker_fails_past_its_limits_and_fixtures_track_and_reset(pytester):
+    pytester.makepyfile(functions=FUNCTIONS, test_marked=MARKED_TESTS)
+    pytester.makeconftest(MARKED_CONFTEST)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--strict-markers", "-rfE")
+    result.assert_outcomes(passed=5, failed=3, errors=2)
+    result.stdout.fnmatch_lines([
+        "E   fullgraph.checks.graph_breaks.GraphBreakError: "
+        "1 graph break in test_breaks_the_graph (limit 0)",
+        f"      1. functions.py:{PRINT_LINE} in prints: {BUILTIN}",
+        '           print("tracing")',
+        "           Hint: *",
+        "    Hint: fix them in order, as one break can cause the next",
+    ])
+    result.stdout.fnmatch_lines([
+        "E   fullgraph.checks.recompiles.RecompileBudgetError: "
+        "adds recompiled 1 time, more than the limit of 0 per function",
+        f"      1. functions.py:{ADDS_LINE} in adds: recompile #1 (compile */1)",
+        "           value guard on n: expected 1 (entry */0)",
+        f"             guarded at functions.py:{ADDS_LINE + 1} in adds: return x + n",
+        "    Hint: A Python value is baked into the graph*",
+    ])
+    result.stdout.fnmatch_lines([
+        "E   fullgraph.checks.recompiles.RecompileBudgetError: "
+        "1 hit torch._dynamo.config.recompile_limit and fell back to eager",
+        f"      1. functions.py:{ADDS_LINE} in adds: recompile #* refused: recompile limit hit *",
+    ])
+    result.stdout.fnmatch_lines([
+        "*_ ERROR at setup of test_unknown_keywords _*",
+        "E   TypeError: @pytest.mark.fullgraph got unknown keyword argument(s) max_breaks, "
+        "strict; it takes max_graph_breaks, max_recompiles",
+        "*_ ERROR at setup of test_not_an_int _*",
+        "E   TypeError: @pytest.mark.fullgraph: max_recompiles must be an int, got '1'",
+    ])
+    result.stdout.no_fnmatch_line("*test_one_break_allowed*")
+    result.stdout.no_fnmatch_line("*test_recompiles_without_a_budget*")
+
+
+@pytest.mark.parametrize(("kwargs", "error"), [
+    ({"max_graph_breaks": -1}, "max_graph_breaks must be >= 0, got -1"),
+    ({"max_graph_breaks": True}, "max_graph_breaks must be an int, got True"),
+    ({"max_recompiles": 1.0}, "max_recompiles must be an int, got 1.0"),
+])
+def test_marker_values_are_checked_by_name(kwargs, error):
+    with pytest.raises((TypeError, ValueError), match=error):
+        marker_limits(pytest.mark.fullgraph(**kwargs).mark)
+
+
+def test_marker_takes_keywords_only():
+    with pytest.raises(TypeError, match=r"keyword arguments only, got \(0,\)"):
+        marker_limits(pytest.mark.fullgraph(0).mark)
+
+
+# -- watching a whole suite, its report and its baseline -------------------------------------------
+
+SUITE_CONFTEST = '''
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _fresh(fresh_dynamo):
+    # Counts that do not depend on which test, or which worker, compiled a function first.
+    pass
+'''
+
+SUITE_TESTS = '''
+import torch
+
+from functions import branches, compile_adds, prints
+
+
+def test_prints_once():
+    torch.compile(prints, backend="eager")(torch.ones(3))
+
+
+def test_prints_again():
+    torch.compile(prints, backend="eager")(torch.ones(3))
+
+
+def test_branches():
+    torch.compile(branches, backend="eager")(torch.ones(3))
+
+
+def test_recompiles():
+    compile_adds([1, 2, 3])
+
+
+def test_clean():
+    compile_adds([1])
+'''
+
+
+def test_watch_report_and_baseline_then_compare_under_xdist(pytester):
+    pytester.makepyfile(functions=FUNCTIONS, test_suite=SUITE_TESTS)
+    pytester.makeconftest(SUITE_CONFTEST)
+    baseline = pytester.path / "fullgraph.json"
+
+    written = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--fullgraph-watch", "--fullgraph-report=run.json",
+        f"--fullgraph-baseline={baseline}", "--fullgraph-update-baseline")
+    written.assert_outcomes(passed=5)
+    written.stdout.fnmatch_lines([
+        "*= fullgraph =*",
+        "5 tests watched: 3 broke the graph, 1 recompiled",
+        "graph breaks, by type and location:",
+        f"  {BUILTIN}",
+        f'    functions.py:{PRINT_LINE} in prints: print("tracing")',
+        "      test_suite.py::test_prints_once",
+        "      test_suite.py::test_prints_again",
+        f"  {BRANCH}",
+        "*      test_suite.py::test_branches",
+        "recompiles, by function and guard:",
+        f"  functions.py:{ADDS_LINE} in adds",
+        "    value guard on n",
+        "      test_suite.py::test_recompiles",
+        "report written to run.json",
+        f"baseline written to {baseline} (5 tests updated)",
+    ])
+    counts = {"graph_breaks": 1, "recompiles": 0}
+    assert json.loads(baseline.read_text()) == {
+        "test_suite.py::test_branches": counts,
+        "test_suite.py::test_clean": {"graph_breaks": 0, "recompiles": 0},
+        "test_suite.py::test_prints_again": counts,
+        "test_suite.py::test_prints_once": counts,
+        "test_suite.py::test_recompiles": {"graph_breaks": 0, "recompiles": 1},
+    }
+    report = json.loads((pytester.path / "run.json").read_text())
+    assert report["kind"] == "compile-report"
+    assert report["tests"] == json.loads(baseline.read_text())
+    assert report["summary"]["graph_breaks"] == 2  # distinct sites, over the whole run
+    printed = next(brk for brk in report["graph_breaks"] if brk["gb_type"] == BUILTIN)
+    assert printed["count"] == 2
+    assert printed["tests"] == ["test_suite.py::test_prints_once", "test_suite.py::test_prints_again"]
+    assert [c["test"] for c in report["compiles"] if c["recompile"]] == ["test_suite.py::test_recompiles"]
+
+    # One count up, one test new to the baseline, one count down (not a failure).
+    stored = json.loads(baseline.read_text())
+    stored["test_suite.py::test_recompiles"]["recompiles"] = 0
+    del stored["test_suite.py::test_branches"]
+    stored["test_suite.py::test_prints_once"]["graph_breaks"] = 3
+    baseline.write_text(json.dumps(stored))
+    compared = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-n", "2", "--fullgraph-watch", "--fullgraph-report=run.html",
+        f"--fullgraph-baseline={baseline}")
+    assert compared.ret == pytest.ExitCode.TESTS_FAILED
+    compared.assert_outcomes(passed=5)
+    compared.stdout.fnmatch_lines([
+        "*= fullgraph =*",
+        f'    functions.py:{PRINT_LINE} in prints: print("tracing")',
+        "      test_suite.py::test_prints_*",
+        "      test_suite.py::test_prints_*",
+        f"2 increase(s) over the baseline {baseline}:",
+        "  test_suite.py::test_*: *",
+        "  test_suite.py::test_*: *",
+        "If they are expected, record them with --fullgraph-update-baseline.",
+    ])
+    compared.stdout.fnmatch_lines(["  test_suite.py::test_recompiles: recompiles 0 -> 1"])
+    compared.stdout.fnmatch_lines(
+        ["  test_suite.py::test_branches: graph breaks not in the baseline, so 0 -> 1"])
+    compared.stdout.no_fnmatch_line("*test_prints_once: graph breaks*")
+    assert (pytester.path / "run.html").read_text().startswith("<!DOCTYPE html>")
+    assert json.loads(baseline.read_text()) == stored  # compared, not rewritten
+
+
+# -- a plain run, and options that cannot work ----------------------------------------------------
+
+PLAIN_TESTS = '''
+def test_plain(pytestconfig):
+    assert not pytestconfig.pluginmanager.has_plugin("fullgraph-watcher")
+'''
+
+
+def test_a_plain_run_registers_nothing_and_prints_nothing_extra(pytester):
+    pytester.makepyfile(test_plain=PLAIN_TESTS)
+    runs = [pytester.runpytest("-p", "no:cacheprovider", "-q", "-rA", *blocked)
+            for blocked in ([], ["-p", "no:fullgraph"])]
+    for run in runs:
+        run.assert_outcomes(passed=1)
+    with_plugin, without = ([re.sub(r"in [\d.]+s", "in <time>", line) for line in run.outlines]
+                            for run in runs)
+    assert with_plugin == without
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    (["--fullgraph-update-baseline"], "--fullgraph-update-baseline needs --fullgraph-baseline=FILE"),
+    (["--fullgraph-baseline=missing.json"],
+     "--fullgraph-baseline: missing.json does not exist; write it with --fullgraph-update-baseline"),
+    (["--fullgraph-baseline=bad.json"], "--fullgraph-baseline: bad.json must map each test id to *"),
+    (["--fullgraph-report=run.txt"], "--fullgraph-report: *cannot tell the format of 'run.txt'*"),
+])
+def test_unusable_options_stop_the_run_before_any_test(pytester, args, error):
+    (pytester.path / "bad.json").write_text('{"test_a.py::test_a": 3}')
+    result = pytester.runpytest("-p", "no:cacheprovider", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {error}"])
+
+
+def test_help_lists_every_option_in_one_group(pytester):
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines([
+        "fullgraph: what torch.compile did in each test:",
+        "  --fullgraph-watch*",
+        "  --fullgraph-report=PATH*",
+        "  --fullgraph-baseline=FILE*",
+        "  --fullgraph-update-baseline*",
+    ], consecutive=False)
+    markers = pytester.runpytest("--markers")
+    markers.stdout.fnmatch_lines(["@pytest.mark.fullgraph(max_graph_breaks=0, max_recompiles=None):*"])
+
+
+def test_increases_compare_each_count_and_treat_new_tests_as_zero():
+    baseline = {"t::a": {"graph_breaks": 1, "recompiles": 2}, "t::b": {"graph_breaks": 0}}
+    counts = {"t::a": {"graph_breaks": 0, "recompiles": 3},
+              "t::b": {"graph_breaks": 0, "recompiles": 1},
+              "t::c": {"graph_breaks": 0, "recompiles": 0},
+              "t::d": {"graph_breaks": 2, "recompiles": 0}}
+    assert increases(baseline, counts) == [Increase("t::a", "recompiles", 2, 3),
+                                           Increase("t::b", "recompiles", 0, 1),
+                                           Increase("t::d", "graph_breaks", None, 2)]
+    assert Increase("t::a", "recompiles", 2, 3).describe() == "t::a: recompiles 2 -> 3"
+
+
+def test_load_baseline_reads_what_update_writes(tmp_path):
+    path = tmp_path / "b.json"
+    assert load_baseline(path, missing_ok=True) == {}
+    path.write_text("{not json")
+    with pytest.raises(pytest.UsageError, match="cannot read"):
+        load_baseline(path)
