@@ -6,7 +6,7 @@ that carry it and gives it a budget; `assert_dims` calls a function on inputs of
 charges every recompile to the dimensions whose guards failed, and says how dynamo treated each
 dimension: dynamic, static in every graph, or specialised for sizes 0 and 1.
 
-    batch = Dim("batch", ("tokens", 0), ("cache.k", 1), max_recompiles=1)
+    batch = Dim("batch", ("tokens", 0), ("cache.k[0]", 0), max_recompiles=1)
     seq = Dim("seq", ("tokens", 1), ("input_pos", 0))
     assert_dims(prefill, inputs, [batch, seq], mark_dynamic=[seq])
 
@@ -41,7 +41,7 @@ _PATH_STEP = re.compile(r"\.(?P<attr>[A-Za-z_]\w*)|\[(?P<index>\d+)\]|\['(?P<key
 class Dim:
     """A named dimension, the (argument path, axis) pairs that carry it, and its budget.
 
-    Dim("batch", ("tokens", 0), ("cache.k", 1), max_recompiles=1)
+    Dim("batch", ("tokens", 0), ("cache.k[0]", 0), max_recompiles=1)
 
     Paths start at an argument of the function as its signature names it (for an nn.Module, of
     its forward; `self` is the module) and may go on by attribute or index: "cache.k",

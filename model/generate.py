@@ -136,7 +136,7 @@ def _step_functions(params: dict[str, Tensor], cache: KVCache, *, compile: bool,
     # CUDA graphs copy every input that may move into a static buffer before each replay, and
     # refuse graphs that mutate such inputs. Params and cache stay put, so say so: no copies,
     # and the in-place cache write is allowed.
-    for tensor in (*params.values(), cache.k, cache.v):
+    for tensor in (*params.values(), *cache.tensors()):
         torch._dynamo.mark_static_address(tensor)
     return _compiled(prefill, None), _compiled(decode_step, "reduce-overhead")
 

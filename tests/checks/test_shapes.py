@@ -13,7 +13,7 @@ CFG = LlamaConfig.from_name("tiny")
 # never written.
 PARAMS = init_params(CFG, seed=0)
 
-BATCH = Dim("batch", ("tokens", 0), ("cache.k", 1), ("cache.v", 1))
+BATCH = Dim("batch", ("tokens", 0), *((f"cache.{kv}[{layer}]", 0) for kv in "kv" for layer in range(CFG.n_layers)))
 SEQ = Dim("seq", ("tokens", 1), ("input_pos", 0))
 # Compiles of the 2-layer model take about a second each on a 2-core CPU: a few examples.
 FEW = settings(max_examples=2, deadline=None,

@@ -59,14 +59,17 @@ def test_cache_is_the_only_thing_mutated(tiny_cfg, tiny_params):
     cache = new_cache(tiny_cfg, batch_size=1)
     forward(tiny_params, _tokens(tiny_cfg, 1, 6), cfg=tiny_cfg, cache=cache, input_pos=torch.arange(6))
     assert all(torch.equal(before[k], tiny_params[k]) for k in before)
-    written = cache.k[:, :, :, :6].abs().sum(-1)
-    assert (written > 0).all() and not cache.k[:, :, :, 6:].any()
+    for k in cache.tensors():
+        assert (k[:, :, :6].abs().sum(-1) > 0).all() and not k[:, :, 6:].any()
 
 
 def test_cache_is_contiguous_and_preallocated(tiny_cfg):
     cache = new_cache(tiny_cfg, batch_size=3, dtype=torch.bfloat16)
-    assert cache.k.shape == (2, 3, 2, 512, 16) and cache.k.dtype == torch.bfloat16
-    assert cache.k.is_contiguous() and cache.v.is_contiguous()
+    assert len(cache.k) == len(cache.v) == 2
+    for tensor in cache.tensors():
+        assert tensor.shape == (3, 2, 512, 16) and tensor.dtype == torch.bfloat16
+        assert tensor.is_contiguous()
+    assert len({t.untyped_storage().data_ptr() for t in cache.tensors()}) == 4  # no shared storage
 
 
 def test_new_cache_rejects_bad_sizes(tiny_cfg):
@@ -138,4 +141,4 @@ def test_inductor_compiled_forward_matches_eager(tiny_cfg, tiny_params):
     got = compiled(tiny_params, tokens, cfg=tiny_cfg, cache=cache, input_pos=pos)
     expected = forward(tiny_params, tokens, cfg=tiny_cfg, cache=eager_cache, input_pos=pos)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cache.k, eager_cache.k, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache.tensors(), eager_cache.tensors(), atol=1e-5, rtol=1e-5)
