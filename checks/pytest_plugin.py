@@ -38,8 +38,13 @@ import pytest
 
 __all__ = [
     "MARKER",
+    "COUNTS",
     "Limits",
     "marker_limits",
+    "Increase",
+    "increases",
+    "load_baseline",
+    "write_baseline",
     "compile_tracker",
     "fresh_dynamo",
     "pytest_addoption",
@@ -220,8 +225,8 @@ class _Watcher:
         if marker is not None:
             item.stash[_LIMITS] = marker_limits(marker)
 
-    # Innermost: pytest's log capture, entered first, then does not hook the loggers watch()
-    # takes off root, and failing tests do not print torch's recompile log.
+    # Innermost, so that pytest's log capture starts first: it hooks every logger that does not
+    # propagate when it starts, and would print the recompile log watch() keeps to itself.
     @pytest.hookimpl(wrapper=True, trylast=True)
     def pytest_runtest_call(self, item: pytest.Item):
         __tracebackhide__ = True
@@ -355,7 +360,7 @@ class _Run:
         write = terminalreporter.write_line
         terminalreporter.write_sep("=", "fullgraph", red=bool(self.increases))
         if self.options.watch:
-            for line in summary_lines(self.records):
+            for line in _summary_lines(self.records):
                 write(line)
         if self.increases:
             write(f"{len(self.increases)} increase(s) over the baseline {self.options.baseline}:",
@@ -372,7 +377,7 @@ class _Run:
 
 # -- the terminal summary -----------------------------------------------------------------------
 
-def summary_lines(records: dict[str, dict]) -> list[str]:
+def _summary_lines(records: dict[str, dict]) -> list[str]:
     """Each test that broke the graph or recompiled, grouped by gb_type and location, and by
     function and guard kind."""
     broke = [nodeid for nodeid, record in records.items() if record["graph_breaks"]]
