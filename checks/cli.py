@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
@@ -52,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--new-tokens", type=int, default=256)
     bench.add_argument("--no-eager", action="store_true", help="skip the eager baseline")
     bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    bench.add_argument("--coordinate-descent", action="store_true",
+                       help="compile with inductor's coordinate-descent tuning (slower compile)")
     bench.add_argument("--profile", action="store_true",
                        help="CUDA only: break a compiled decode step down by kernel category")
     return parser
@@ -72,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench(args: argparse.Namespace, *, out: TextIO) -> int:
     import torch
+    import torch._inductor.config
 
-    from fullgraph.model.bench import copy_bandwidth, profile_decode, run_bench
+    from fullgraph.model.bench import copy_bandwidth
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
@@ -88,6 +92,22 @@ def _bench(args: argparse.Namespace, *, out: TextIO) -> int:
           f"{args.new_tokens} new tokens; copy bandwidth {bandwidth:,.0f} GB/s", file=out)
     print(f"{'batch':>5}  {'mode':<8}  {'ms/token':>9}  {'tokens/s':>9}  {'limit ms':>8}  "
           f"{'share':>5}  {'compile s':>9}  {'peak GB':>7}  {'speed-up':>8}", file=out)
+    # Set at the call site and undone after: inductor's config is process-wide.
+    tuning = (torch._inductor.config.patch(coordinate_descent_tuning=True)
+              if args.coordinate_descent else contextlib.nullcontext())
+    with tuning:
+        results = _bench_batches(args, device=device, dtype=dtype, bandwidth=bandwidth, out=out)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([r.to_dict() for r in results], f, indent=2)
+    return 0
+
+
+def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float, out: TextIO) -> list:
+    import torch
+
+    from fullgraph.model.bench import profile_decode, run_bench
+
     results = []
     for batch in args.batch:
         # Each batch size gets its own static graphs, as a deployment at that size would; without
@@ -112,10 +132,7 @@ def _bench(args: argparse.Namespace, *, out: TextIO) -> int:
             print(f"{batch:>5}  profile ms/step {breakdown.total_ms:.3f}: {parts}", file=out)
             for name, ms in breakdown.top_kernels:
                 print(f"{'':>7}{ms:8.3f}  {name[:120]}", file=out, flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([r.to_dict() for r in results], f, indent=2)
-    return 0
+    return results
 
 
 def _output_format(command: str, path: str | None, format: str | None) -> str | None:
