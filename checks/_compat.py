@@ -245,7 +245,8 @@ def graph_break_url(gb_type: str) -> str | None:
 def remove_resume_prefix(name: str) -> str:
     """`f` for dynamo's resume function `torch_dynamo_resume_in_f_at_12`; other names unchanged."""
     remove = getattr(torch._dynamo.exc, "remove_resume_prefix", None)
-    return remove(name) if remove is not None else name
+    # torch 2.11's returns None for a name without the prefix; 2.13's returns the name.
+    return (remove(name) or name) if remove is not None else name
 
 
 def backend_names() -> list[str]:

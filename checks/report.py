@@ -74,8 +74,8 @@ class Report:
     def to_dict(self) -> dict:
         """The report as JSON-safe data, in the schema docs/report-format.md describes."""
         seen = self.watch
-        breaks = seen.graph_breaks
-        timings = seen.compile_times
+        watched = seen.to_dict()
+        breaks, timings = seen.graph_breaks, seen.compile_times
         data = {
             "schema_version": SCHEMA_VERSION,
             "kind": "compile-report",
@@ -83,15 +83,15 @@ class Report:
             "command": self.command,
             "exit": {"status": self.status, "exception": self.exception},
             "env": dict(self.env),
-            "dynamo_config": seen.to_dict()["dynamo_config"],
-            "summary": {**seen.summary(),
+            "dynamo_config": watched["dynamo_config"],
+            "summary": {**watched["summary"],
                         "compiles": len(seen.compiles),
                         "limit_hits": len(seen.limit_hits),
                         "cudagraph_skips": seen.cudagraph_skip_count,
                         "compile_seconds": round(sum(t.seconds or 0.0 for t in timings), 6)},
             "graph_breaks": [_break_dict(brk, seen) for brk in breaks],
             "compiles": [_compile_dict(event, timing) for event, timing in zip(seen.compiles, timings)],
-            "cudagraph_skips": list(seen.cudagraph_skips),
+            "cudagraph_skips": watched["cudagraph_skips"],
             "reproduction": {"command": self.command, "sources": _sources(breaks)},
         }
         return _scrubbed(data)
@@ -404,7 +404,9 @@ def _compile_markdown(data: dict) -> str:
     out += _recompiles_markdown(data["compiles"])
     if data["cudagraph_skips"]:
         out += ["## CUDA-graph skips", ""]
-        out += [f"- {message}" for message in data["cudagraph_skips"]] + [""]
+        # inductor's messages carry the user stack that caused them, over several lines.
+        for message in data["cudagraph_skips"]:
+            out += [_fence(message.rstrip()), ""]
     out += _reproduction_markdown(data)
     return "\n".join(out).rstrip() + "\n"
 
@@ -542,8 +544,8 @@ def _compile_html(data: dict) -> str:
     parts += ["<h2>Recompiles</h2>", _recompiles_html(data["compiles"]),
               "<h2>Timeline of compiles</h2>", _timeline_html(data["compiles"])]
     if data["cudagraph_skips"]:
-        parts += ["<h2>CUDA-graph skips</h2>", "<ul>"]
-        parts += [f"<li>{_e(message)}</li>" for message in data["cudagraph_skips"]] + ["</ul>"]
+        parts.append("<h2>CUDA-graph skips</h2>")
+        parts += [f"<pre>{_e(message.rstrip())}</pre>" for message in data["cudagraph_skips"]]
     parts += ["<h2>Reproduction</h2>", f"<pre><code>{_e(data['reproduction']['command'])}</code></pre>"]
     for source in data["reproduction"]["sources"]:
         parts += [f"<p><code>{_e(source['filename'])}:{source['lineno']}</code> "

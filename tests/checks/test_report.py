@@ -168,3 +168,17 @@ def test_the_environment_names_dynamo_config_that_differs_from_the_defaults():
         torch._dynamo.config.recompile_limit = 2
     text = render_markdown(Report(seen, command="python train.py"))
     assert "torch._dynamo.config.recompile_limit  2\n" in text and "dynamo config  defaults" not in text
+
+
+def test_cudagraph_skips_are_listed_with_the_stack_inductor_gives():
+    from torch._inductor.cudagraph_utils import log_cudagraph_skip_and_bump_counter
+
+    message = ("skipping cudagraphs due to mutated inputs (1 instances). Found from : \n"
+               '   File "step.py", line 7, in step\n    cache.add_(token)\n')
+    with watch() as seen:
+        log_cudagraph_skip_and_bump_counter(message)
+    report = Report(seen, command="python step.py")
+    text = render_markdown(report)
+    assert "| CUDA-graph skips | 1 |" in text and "CUDA graphs skipped" in text.splitlines()[0]
+    assert f"## CUDA-graph skips\n\n```\n{message.rstrip()}\n```" in text
+    assert "<pre>skipping cudagraphs due to mutated inputs" in render_html(report)
