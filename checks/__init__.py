@@ -13,6 +13,16 @@ from .graph_breaks import (
     assert_no_graph_breaks,
     find_graph_breaks,
 )
+from .cudagraphs import (
+    CudaGraphError,
+    CudaGraphReport,
+    CudaGraphSkip,
+    CudaGraphTracker,
+    Recording,
+    assert_cudagraphs,
+    cudagraph_report,
+    track_cudagraphs,
+)
 from .recompiles import (
     CompileEvent,
     CompileReport,
@@ -63,4 +73,12 @@ __all__ = [
     "diff_guards",
     "find_unstable_guards",
     "assert_no_unstable_guards",
+    "Recording",
+    "CudaGraphSkip",
+    "CudaGraphReport",
+    "CudaGraphTracker",
+    "CudaGraphError",
+    "track_cudagraphs",
+    "cudagraph_report",
+    "assert_cudagraphs",
 ]

@@ -486,3 +486,129 @@ def non_default_dynamo_config() -> dict[str, Any]:
     entries = getattr(config, "_config", {})
     return {name: value for name, value in get_dict(skip_default=True).items()
             if name not in entries or value != getattr(entries[name], "default", object())}
+
+# -- CUDA graphs under mode="reduce-overhead" --
+# Inductor wraps each graph it compiles with CUDA graphs on in a function of cudagraph trees: one
+# CUDAGraphTreeManager per device runs every call of such a function through `_run`, records a new
+# CUDAGraphNode in `record_function`, replays one in `execute_node`, and runs the function eagerly
+# in its private memory pool (the warmup before a recording) in `run_eager`. A call that does none
+# of those ran the compiled code without CUDA graphs (an input it mutates, the re-record limit).
+# `_run` is patched, not `run`: each wrapped function holds `run` bound when it was made, while
+# every method here is looked up on the manager at each call. Graphs skipped at compile time never
+# reach the manager; inductor counts and logs their skips (CUDAGRAPH_LOGGER above).
+__all__ += [
+    "TreeCall",
+    "cudagraph_tree_hook",
+]
+
+_TREE_METHODS = ("_run", "record_function", "execute_node", "run_eager")
+# Hooks nest on one thread (each patches over the last); another thread waits for its turn.
+_TREE_HOOK_LOCK = threading.RLock()
+
+
+@dataclass(frozen=True)
+class TreeCall:
+    """One call of a CUDA-graph-wrapped function, as cudagraph trees ran it.
+
+    outcome: "record", "replay", "warmup", or "eager" (run without CUDA graphs).
+    inputs (recordings only): the shape of each tensor input that has no static address (not a
+    parameter, not marked with mark_static_address) and each int input (a dynamic-shape graph's
+    sizes), in order: what tells one recording from another.
+    memory_bytes: device memory the caching allocator reserved during the call; for a recording,
+    what the private pool grew by.
+    """
+
+    outcome: str
+    graph_id: int | None
+    compile_id: str | None
+    inputs: tuple[tuple[int, ...] | int, ...]
+    memory_bytes: int
+
+
+class _CallState(threading.local):
+    depth = 0
+    outcome = "eager"
+    graph_id: int | None = None
+
+
+def _tree_manager_class() -> Any:
+    try:
+        import torch._inductor.cudagraph_trees as trees
+    except ImportError:
+        raise _missing("torch._inductor.cudagraph_trees") from None
+    manager = getattr(trees, "CUDAGraphTreeManager", None)
+    if manager is None or not all(callable(getattr(manager, name, None)) for name in _TREE_METHODS):
+        raise _missing("CUDAGraphTreeManager." + ", ".join(_TREE_METHODS))
+    return manager
+
+
+def _graph_id(node: Any) -> int | None:
+    graph_id = getattr(node, "id", None)  # a GraphID dataclass holding the int
+    return getattr(graph_id, "id", graph_id)
+
+
+def _input_key(manager: Any, function_id: Any, inputs: list[Any]) -> tuple[tuple[int, ...] | int, ...]:
+    wrapped = getattr(manager, "ids_to_funcs", {}).get(function_id)
+    static = set(getattr(wrapped, "static_input_idxs", ()))
+    key: list[tuple[int, ...] | int] = []
+    for index, value in enumerate(inputs):
+        if isinstance(value, torch.Tensor) and index not in static:
+            key.append(tuple(value.shape))
+        elif isinstance(value, int) and not isinstance(value, bool):
+            key.append(value)
+    return tuple(key)
+
+
+@contextlib.contextmanager
+def cudagraph_tree_hook(callback: Callable[[TreeCall], None]) -> Iterator[None]:
+    """Call `callback(TreeCall)` after each call cudagraph trees run, while inside.
+
+    The manager's methods are patched on its class and put back on exit. The callback runs on the
+    calling thread, outside cudagraph trees' capture lock, and must not raise.
+    """
+    manager_class = _tree_manager_class()
+    originals = {name: getattr(manager_class, name) for name in _TREE_METHODS}
+    state = _CallState()
+
+    def _run(self, new_inputs, function_id):
+        if state.depth:  # _run calls run, and so itself, once it has ended the current execution
+            return originals["_run"](self, new_inputs, function_id)
+        # Read now: recording and replay empty the input list.
+        key = _input_key(self, function_id, new_inputs)
+        device = getattr(self, "device_index", None)
+        before = torch.cuda.memory_reserved(device)
+        state.depth, state.outcome, state.graph_id = 1, "eager", None
+        try:
+            return originals["_run"](self, new_inputs, function_id)
+        finally:
+            state.depth = 0
+            compile_id = getattr(self, "id_to_compile_id", {}).get(function_id)
+            callback(TreeCall(state.outcome, state.graph_id,
+                              None if compile_id is None else str(compile_id),
+                              key if state.outcome == "record" else (),
+                              torch.cuda.memory_reserved(device) - before))
+
+    def record_function(self, *args, **kwargs):
+        outputs = originals["record_function"](self, *args, **kwargs)
+        # record_function makes the node it recorded the current one.
+        state.outcome, state.graph_id = "record", _graph_id(getattr(self, "current_node", None))
+        return outputs
+
+    def execute_node(self, node, *args, **kwargs):
+        state.outcome, state.graph_id = "replay", _graph_id(node)
+        return originals["execute_node"](self, node, *args, **kwargs)
+
+    def run_eager(self, *args, **kwargs):
+        state.outcome = "warmup"
+        return originals["run_eager"](self, *args, **kwargs)
+
+    patched = {"_run": _run, "record_function": record_function, "execute_node": execute_node,
+               "run_eager": run_eager}
+    with _TREE_HOOK_LOCK:
+        for name, method in patched.items():
+            setattr(manager_class, name, functools.wraps(originals[name])(method))
+        try:
+            yield
+        finally:
+            for name, method in originals.items():
+                setattr(manager_class, name, method)
