@@ -153,7 +153,8 @@ def _context(brk: GraphBreak) -> dict | None:
 
 
 def _decompiled(codes: tuple, function: str) -> dict:
-    """{"decompiled": depyf's Python for each cache entry, or None; "decompiled_note": why not}."""
+    """{"decompiled": depyf's Python for the newest cache entry, or None; "decompiled_note": why
+    not, or which entry it is}."""
     if not codes:
         return {"decompiled": None,
                 "decompiled_note": f"dynamo holds no compiled code for {function}: its compile did "
@@ -211,8 +212,7 @@ def _function_source(filename: str, lineno: int, name: str) -> tuple[int, str] |
 # -- what may not leave the machine -----------------------------------------------------------
 
 def _scrubbed(data: Any) -> Any:
-    scrub = _scrubber()
-    return _map_strings(data, scrub)
+    return _map_strings(data, _scrubber())
 
 
 def _scrubber() -> Callable[[str], str]:
