@@ -147,12 +147,15 @@ def run_bench(
 
 
 # Kernel-name fragments, lower case, checked in this order: the first match names the category.
+# Inductor names its kernels after the fused ops (triton_red_fused__to_copy_..._mm_...), so its
+# kernels are sorted by what they fuse before the vendor-library names are looked at.
 _KERNEL_CATEGORIES = [
     ("all-reduce", ("nccl", "allreduce", "all_reduce", "cross_device_reduce")),
-    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn_generated_fort_native_sdpa")),
-    ("matmul", ("gemm", "gemv", "cutlass", "xmma", "cublas", "matmul", "splitk", "sm90")),
-    ("copy", ("memcpy", "memset", "copy")),
+    ("attention", ("flash", "fmha", "attention", "sdpa")),
+    ("matmul (triton)", ("triton_red_fused_mm", "_mm_", "_addmm_", "_bmm_")),
     ("fused elementwise (triton)", ("triton",)),
+    ("matmul", ("gemm", "gemv", "cutlass", "xmma", "cublas", "matmul", "splitk", "nvjet", "sm90")),
+    ("copy", ("memcpy", "memset", "copy")),
 ]
 
 

@@ -5,7 +5,7 @@ import torch
 
 from fullgraph.checks.cli import main
 from fullgraph.model import LlamaConfig, init_params
-from fullgraph.model.bench import _bytes_per_token, copy_bandwidth, profile_decode, run_bench
+from fullgraph.model.bench import _bytes_per_token, _category, copy_bandwidth, profile_decode, run_bench
 
 
 def test_bytes_per_token_counts_weights_and_the_average_cache_read():
@@ -55,3 +55,18 @@ def test_bench_command_prints_and_writes_json(tmp_path, capsys):
     figures = json.loads(path.read_text())
     assert [f["compiled"] for f in figures] == [True, False]
     assert all(f["ms_per_token"] > 0 for f in figures)
+
+
+@pytest.mark.parametrize("kernel, category", [
+    ("triton_red_fused__unsafe_view_mm_mul_silu_t_view_9", "matmul (triton)"),
+    ("triton_poi_fused__to_copy__unsafe_view_add_arange_cos_div_index_copy_mul", "fused elementwise (triton)"),
+    ("nvjet_sm90_tst_64x8_64x16_2x1_v_bz_splitK_TNT", "matmul"),
+    ("void cublasLt::splitKreduce_kernel<32, 16, int, float>", "matmul"),
+    ("cudnn_generated_fort_native_sdpa_sm80_flash_fprop_wmma_f16", "attention"),
+    ("ncclDevKernel_AllReduce_Sum_bf16_RING_LL", "all-reduce"),
+    ("Memcpy DtoD (Device -> Device)", "copy"),
+    ("some_vendor_kernel", "other kernels"),
+])
+def test_kernel_names_sort_into_categories(kernel, category):
+    # Names as an H100 profile of a 7B decode step showed them (torch 2.11).
+    assert _category(kernel) == category
