@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shlex
 import sys
 import time
@@ -57,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="compile with inductor's coordinate-descent tuning (slower compile)")
     bench.add_argument("--profile", action="store_true",
                        help="CUDA only: break a compiled decode step down by kernel category")
+    bench.add_argument("--nproc", type=int, default=1,
+                       help="tensor-parallel ranks, one per GPU; launches torchrun itself (default: 1)")
     return parser
 
 
@@ -66,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         print(format_environment())
         return 0
     if args.command == "bench":
+        if args.nproc > 1 and "RANK" not in os.environ:
+            return _launch_ranks(args.nproc, sys.argv[1:] if argv is None else argv)
         return _bench(args, out=sys.stdout)
     command = shlex.join(["fullgraph", *(sys.argv[1:] if argv is None else argv)])
     if args.command == "report":
@@ -73,7 +78,50 @@ def main(argv: list[str] | None = None) -> int:
     return _check(args, command=command, out=sys.stdout)
 
 
+def _launch_ranks(nproc: int, argv: list[str]) -> int:
+    """Run this same command as `nproc` tensor-parallel ranks under torchrun."""
+    from torch.distributed.run import main as torchrun
+
+    # The ranks see RANK set and run the benchmark; torchrun would also read a forwarded
+    # --nproc as an abbreviation of its own --nproc-per-node, so it is left out.
+    rank_argv = [arg for arg in argv if not arg.startswith("--nproc=")]
+    if "--nproc" in rank_argv:
+        at = rank_argv.index("--nproc")
+        del rank_argv[at: at + 2]
+    torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", "fullgraph.checks.cli", *rank_argv])
+    return 0
+
+
 def _bench(args: argparse.Namespace, *, out: TextIO) -> int:
+    if "RANK" not in os.environ:
+        return _bench_on(args, out=out, tensor_parallel=False)
+    return _bench_rank(args, out=out)
+
+
+def _bench_rank(args: argparse.Namespace, *, out: TextIO) -> int:
+    """One tensor-parallel rank under torchrun: its own GPU, its shard, and rank 0 prints."""
+    import torch
+    import torch.distributed as dist
+
+    from fullgraph.model.tensor_parallel import backend_for
+
+    cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cuda else "cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend_for(device))
+    args.device = str(device)
+    try:
+        if dist.get_rank() == 0:
+            return _bench_on(args, out=out, tensor_parallel=True)
+        with open(os.devnull, "w") as devnull:
+            args.json = None
+            return _bench_on(args, out=devnull, tensor_parallel=True)
+    finally:
+        dist.destroy_process_group()
+
+
+def _bench_on(args: argparse.Namespace, *, out: TextIO, tensor_parallel: bool) -> int:
     import torch
     import torch._inductor.config
 
@@ -88,22 +136,26 @@ def _bench(args: argparse.Namespace, *, out: TextIO) -> int:
         print("fullgraph bench: --prompt-len and --batch must be >= 1, --new-tokens >= 2", file=sys.stderr)
         return 2
     bandwidth = copy_bandwidth(device)
-    print(f"fullgraph bench: {args.config}, {device}, {str(dtype).removeprefix('torch.')}, prompt {args.prompt_len}, "
-          f"{args.new_tokens} new tokens; copy bandwidth {bandwidth:,.0f} GB/s", file=out)
+    ranks = f", {os.environ['WORLD_SIZE']} tensor-parallel ranks (figures per GPU)" if tensor_parallel else ""
+    print(f"fullgraph bench: {args.config}, {device.type}, {str(dtype).removeprefix('torch.')}, "
+          f"prompt {args.prompt_len}, {args.new_tokens} new tokens{ranks}; "
+          f"copy bandwidth {bandwidth:,.0f} GB/s", file=out)
     print(f"{'batch':>5}  {'mode':<8}  {'ms/token':>9}  {'tokens/s':>9}  {'limit ms':>8}  "
           f"{'share':>5}  {'compile s':>9}  {'peak GB':>7}  {'speed-up':>8}", file=out)
     # Set at the call site and undone after: inductor's config is process-wide.
     tuning = (torch._inductor.config.patch(coordinate_descent_tuning=True)
               if args.coordinate_descent else contextlib.nullcontext())
     with tuning:
-        results = _bench_batches(args, device=device, dtype=dtype, bandwidth=bandwidth, out=out)
+        results = _bench_batches(args, device=device, dtype=dtype, bandwidth=bandwidth, out=out,
+                                 tensor_parallel=tensor_parallel)
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r.to_dict() for r in results], f, indent=2)
     return 0
 
 
-def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float, out: TextIO) -> list:
+def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float, out: TextIO,
+                   tensor_parallel: bool) -> list:
     import torch
 
     from fullgraph.model.bench import profile_decode, run_bench
@@ -116,7 +168,8 @@ def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float,
         modes = [True] if args.no_eager else [True, False]
         runs = [run_bench(args.config, device=str(device), dtype=dtype, batch_size=batch,
                           prompt_len=args.prompt_len, new_tokens=args.new_tokens, compile=compiled,
-                          bandwidth_gbps=bandwidth) for compiled in modes]
+                          bandwidth_gbps=bandwidth, tensor_parallel=tensor_parallel)
+                for compiled in modes]
         for run in runs:
             speedup = runs[-1].ms_per_token / run.ms_per_token
             peak = "-" if run.peak_memory_gb is None else f"{run.peak_memory_gb:.1f}"
@@ -127,7 +180,8 @@ def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float,
         if args.profile:
             breakdown = profile_decode(args.config, device=str(device), dtype=dtype, batch_size=batch,
                                        prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-                                       steps=min(32, args.new_tokens - 4))
+                                       steps=min(32, args.new_tokens - 4),
+                                       tensor_parallel=tensor_parallel)
             parts = ", ".join(f"{name} {ms:.3f}" for name, ms in breakdown.by_category.items())
             print(f"{batch:>5}  profile ms/step {breakdown.total_ms:.3f}: {parts}", file=out)
             for name, ms in breakdown.top_kernels:

@@ -14,11 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from .cache import new_cache
 from .config import LlamaConfig
 from .generate import _step_functions
 from .params import init_params
+from .tensor_parallel import init_shard, local_kv_heads, make_all_reduce
 
 __all__ = ["BenchResult", "DecodeProfile", "copy_bandwidth", "run_bench", "profile_decode"]
 
@@ -26,6 +28,7 @@ __all__ = ["BenchResult", "DecodeProfile", "copy_bandwidth", "run_bench", "profi
 @dataclass(frozen=True)
 class BenchResult:
     config: str
+    world_size: int  # tensor-parallel ranks; figures are for one rank's GPU
     device: str
     dtype: str
     batch_size: int
@@ -69,28 +72,42 @@ def copy_bandwidth(device: torch.device, *, megabytes: int = 1024, repeats: int 
 
 
 def _bytes_per_token(params: dict[str, torch.Tensor], cfg: LlamaConfig, *, batch_size: int,
-                     mean_context: float, dtype: torch.dtype) -> int:
+                     n_kv_heads: int, mean_context: float, dtype: torch.dtype) -> int:
     weights = sum(p.numel() * p.element_size() for p in params.values())
-    per_position = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * dtype.itemsize
+    per_position = 2 * cfg.n_layers * n_kv_heads * cfg.head_dim * dtype.itemsize
     return int(weights + batch_size * mean_context * per_position)
 
 
 class _DecodeLoop:
-    """Greedy prefill then decode of one random prompt batch, through generate's step functions."""
+    """Greedy prefill then decode of one random prompt batch, through generate's step functions.
+
+    With tensor_parallel, this rank builds only its shard and sums over the default process group.
+    """
 
     def __init__(self, config: str, *, device: torch.device, dtype: torch.dtype, batch_size: int,
-                 prompt_len: int, new_tokens: int, compile: bool):
+                 prompt_len: int, new_tokens: int, compile: bool, tensor_parallel: bool = False):
         # Only the cache length changes, so every batch size and the profile reuse one config and
         # the compiled code that guards on it.
         self.cfg = dataclasses.replace(LlamaConfig.from_name(config),
                                        max_seq_len=prompt_len + new_tokens)
         self.device, self.batch_size, self.prompt_len = device, batch_size, prompt_len
-        self.params = init_params(self.cfg, dtype=dtype, device=device)
-        self.cache = new_cache(self.cfg, batch_size=batch_size, dtype=dtype, device=device)
+        self.world_size = dist.get_world_size() if tensor_parallel else 1
+        if tensor_parallel:
+            self.params = init_shard(self.cfg, world_size=self.world_size, rank=dist.get_rank(),
+                                     dtype=dtype, device=device)
+        else:
+            self.params = init_params(self.cfg, dtype=dtype, device=device)
+        self.n_kv_heads = local_kv_heads(self.cfg, world_size=self.world_size)
+        self.cache = new_cache(self.cfg, batch_size=batch_size, dtype=dtype, device=device,
+                               n_kv_heads=self.n_kv_heads)
         self.prefill_fn, self.decode_fn = _step_functions(self.params, self.cache, compile=compile,
                                                           device=device)
-        self.options = dict(cfg=self.cfg, sdpa_backend="auto", temperature=0.0, top_k=None)
-        self.prompt = torch.randint(0, self.cfg.vocab_size, (batch_size, prompt_len), device=device)
+        self.options = dict(cfg=self.cfg, sdpa_backend="auto", temperature=0.0, top_k=None,
+                            all_reduce=make_all_reduce() if tensor_parallel else None)
+        # Seeded, so every tensor-parallel rank feeds the same prompt.
+        generator = torch.Generator(device=device).manual_seed(0)
+        self.prompt = torch.randint(0, self.cfg.vocab_size, (batch_size, prompt_len), device=device,
+                                    generator=generator)
 
     def prefill(self) -> None:
         positions = torch.arange(self.prompt_len, device=self.device)
@@ -116,11 +133,17 @@ def run_bench(
     new_tokens: int = 256,
     compile: bool = True,
     bandwidth_gbps: float | None = None,
+    tensor_parallel: bool = False,
 ) -> BenchResult:
-    """Prefill `prompt_len` tokens, then time `new_tokens` greedy decode steps."""
+    """Prefill `prompt_len` tokens, then time `new_tokens` greedy decode steps.
+
+    tensor_parallel: run this rank's shard over the default process group (under torchrun); the
+    bytes and the limit are then per GPU.
+    """
     torch_device = torch.device(device)
     loop = _DecodeLoop(config, device=torch_device, dtype=dtype, batch_size=batch_size,
-                       prompt_len=prompt_len, new_tokens=new_tokens, compile=compile)
+                       prompt_len=prompt_len, new_tokens=new_tokens, compile=compile,
+                       tensor_parallel=tensor_parallel)
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
     with torch.inference_mode():
@@ -132,12 +155,13 @@ def run_bench(
     ms_per_token = decode_s / (new_tokens - 1) * 1e3
     bandwidth = copy_bandwidth(torch_device) if bandwidth_gbps is None else bandwidth_gbps
     bytes_per_token = _bytes_per_token(loop.params, loop.cfg, batch_size=batch_size,
+                                       n_kv_heads=loop.n_kv_heads,
                                        mean_context=prompt_len + new_tokens / 2, dtype=dtype)
     limit_ms = bytes_per_token / (bandwidth * 1e9) * 1e3
     peak = (torch.cuda.max_memory_allocated(torch_device) / 1e9
             if torch_device.type == "cuda" else None)
     return BenchResult(
-        config=config, device=str(torch_device), dtype=str(dtype).removeprefix("torch."),
+        config=config, world_size=loop.world_size, device=str(torch_device), dtype=str(dtype).removeprefix("torch."),
         batch_size=batch_size, prompt_len=prompt_len, new_tokens=new_tokens, compiled=compile,
         compile_s=compile_s, prefill_ms=prefill_s * 1e3, ms_per_token=ms_per_token,
         tokens_per_s=batch_size * 1e3 / ms_per_token, peak_memory_gb=peak,
@@ -189,6 +213,7 @@ def profile_decode(
     new_tokens: int = 256,
     steps: int = 32,
     compile: bool = True,
+    tensor_parallel: bool = False,
 ) -> DecodeProfile:
     """Where a decode step's time goes, from the GPU kernels the profiler saw.
 
@@ -201,7 +226,8 @@ def profile_decode(
     if steps + 3 >= new_tokens:
         raise ValueError(f"profile_decode: steps ({steps}) must be below new_tokens - 3 ({new_tokens - 3})")
     loop = _DecodeLoop(config, device=torch_device, dtype=dtype, batch_size=batch_size,
-                       prompt_len=prompt_len, new_tokens=new_tokens, compile=compile)
+                       prompt_len=prompt_len, new_tokens=new_tokens, compile=compile,
+                       tensor_parallel=tensor_parallel)
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.inference_mode():
         loop.prefill()

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,7 +15,8 @@ def test_bytes_per_token_counts_weights_and_the_average_cache_read():
     params = init_params(cfg, device="meta")
     weights = 131392 * 4
     per_position = 2 * 2 * 2 * 16 * 4  # k and v, layers, KV heads, head dim, fp32 bytes
-    assert _bytes_per_token(params, cfg, batch_size=3, mean_context=10, dtype=torch.float32) == (
+    assert _bytes_per_token(params, cfg, batch_size=3, n_kv_heads=2, mean_context=10,
+                            dtype=torch.float32) == (
         weights + 3 * 10 * per_position)
 
 
@@ -70,3 +73,19 @@ def test_bench_command_prints_and_writes_json(tmp_path, capsys):
 def test_kernel_names_sort_into_categories(kernel, category):
     # Names as an H100 profile of a 7B decode step showed them (torch 2.11).
     assert _category(kernel) == category
+
+
+@pytest.mark.slow
+def test_tensor_parallel_bench_runs_two_ranks_and_rank_zero_reports(tmp_path):
+    path = tmp_path / "tp.json"
+    run = subprocess.run([sys.executable, "-m", "fullgraph.checks.cli", "bench", "--device", "cpu",
+                          "--nproc", "2", "--no-eager", "--prompt-len", "4", "--new-tokens", "4",
+                          "--json", str(path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 tensor-parallel ranks (figures per GPU)" in run.stdout
+    assert run.stdout.count("compiled") == 1  # printed by rank 0 only
+    [figures] = json.loads(path.read_text())
+    assert figures["world_size"] == 2
+    # A rank holds half of every split weight: fewer bytes per token than the whole model.
+    whole = 131392 * 4
+    assert figures["bytes_per_token"] < whole
