@@ -33,6 +33,16 @@ from .recompiles import (
     track_compiles,
 )
 from .shapes import Dim, DimReport, assert_dims, dim_report, shapes, sweep_shapes
+from .collectives import (
+    CapturedGraph,
+    CollectiveError,
+    CollectiveReport,
+    RankReport,
+    UncapturedCollective,
+    assert_collectives,
+    find_collectives,
+    run_collective_check,
+)
 from .guards import (
     GuardDiff,
     GuardSet,
@@ -73,6 +83,14 @@ __all__ = [
     "diff_guards",
     "find_unstable_guards",
     "assert_no_unstable_guards",
+    "CapturedGraph",
+    "UncapturedCollective",
+    "RankReport",
+    "CollectiveReport",
+    "CollectiveError",
+    "find_collectives",
+    "run_collective_check",
+    "assert_collectives",
     "Recording",
     "CudaGraphSkip",
     "CudaGraphReport",

@@ -612,3 +612,111 @@ def cudagraph_tree_hook(callback: Callable[[TreeCall], None]) -> Iterator[None]:
         finally:
             for name, method in originals.items():
                 setattr(manager_class, name, method)
+
+
+# -- collectives --
+# Collectives are told apart by their op: the functional ones dynamo puts in graphs
+# (_c10d_functional.all_reduce, ...) and the in-place c10d ops eager torch.distributed calls
+# (c10d.allreduce_, ...). One TorchDispatchMode sees both as they run: with
+# ignore_compile_internals it is off while dynamo compiles and on while compiled graphs run, so
+# dynamo keeps compiling under it instead of skipping every frame.
+__all__ += [
+    "COLLECTIVE_KINDS",
+    "collective_kind",
+    "op_name",
+    "observe_ops",
+    "in_backward",
+    "fake_store",
+]
+
+_COLLECTIVE_NAMESPACES = frozenset({"_c10d_functional", "_c10d_functional_autograd", "c10d",
+                                    "_dtensor"})
+# Ops of those namespaces that move no data between ranks.
+_NOT_COLLECTIVES = frozenset({"wait_tensor", "_wrap_tensor_autograd", "check_for_nan"})
+# Op names (trailing underscore dropped) that differ from the functional collective's name.
+_KIND_OF = {
+    "allreduce": "all_reduce",
+    "allreduce_coalesced": "all_reduce_coalesced",
+    "_allgather_base": "all_gather_into_tensor",
+    "allgather": "all_gather",
+    "allgather_coalesced": "all_gather_coalesced",
+    "allgather_into_tensor_coalesced": "all_gather_into_tensor_coalesced",
+    "all_gather_into_tensor_out": "all_gather_into_tensor",
+    "_reduce_scatter_base": "reduce_scatter_tensor",
+    "reduce_scatter_tensor_out": "reduce_scatter_tensor",
+    "alltoall_base": "all_to_all_single",
+    "alltoall": "all_to_all",
+    "shard_dim_alltoall": "all_to_all",
+    "monitored_barrier": "barrier",
+    "isend": "send",
+    "irecv": "recv",
+    "recv_any_source": "recv",
+}
+# Every kind collective_kind returns for the ops torch has today, for validating expectations.
+COLLECTIVE_KINDS = frozenset({
+    "all_reduce", "all_reduce_coalesced", "all_gather", "all_gather_coalesced",
+    "all_gather_into_tensor", "all_gather_into_tensor_coalesced", "reduce_scatter",
+    "reduce_scatter_tensor", "reduce_scatter_tensor_coalesced", "all_to_all", "all_to_all_single",
+    "broadcast", "reduce", "gather", "scatter", "barrier", "send", "recv", "batch_p2p_ops",
+})
+
+
+def op_name(target: Any) -> str | None:
+    """`c10d::allreduce_` for an op overload or packet; None for anything else."""
+    schema = getattr(target, "_schema", None)
+    if schema is not None:
+        return schema.name
+    return getattr(target, "_qualified_op_name", None)
+
+
+@functools.lru_cache(maxsize=None)
+def _kind_of_name(name: str) -> str | None:
+    namespace, _, op = name.partition("::")
+    if namespace not in _COLLECTIVE_NAMESPACES or op in _NOT_COLLECTIVES:
+        return None
+    op = op.removesuffix("_")
+    return _KIND_OF.get(op, op)
+
+
+def collective_kind(target: Any) -> str | None:
+    """The collective an op performs, named as torch.distributed names it ("all_reduce",
+    "all_gather_into_tensor", ...), or None for an op that is not a collective."""
+    name = op_name(target)
+    return _kind_of_name(name) if name is not None else None
+
+
+@contextlib.contextmanager
+def observe_ops(callback: Callable[[Any], None]) -> Iterator[None]:
+    """Call `callback(op)` for every op dispatched on this thread while inside, eager or run by a
+    compiled graph; not for the ops dynamo runs while compiling. The callback must not raise."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    if not hasattr(TorchDispatchMode, "ignore_compile_internals"):
+        raise _missing("TorchDispatchMode.ignore_compile_internals")
+
+    class _Observer(TorchDispatchMode):
+        @classmethod
+        def ignore_compile_internals(cls) -> bool:
+            return True
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            callback(func)
+            return func(*args, **(kwargs or {}))
+
+    with _Observer():
+        yield
+
+
+def in_backward() -> bool:
+    """Whether this thread is running a backward pass for the autograd engine."""
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return task_id is not None and task_id() != -1
+
+
+def fake_store() -> Any:
+    """A store for torch's fake process group; importing its module registers the "fake" backend."""
+    try:
+        from torch.testing._internal.distributed.fake_pg import FakeStore
+    except ImportError as error:
+        raise _missing("torch.testing._internal.distributed.fake_pg.FakeStore") from error
+    return FakeStore()
