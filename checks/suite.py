@@ -17,8 +17,10 @@ import torch
 from fullgraph.model import (KVCache, LlamaConfig, ReferenceLlama, check_params, forward, generate,
                              init_params, new_cache)
 from fullgraph.model.generate import decode_step
+from fullgraph.model.tensor_parallel import fake_process_group, make_all_reduce, shard_params
 
 from ._message import CheckFailure
+from .collectives import assert_collectives, find_collectives
 from .graph_breaks import assert_no_graph_breaks
 from .parity import assert_parity
 from .guards import assert_no_unstable_guards
@@ -150,6 +152,23 @@ def check_training_graph(t: Target) -> str:
     return _assert_one_graph(_training_loss, params, t.tokens, t.cfg)
 
 
+TP_WORLD_SIZE = 2
+
+
+def check_tensor_parallel_collectives(t: Target) -> str:
+    # The fake group traces exactly what a real rank would, without spawning ranks; the last
+    # rank, so an off-by-one in the sharding of the final rank shows.
+    rank = TP_WORLD_SIZE - 1
+    with fake_process_group(TP_WORLD_SIZE, rank=rank), torch.inference_mode():
+        shard = shard_params(t.params, t.cfg, world_size=TP_WORLD_SIZE, rank=rank)
+        report = find_collectives(forward, shard, t.tokens, cfg=t.cfg,
+                                  all_reduce=make_all_reduce())
+    assert_collectives(report, expected={"all_reduce": 2 * t.cfg.n_layers})
+    [result] = report.ranks
+    return (f"world {TP_WORLD_SIZE} (fake group): {len(result.graphs)} graph, "
+            f"{result.captured['all_reduce']} all-reduces, 0 breaks")
+
+
 def _decode_options(t: Target) -> dict:
     return dict(cfg=t.cfg, sdpa_backend="auto", temperature=0.0, top_k=None)
 
@@ -234,6 +253,7 @@ CHECKS: list[tuple[str, Callable[[Target], str]]] = [
     ("graph breaks: prefill", check_prefill_graph),
     ("graph breaks: decode", check_decode_graph),
     ("graph breaks: training", check_training_graph),
+    ("collectives: tensor-parallel forward", check_tensor_parallel_collectives),
     ("recompiles: decode over positions", check_decode_compiles_once),
     ("recompiles: prefill over shapes", check_prefill_recompiles),
     ("guards: decode guards are stable", check_decode_guards_are_stable),
