@@ -16,6 +16,7 @@ entry point, and docs/tensor-parallel.md has the commands.
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Iterator
 
 import torch
@@ -152,11 +153,15 @@ def fake_process_group(world_size: int, *, rank: int = 0) -> Iterator[dist.Proce
 
     if dist.is_initialized():
         raise RuntimeError("fake_process_group: a process group is already initialised")
+    # init_process_group wraps sys.excepthook to prefix "[rankN]:" and destroying the group does
+    # not unwrap it; without this, prefixes pile up on every later traceback of the process.
+    excepthook = sys.excepthook
     dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
     try:
         yield dist.group.WORLD
     finally:
         dist.destroy_process_group()
+        sys.excepthook = excepthook
 
 
 def _check_world(cfg: LlamaConfig, *, world_size: int, rank: int) -> None:

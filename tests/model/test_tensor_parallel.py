@@ -258,3 +258,10 @@ def test_world_2_matches_single_process(tmp_path: Path) -> None:
 def test_a_failing_rank_fails_the_test_with_its_error(tmp_path: Path) -> None:
     with pytest.raises(pytest.fail.Exception, match="rank 1 failed on purpose"):
         _torchrun(_spec(TINY, fail_rank=1), tmp_path, nproc=2)
+
+
+def test_fake_process_group_leaves_the_excepthook_as_it_was() -> None:
+    before = sys.excepthook
+    with fake_process_group(2):
+        pass
+    assert sys.excepthook is before
