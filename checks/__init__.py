@@ -53,6 +53,7 @@ from .guards import (
     find_unstable_guards,
     guards_of,
 )
+from .sdpa import SDPA_BACKENDS, SdpaCell, SdpaError, SdpaReport, assert_sdpa_safe, sdpa_matrix
 
 __all__ = [
     "CheckFailure",
@@ -83,6 +84,12 @@ __all__ = [
     "diff_guards",
     "find_unstable_guards",
     "assert_no_unstable_guards",
+    "SDPA_BACKENDS",
+    "SdpaCell",
+    "SdpaReport",
+    "SdpaError",
+    "sdpa_matrix",
+    "assert_sdpa_safe",
     "CapturedGraph",
     "UncapturedCollective",
     "RankReport",

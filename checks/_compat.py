@@ -109,6 +109,7 @@ __all__ += [
     "graph_break_hook",
     "graph_break_details",
     "split_break_message",
+    "graph_break_debug_context",
     "graph_break_id",
     "graph_break_registry_text",
     "graph_break_url",
@@ -204,6 +205,21 @@ def split_break_message(message: str) -> list[BreakMessage | None]:
 def _dedent(text: str) -> str:
     # unimplemented() indents continuation lines by four spaces.
     return re.sub(r"\n {4}", "\n", text).strip()
+
+
+_DEBUG_CONTEXT = re.compile(r"\n  Developer debug context: (?P<context>[^\n]*)")
+
+
+def graph_break_debug_context(message: str) -> str | None:
+    """The first "Developer debug context" line of a break's message, or None.
+
+    It names the concrete cause where the explanation is empty, as for an exception raised
+    while running an op on fake tensors ("argument 'is_causal' must be bool, not SymBool").
+    """
+    match = _DEBUG_CONTEXT.search(message)
+    if match is None:
+        return None
+    return match["context"].strip() or None
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,0 +1,76 @@
+"""What the SDPA and grad-mode matrices share: their arguments, and the lines of their entries."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import _compat
+from .graph_breaks import GraphBreak
+
+__all__ = ["as_args", "backend_name", "break_lines", "describe", "exact_matmuls", "function_name",
+           "named_tensors"]
+
+
+def function_name(fn: Callable) -> str:
+    """`forward` for fn, functools.partial(forward, ...) and a module whose forward it is."""
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if isinstance(fn, torch.nn.Module):
+        return f"{type(fn).__qualname__}.forward"
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def backend_name(backend: str | Callable) -> str:
+    return backend if isinstance(backend, str) else getattr(backend, "__name__", repr(backend))
+
+
+def as_args(made: Any) -> tuple:
+    """What make_inputs returned, as positional arguments: a tuple is them, anything else the one."""
+    return made if isinstance(made, tuple) else (made,)
+
+
+def named_tensors(path: str, value: Any) -> Iterator[tuple[str, Tensor]]:
+    """(path, tensor) of every tensor in nested dicts, lists and tuples, a NamedTuple's by field."""
+    if isinstance(value, Tensor):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from named_tensors(f"{path}[{key!r}]", item)
+    elif isinstance(value, (tuple, list)):
+        fields = getattr(value, "_fields", None)
+        for index, item in enumerate(value):
+            yield from named_tensors(f"{path}.{fields[index]}" if fields else f"{path}[{index}]", item)
+
+
+def describe(error: BaseException) -> str:
+    """`TypeError: <the first line of its message>`."""
+    first = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {first[0]}" if first else type(error).__name__
+
+
+def break_lines(brk: GraphBreak) -> list[str]:
+    """A break in an entry: where, the source line, the calls that led there, and why."""
+    lines = [f"{brk.location.location()}: {brk.gb_type}", f"  {brk.location.line}"]
+    lines += [f"  called from {frame.location()}" for frame in reversed(brk.frames[:-1])]
+    why = (brk.explanation.splitlines()[0] if brk.explanation
+           else _compat.graph_break_debug_context(brk.reason))
+    return lines + ([f"  {why}"] if why else [])
+
+
+@contextlib.contextmanager
+def exact_matmuls() -> Iterator[None]:
+    """fp32 matmuls at "highest" precision, as parity at the fp32 tolerances assumes."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
