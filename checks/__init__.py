@@ -54,6 +54,7 @@ from .guards import (
     guards_of,
 )
 from .sdpa import SDPA_BACKENDS, SdpaCell, SdpaError, SdpaReport, assert_sdpa_safe, sdpa_matrix
+from .grad_modes import GradModeError, GradModeReport, ModeResult, assert_grad_modes, grad_mode_matrix
 
 __all__ = [
     "CheckFailure",
@@ -90,6 +91,11 @@ __all__ = [
     "SdpaError",
     "sdpa_matrix",
     "assert_sdpa_safe",
+    "ModeResult",
+    "GradModeReport",
+    "GradModeError",
+    "grad_mode_matrix",
+    "assert_grad_modes",
     "CapturedGraph",
     "UncapturedCollective",
     "RankReport",
