@@ -503,6 +503,7 @@ def non_default_dynamo_config() -> dict[str, Any]:
     return {name: value for name, value in get_dict(skip_default=True).items()
             if name not in entries or value != getattr(entries[name], "default", object())}
 
+
 # -- CUDA graphs under mode="reduce-overhead" --
 # Inductor wraps each graph it compiles with CUDA graphs on in a function of cudagraph trees: one
 # CUDAGraphTreeManager per device runs every call of such a function through `_run`, records a new
@@ -512,9 +513,13 @@ def non_default_dynamo_config() -> dict[str, Any]:
 # `_run` is patched, not `run`: each wrapped function holds `run` bound when it was made, while
 # every method here is looked up on the manager at each call. Graphs skipped at compile time never
 # reach the manager; inductor counts and logs their skips (CUDAGRAPH_LOGGER above).
+# Warmups and recordings of one manager allocate from its private memory pool, which keeps its
+# segments for as long as the manager lives: the pool's size in the allocator's snapshot is the
+# memory the recorded graphs hold.
 __all__ += [
     "TreeCall",
     "cudagraph_tree_hook",
+    "cudagraph_pool_bytes",
 ]
 
 _TREE_METHODS = ("_run", "record_function", "execute_node", "run_eager")
@@ -530,15 +535,15 @@ class TreeCall:
     inputs (recordings only): the shape of each tensor input that has no static address (not a
     parameter, not marked with mark_static_address) and each int input (a dynamic-shape graph's
     sizes), in order: what tells one recording from another.
-    memory_bytes: device memory the caching allocator reserved during the call; for a recording,
-    what the private pool grew by.
+    pool_bytes (recordings only): the size of the manager's private memory pool after the call;
+    None where the allocator's snapshot does not say which pool a segment belongs to.
     """
 
     outcome: str
     graph_id: int | None
     compile_id: str | None
     inputs: tuple[tuple[int, ...] | int, ...]
-    memory_bytes: int
+    pool_bytes: int | None
 
 
 class _CallState(threading.local):
@@ -547,12 +552,18 @@ class _CallState(threading.local):
     graph_id: int | None = None
 
 
-def _tree_manager_class() -> Any:
+def _tree_manager_module() -> Any:
     try:
         import torch._inductor.cudagraph_trees as trees
     except ImportError:
         raise _missing("torch._inductor.cudagraph_trees") from None
-    manager = getattr(trees, "CUDAGraphTreeManager", None)
+    if not callable(getattr(trees, "get_manager", None)):
+        raise _missing("torch._inductor.cudagraph_trees.get_manager")
+    return trees
+
+
+def _tree_manager_class() -> Any:
+    manager = getattr(_tree_manager_module(), "CUDAGraphTreeManager", None)
     if manager is None or not all(callable(getattr(manager, name, None)) for name in _TREE_METHODS):
         raise _missing("CUDAGraphTreeManager." + ", ".join(_TREE_METHODS))
     return manager
@@ -575,6 +586,24 @@ def _input_key(manager: Any, function_id: Any, inputs: list[Any]) -> tuple[tuple
     return tuple(key)
 
 
+def _pool_bytes(manager: Any) -> int | None:
+    pool = getattr(manager, "cuda_graphs_thread_pool", None)
+    segments = torch.cuda.memory_snapshot()
+    if pool is None or any("segment_pool_id" not in segment for segment in segments):
+        return None
+    return sum(segment["total_size"] for segment in segments
+               if tuple(segment["segment_pool_id"]) == tuple(pool))
+
+
+def cudagraph_pool_bytes(device: int | None = None) -> int | None:
+    """The size of the private pool of the cudagraph trees of `device` (default: the current
+    one) on this thread: 0 before they exist, None where it cannot be told."""
+    trees = _tree_manager_module()
+    index = torch.cuda.current_device() if device is None else device
+    manager = trees.get_manager(index, create_if_none_exists=False)
+    return 0 if manager is None else _pool_bytes(manager)
+
+
 @contextlib.contextmanager
 def cudagraph_tree_hook(callback: Callable[[TreeCall], None]) -> Iterator[None]:
     """Call `callback(TreeCall)` after each call cudagraph trees run, while inside.
@@ -591,18 +620,16 @@ def cudagraph_tree_hook(callback: Callable[[TreeCall], None]) -> Iterator[None]:
             return originals["_run"](self, new_inputs, function_id)
         # Read now: recording and replay empty the input list.
         key = _input_key(self, function_id, new_inputs)
-        device = getattr(self, "device_index", None)
-        before = torch.cuda.memory_reserved(device)
         state.depth, state.outcome, state.graph_id = 1, "eager", None
         try:
             return originals["_run"](self, new_inputs, function_id)
         finally:
             state.depth = 0
+            recorded = state.outcome == "record"
             compile_id = getattr(self, "id_to_compile_id", {}).get(function_id)
             callback(TreeCall(state.outcome, state.graph_id,
                               None if compile_id is None else str(compile_id),
-                              key if state.outcome == "record" else (),
-                              torch.cuda.memory_reserved(device) - before))
+                              key if recorded else (), _pool_bytes(self) if recorded else None))
 
     def record_function(self, *args, **kwargs):
         outputs = originals["record_function"](self, *args, **kwargs)

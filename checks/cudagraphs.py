@@ -67,16 +67,17 @@ class Recording:
     """One CUDA graph that cudagraph trees recorded.
 
     inputs: the shape of each tensor input without a static address and each int input (the
-    sizes of a dynamic-shape graph): one recording per distinct value. memory_bytes: what the
-    private memory pool grew by while recording; it stays held as long as the compiled function.
-    call: the call of the checked function, counted from 1, that recorded it (None under
-    track_cudagraphs).
+    sizes of a dynamic-shape graph): one recording per distinct value. memory_bytes: what
+    cudagraph trees' private memory pool grew by since the previous recording (or the start), its
+    warmup included; the pool keeps it for as long as the compiled function lives. None where
+    torch cannot tell the pool's segments apart. call: the call of the checked function, counted
+    from 1, that recorded it (None under track_cudagraphs).
     """
 
     graph_id: int | None
     compile_id: str | None
     inputs: tuple[tuple[int, ...] | int, ...]
-    memory_bytes: int
+    memory_bytes: int | None
     replays: int
     call: int | None
 
@@ -256,12 +257,18 @@ class CudaGraphReport:
                 "overwritten_outputs": self.overwritten_outputs}
 
 
-def _mib(size: int, *, sign: bool = False) -> str:
+def _mib(size: int | None, *, sign: bool = False) -> str:
+    if size is None:
+        return "unknown MiB"
     return f"{size / MIB:+.1f} MiB" if sign else f"{size / MIB:.1f} MiB"
 
 
 def _at_call(recording: Recording) -> str:
     return f" at call {recording.call}" if recording.call is not None else ""
+
+
+def _growth(before: int | None, after: int | None) -> int | None:
+    return None if before is None or after is None else after - before
 
 
 def _status(recordings: int, skips: int) -> str:
@@ -294,6 +301,7 @@ class CudaGraphTracker:
         self._warmup = warmup
         self._device = device
         self._baseline: int | None = None
+        self._pool_at_start: int | None = None
         self._final: CudaGraphReport | None = None
         self._output_ptrs: set[int] = set()
         self._kept_outputs: list[torch.Tensor] = []
@@ -306,9 +314,11 @@ class CudaGraphTracker:
             tree_calls = list(self._tree_calls)
         outcomes = Counter(call.outcome for call, _ in tree_calls)
         replays = Counter(call.graph_id for call, _ in tree_calls if call.outcome == "replay")
-        recordings = tuple(Recording(call.graph_id, call.compile_id, call.inputs, call.memory_bytes,
-                                     replays[call.graph_id], number)
-                           for call, number in tree_calls if call.outcome == "record")
+        recorded = [(call, number) for call, number in tree_calls if call.outcome == "record"]
+        pool_sizes = [self._pool_at_start] + [call.pool_bytes for call, _ in recorded]
+        recordings = tuple(Recording(call.graph_id, call.compile_id, call.inputs,
+                                     _growth(before, call.pool_bytes), replays[call.graph_id], number)
+                           for (call, number), before in zip(recorded, pool_sizes))
         logged = self._skips.logged()
         skips = tuple(map(parse_skip, logged)) + tuple(_unlogged_skips(self._skips.count() - len(logged)))
         skip_count = self._skips.count()
@@ -331,7 +341,10 @@ class CudaGraphTracker:
 
     def _start(self) -> None:
         self._skips.start()
-        if torch.cuda.is_available() and self._warmup == 0:
+        if not torch.cuda.is_available():
+            return
+        self._pool_at_start = _compat.cudagraph_pool_bytes(self._device)
+        if self._warmup == 0:
             self._baseline = torch.cuda.memory_reserved(self._device)
 
     def _before_call(self, number: int) -> None:
@@ -542,6 +555,7 @@ def _recording_entries(recordings: tuple[Recording, ...]) -> list[list[str]]:
                for recording in recordings[:_LISTED_RECORDINGS]]
     rest = recordings[_LISTED_RECORDINGS:]
     if rest:
-        held = sum(recording.memory_bytes for recording in rest)
+        sizes = [recording.memory_bytes for recording in rest]
+        held = None if None in sizes else sum(sizes)
         entries.append([f"and {counted(len(rest), 'more recording')}, {_mib(held)} pool"])
     return entries
