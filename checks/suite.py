@@ -16,10 +16,11 @@ import torch
 
 from fullgraph.model import (KVCache, LlamaConfig, ReferenceLlama, check_params, forward, generate,
                              init_params, new_cache)
-from fullgraph.model.generate import decode_step
+from fullgraph.model.generate import _step_functions, decode_step
 from fullgraph.model.tensor_parallel import fake_process_group, make_all_reduce, shard_params
 
 from ._message import CheckFailure
+from .cudagraphs import assert_cudagraphs
 from .collectives import assert_collectives, find_collectives
 from .graph_breaks import assert_no_graph_breaks
 from .parity import assert_parity
@@ -226,6 +227,27 @@ def check_decode_guards_are_stable(t: Target) -> str:
     return f"{len(report.events)} compile over {len(calls)} calls, no guard fails call after call"
 
 
+def check_decode_cudagraphs(t: Target) -> str:
+    if t.device.type != "cuda":
+        return f"not applicable: CUDA graphs need a CUDA device (target on {t.device.type})"
+    cache = new_cache(t.cfg, batch_size=2, dtype=t.dtype, device=t.device)
+    # Marks params and cache as static addresses, as generate does before compiling decode.
+    _step_functions(t.params, cache, compile=True, device=t.device)
+    with torch.inference_mode():
+        token = t.tokens[:, :1].clone()
+        calls = ((t.params, token, torch.tensor([pos], device=t.device), cache, t.cfg)
+                 for pos in range(DECODE_STEPS))
+        report = assert_cudagraphs(_decode, calls, max_recordings=1, max_memory_growth_mb=0)
+    # After the warmup and the recording, every position must replay the one graph.
+    expected = DECODE_STEPS - report.warmups - len(report.recordings)
+    if report.replays != expected:
+        raise CheckFailure(f"{report.replays} CUDA-graph replays over {DECODE_STEPS} positions "
+                           f"(expected {expected}: one per position after warmup and recording)\n"
+                           f"{report}", report)
+    return (f"1 recording, {report.replays} replays for {DECODE_STEPS} positions, 0 skips, "
+            f"{report.memory_growth_bytes / 2**20:+.1f} MiB")
+
+
 def check_compiled_parity(t: Target) -> str:
     compiled = torch.compile(forward, fullgraph=True, backend=t.backend)
     with _exact_matmuls(), torch.inference_mode():
@@ -257,6 +279,7 @@ CHECKS: list[tuple[str, Callable[[Target], str]]] = [
     ("recompiles: decode over positions", check_decode_compiles_once),
     ("recompiles: prefill over shapes", check_prefill_recompiles),
     ("guards: decode guards are stable", check_decode_guards_are_stable),
+    ("cuda graphs: decode", check_decode_cudagraphs),
     ("parity: compiled forward vs eager", check_compiled_parity),
     ("generate: compiled equals eager", check_compiled_generation),
 ]
