@@ -8,6 +8,7 @@ AssertionError (a CheckFailure, usually) on failure.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,10 +23,12 @@ from fullgraph.model.tensor_parallel import fake_process_group, make_all_reduce,
 from ._message import CheckFailure
 from .cudagraphs import assert_cudagraphs
 from .collectives import assert_collectives, find_collectives
+from .grad_modes import assert_grad_modes
 from .graph_breaks import assert_no_graph_breaks
 from .parity import assert_parity
 from .guards import assert_no_unstable_guards
 from .recompiles import assert_recompiles_at_most, recompile_budget
+from .sdpa import assert_sdpa_safe
 
 __all__ = ["Target", "CheckResult", "CHECKS", "build_target", "run_checks"]
 
@@ -268,6 +271,48 @@ def check_compiled_generation(t: Target) -> str:
     return "2 prompts of unequal length, 16 tokens each, identical"
 
 
+def _one_layer(t: Target) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
+    # Every layer runs the same code, and each compile costs time per layer.
+    cfg = dataclasses.replace(t.cfg, n_layers=1)
+    return cfg, init_params(cfg, dtype=t.dtype, device=t.device)
+
+
+def _prefill_with_backend(params: dict[str, torch.Tensor], tokens: torch.Tensor,
+                          input_pos: torch.Tensor, cache: KVCache, cfg: LlamaConfig,
+                          sdpa_backend: str = "auto") -> torch.Tensor:
+    return forward(params, tokens, cfg=cfg, input_pos=input_pos, cache=cache,
+                   sdpa_backend=sdpa_backend)
+
+
+SDPA_SIZES = [(2, 16), (4, 32), (3, 24)]  # (batch, prompt length)
+
+
+def check_sdpa_backends(t: Target) -> str:
+    cfg, params = _one_layer(t)
+
+    def make_inputs(batch: int, seq: int) -> tuple:
+        tokens = torch.randint(0, cfg.vocab_size, (batch, seq), device=t.device,
+                               generator=torch.Generator(device=t.device).manual_seed(seq))
+        cache = new_cache(cfg, batch_size=batch, dtype=t.dtype, device=t.device)
+        return params, tokens, torch.arange(seq, device=t.device), cache, cfg
+
+    # The eager backend: breaks, guards and the kernel choice are dynamo's, and it compiles fastest.
+    report = assert_sdpa_safe(_prefill_with_backend, make_inputs, sizes=SDPA_SIZES,
+                              backend="eager", dtype=t.dtype)
+    passed = [cell for cell in report.cells if cell.status == "pass"]
+    missing = len(report.cells) - len(passed)
+    unavailable = f"; {missing} of {len(report.cells)} pairs unavailable" if missing else ""
+    return (f"{', '.join(dict.fromkeys(cell.backend for cell in passed))}: 0 breaks, "
+            f"{max((len(cell.compiles) for cell in passed), default=0)} compiles{unavailable}")
+
+
+def check_grad_modes(t: Target) -> str:
+    cfg, params = _one_layer(t)
+    trainable = {name: p.requires_grad_() for name, p in params.items()}
+    report = assert_grad_modes(_training_loss, lambda: (trainable, t.tokens, cfg), dtype=t.dtype)
+    return f"0 breaks, 1 compile per mode, grads max |diff| {report.mode('train').grad_max_diff:.1e}"
+
+
 CHECKS: list[tuple[str, Callable[[Target], str]]] = [
     ("params match the config", check_params_match_config),
     ("parity: forward vs ReferenceLlama", check_reference_parity),
@@ -282,6 +327,8 @@ CHECKS: list[tuple[str, Callable[[Target], str]]] = [
     ("cuda graphs: decode", check_decode_cudagraphs),
     ("parity: compiled forward vs eager", check_compiled_parity),
     ("generate: compiled equals eager", check_compiled_generation),
+    ("sdpa: every backend, in and out", check_sdpa_backends),
+    ("grad modes: train/no_grad/inference", check_grad_modes),
 ]
 
 
