@@ -98,7 +98,9 @@ def attention(
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, N, S, D)
 
     if cache is None:
-        mask, is_causal = None, S > 1
+        # Always causal: for one token it changes nothing, and `S > 1` would be a SymBool once the
+        # length is dynamic, which scaled_dot_product_attention does not take (a graph break).
+        mask, is_causal = None, True
     else:
         # Write the new keys and values in place at input_pos, then attend over the whole cache;
         # positions not yet written are masked out. Shapes never depend on the position.

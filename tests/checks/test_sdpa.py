@@ -243,9 +243,6 @@ def one_layer():
     return cfg, init_params(cfg, seed=0)
 
 
-@pytest.mark.xfail(strict=True, raises=SdpaError,
-                   reason="model/llama.py passes is_causal=S > 1, a SymBool once the sequence "
-                          "length is dynamic, and F.scaled_dot_product_attention takes a bool")
 def test_the_uncached_forward_compiles_over_sequence_lengths(one_layer):
     cfg, params = one_layer
     assert_sdpa_safe(functools.partial(forward, cfg=cfg),
@@ -261,7 +258,6 @@ def test_the_reference_model_passes_every_backend_on_cuda():
     def make_inputs(batch, seq):
         return params, torch.randint(0, cfg.vocab_size, (batch, seq), device="cuda")
 
-    # The sequence length stays fixed: see the xfail above.
     report = assert_sdpa_safe(functools.partial(forward, cfg=cfg), make_inputs,
                               sizes=[(2, 64), (4, 64), (3, 64)], dtype=torch.bfloat16)
     print(report)
