@@ -21,11 +21,11 @@ from fullgraph.model.generate import _step_functions, decode_step
 from fullgraph.model.tensor_parallel import fake_process_group, make_all_reduce, shard_params
 
 from ._message import CheckFailure
-from .cudagraphs import assert_cudagraphs
 from .collectives import assert_collectives, find_collectives
+from .cudagraphs import assert_cudagraphs
 from .grad_modes import assert_grad_modes
 from .graph_breaks import assert_no_graph_breaks
-from .parity import assert_parity
+from .parity import LOGIT_TOLERANCES, assert_parity
 from .guards import assert_no_unstable_guards
 from .recompiles import assert_recompiles_at_most, recompile_budget
 from .sdpa import assert_sdpa_safe
@@ -265,10 +265,29 @@ def check_compiled_generation(t: Target) -> str:
     with _exact_matmuls():
         eager = generate(t.params, prompts, cfg=t.cfg, max_new_tokens=16, compile=False)
         compiled = generate(t.params, prompts, cfg=t.cfg, max_new_tokens=16, compile=True)
-    if compiled != eager:
-        raise CheckFailure(f"compiled greedy tokens differ from eager:\n  compiled {compiled}\n"
-                           f"  eager    {eager}")
-    return "2 prompts of unequal length, 16 tokens each, identical"
+        if compiled == eager:
+            return "2 prompts of unequal length, 16 tokens each, identical"
+        worst = _worst_greedy_gap(t, prompts, compiled)
+    # In low precision a near-tie between two logits may flip under a different kernel order; a
+    # compiled token is still right if eager scores it within tolerance of eager's best.
+    atol, _ = LOGIT_TOLERANCES[t.dtype]
+    if worst > atol:
+        raise CheckFailure(f"compiled greedy tokens differ from eager, and eager scores a compiled "
+                           f"token {worst:.3g} below its best (tolerance {atol:g} at "
+                           f"{_dtype_name(t.dtype)}):\n  compiled {compiled}\n  eager    {eager}")
+    return f"tokens differ only at near-ties: each within {worst:.2g} of eager's best logit"
+
+
+def _worst_greedy_gap(t: Target, prompts: list[list[int]], generated: list[list[int]]) -> float:
+    """How far below eager's best logit the worst generated token scores, over every row."""
+    worst = 0.0
+    with torch.inference_mode():
+        for prompt, new in zip(prompts, generated):
+            sequence = torch.tensor([prompt + new], device=t.device)
+            logits = forward(t.params, sequence, cfg=t.cfg)[0, len(prompt) - 1: -1]  # (new, V)
+            chosen = logits.gather(1, sequence[0, len(prompt):, None])[:, 0]
+            worst = max(worst, (logits.max(dim=1).values - chosen).max().item())
+    return worst
 
 
 def _one_layer(t: Target) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:

@@ -121,3 +121,39 @@ def test_an_unstable_decode_guard_fails_its_check(target, monkeypatch):
     [result] = suite.run_checks(target, checks=[("guards", suite.check_decode_guards_are_stable)])
     assert not result.passed
     assert "STEPS_TAKEN" in result.message
+
+
+def test_generation_check_accepts_near_ties_in_low_precision_and_rejects_real_differences(monkeypatch):
+    target = suite.build_target(dtype="bfloat16", backend="eager")
+    prompts = [target.tokens[0, :5].tolist(), target.tokens[1].tolist()]
+    real_generate = suite.generate
+    eager = real_generate(target.params, prompts, cfg=target.cfg, max_new_tokens=16, compile=False)
+    assert suite._worst_greedy_gap(target, prompts, eager) < 0.08  # eager agrees with itself
+
+    def generate_with(tokens):
+        def fake(params, prompts, *, compile, **kwargs):
+            return tokens if compile else real_generate(params, prompts, compile=False, **kwargs)
+        return fake
+
+    # A flip to eager's second-best last token is accepted when the gap is within tolerance.
+    logits = suite.forward(target.params, torch.tensor([prompts[0] + eager[0][:-1]]), cfg=target.cfg)[0, -1]
+    top2 = logits.topk(2)
+    flipped = [row[:] for row in eager]
+    flipped[0][-1] = top2.indices[1].item()
+    gap = (top2.values[0] - top2.values[1]).item()
+    monkeypatch.setattr(suite, "generate", generate_with(flipped))
+    monkeypatch.setattr(suite, "LOGIT_TOLERANCES", {torch.bfloat16: (gap * 1.01, 0.0)})
+    [result] = suite.run_checks(target, checks=[("generate", suite.check_compiled_generation)])
+    assert result.passed and result.detail.startswith("tokens differ only at near-ties")
+    monkeypatch.setattr(suite, "LOGIT_TOLERANCES", {torch.bfloat16: (gap * 0.99, 0.0)})
+    [result] = suite.run_checks(target, checks=[("generate", suite.check_compiled_generation)])
+    assert not result.passed
+
+    # A token eager scores far below its best fails at the real tolerance.
+    monkeypatch.undo()
+    wrong = [row[:] for row in eager]
+    wrong[0][-1] = logits.argmin().item()
+    monkeypatch.setattr(suite, "generate", generate_with(wrong))
+    [result] = suite.run_checks(target, checks=[("generate", suite.check_compiled_generation)])
+    assert not result.passed
+    assert result.detail.startswith("compiled greedy tokens differ from eager, and eager scores a compiled token")
