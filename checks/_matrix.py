@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,7 +12,7 @@ from torch import Tensor
 from . import _compat
 from .graph_breaks import GraphBreak
 
-__all__ = ["as_args", "backend_name", "break_lines", "describe", "exact_matmuls", "function_name",
+__all__ = ["as_args", "backend_name", "break_lines", "describe", "function_name",
            "named_tensors"]
 
 
@@ -65,12 +64,3 @@ def break_lines(brk: GraphBreak) -> list[str]:
     return lines + ([f"  {why}"] if why else [])
 
 
-@contextlib.contextmanager
-def exact_matmuls() -> Iterator[None]:
-    """fp32 matmuls at "highest" precision, as parity at the fp32 tolerances assumes."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)

@@ -7,12 +7,15 @@ seen. Deeper models accumulate more rounding; pass atol/rtol to widen.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
 from ._message import CheckFailure
 
-__all__ = ["LOGIT_TOLERANCES", "ParityError", "assert_parity"]
+__all__ = ["LOGIT_TOLERANCES", "ParityError", "assert_parity", "exact_matmuls"]
 
 # dtype -> (atol, rtol) for logits of magnitude about 1-10. fp32 assumes
 # torch.set_float32_matmul_precision("highest"); TF32 matmuls need the bf16-like row.
@@ -21,6 +24,17 @@ LOGIT_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float16: (1e-2, 5e-3),
     torch.bfloat16: (8e-2, 2e-2),
 }
+
+
+@contextlib.contextmanager
+def exact_matmuls() -> Iterator[None]:
+    """fp32 matmuls at "highest" precision, as the fp32 row of the table assumes; restored after."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 class ParityError(CheckFailure):

@@ -35,8 +35,9 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ._matrix import (as_args, backend_name, break_lines, describe, exact_matmuls, function_name,
+from ._matrix import (as_args, backend_name, break_lines, describe, function_name,
                       named_tensors)
+from .parity import exact_matmuls
 from ._message import CheckFailure, format_failure
 from ._state import preserved_torch_state
 from .graph_breaks import GraphBreak

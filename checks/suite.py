@@ -7,10 +7,9 @@ AssertionError (a CheckFailure, usually) on failure.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +24,7 @@ from .collectives import assert_collectives, find_collectives
 from .cudagraphs import assert_cudagraphs
 from .grad_modes import assert_grad_modes
 from .graph_breaks import assert_no_graph_breaks
-from .parity import LOGIT_TOLERANCES, assert_parity
+from .parity import LOGIT_TOLERANCES, assert_parity, exact_matmuls
 from .guards import assert_no_unstable_guards
 from .recompiles import assert_recompiles_at_most, recompile_budget
 from .sdpa import assert_sdpa_safe
@@ -83,14 +82,6 @@ def build_target(*, config: str = "tiny", device: str = "cpu", dtype: str = "flo
     return Target(cfg, params, tokens, backend, config, torch_device, DTYPES[dtype])
 
 
-@contextlib.contextmanager
-def _exact_matmuls() -> Iterator[None]:
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
 
 
 def check_params_match_config(t: Target) -> str:
@@ -100,7 +91,7 @@ def check_params_match_config(t: Target) -> str:
 
 
 def check_reference_parity(t: Target) -> str:
-    with _exact_matmuls():
+    with exact_matmuls():
         expected = ReferenceLlama.from_params(t.params, t.cfg)(t.tokens)
         actual = forward(t.params, t.tokens, cfg=t.cfg)
     assert_parity(actual, expected, dtype=t.dtype, msg="functional forward vs ReferenceLlama")
@@ -109,7 +100,7 @@ def check_reference_parity(t: Target) -> str:
 
 def check_cached_decode_parity(t: Target) -> str:
     half = PROMPT_LEN // 2
-    with _exact_matmuls(), torch.inference_mode():
+    with exact_matmuls(), torch.inference_mode():
         full = forward(t.params, t.tokens, cfg=t.cfg)
         cache = new_cache(t.cfg, batch_size=2, dtype=t.dtype, device=t.device)
         steps = [forward(t.params, t.tokens[:, :half], cfg=t.cfg, cache=cache,
@@ -253,7 +244,7 @@ def check_decode_cudagraphs(t: Target) -> str:
 
 def check_compiled_parity(t: Target) -> str:
     compiled = torch.compile(forward, fullgraph=True, backend=t.backend)
-    with _exact_matmuls(), torch.inference_mode():
+    with exact_matmuls(), torch.inference_mode():
         expected = forward(t.params, t.tokens, cfg=t.cfg)
         actual = compiled(t.params, t.tokens, cfg=t.cfg)
     assert_parity(actual, expected, dtype=t.dtype, msg=f"forward compiled with {t.backend} vs eager")
@@ -262,7 +253,7 @@ def check_compiled_parity(t: Target) -> str:
 
 def check_compiled_generation(t: Target) -> str:
     prompts = [t.tokens[0, :5].tolist(), t.tokens[1].tolist()]
-    with _exact_matmuls():
+    with exact_matmuls():
         eager = generate(t.params, prompts, cfg=t.cfg, max_new_tokens=16, compile=False)
         compiled = generate(t.params, prompts, cfg=t.cfg, max_new_tokens=16, compile=True)
         if compiled == eager:

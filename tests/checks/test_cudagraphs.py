@@ -11,7 +11,7 @@ from fullgraph.checks import (CudaGraphError, CudaGraphReport, CudaGraphSkip, Re
                               track_cudagraphs)
 from fullgraph.checks import _compat
 from fullgraph.checks._message import Frame
-from fullgraph.model import LlamaConfig, forward, generate, init_params, new_cache
+from fullgraph.model import forward, generate, init_params, new_cache
 from fullgraph.model.generate import _step_functions, decode_step
 
 THIS_FILE = __file__

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fullgraph.checks.parity import LOGIT_TOLERANCES, ParityError, assert_parity
-from fullgraph.model import LlamaConfig, ReferenceLlama, forward, init_params, new_cache
+from fullgraph.model import ReferenceLlama, forward, init_params, new_cache
 
 pytestmark = pytest.mark.usefixtures("highest_precision")
 

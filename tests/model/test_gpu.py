@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from fullgraph.model import LlamaConfig, forward, generate, init_params
+from fullgraph.model import forward, generate, init_params
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("highest_precision")]
 
