@@ -70,26 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "bench":
         if args.nproc > 1 and "RANK" not in os.environ:
-            return _launch_ranks(args.nproc, sys.argv[1:] if argv is None else argv)
+            from fullgraph.model.tensor_parallel import launch_ranks
+
+            launch_ranks("fullgraph.checks.cli", args.nproc, sys.argv[1:] if argv is None else argv)
+            return 0
         return _bench(args, out=sys.stdout)
     command = shlex.join(["fullgraph", *(sys.argv[1:] if argv is None else argv)])
     if args.command == "report":
         return _report(args, command=command, out=sys.stdout)
     return _check(args, command=command, out=sys.stdout)
-
-
-def _launch_ranks(nproc: int, argv: list[str]) -> int:
-    """Run this same command as `nproc` tensor-parallel ranks under torchrun."""
-    from torch.distributed.run import main as torchrun
-
-    # The ranks see RANK set and run the benchmark; torchrun would also read a forwarded
-    # --nproc as an abbreviation of its own --nproc-per-node, so it is left out.
-    rank_argv = [arg for arg in argv if not arg.startswith("--nproc=")]
-    if "--nproc" in rank_argv:
-        at = rank_argv.index("--nproc")
-        del rank_argv[at: at + 2]
-    torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", "fullgraph.checks.cli", *rank_argv])
-    return 0
 
 
 def _bench(args: argparse.Namespace, *, out: TextIO) -> int:

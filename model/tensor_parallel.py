@@ -36,6 +36,7 @@ __all__ = [
     "make_all_reduce",
     "backend_for",
     "fake_process_group",
+    "launch_ranks",
 ]
 
 # Which weights are split, along which dim, and by which span; every other weight is replicated.
@@ -162,6 +163,21 @@ def fake_process_group(world_size: int, *, rank: int = 0) -> Iterator[dist.Proce
     finally:
         dist.destroy_process_group()
         sys.excepthook = excepthook
+
+
+def launch_ranks(module: str, nproc: int, argv: list[str]) -> None:
+    """Run `python -m module *argv` as `nproc` ranks under torchrun, on a local rendezvous.
+
+    The ranks see RANK set and do the work. A `--nproc N` in argv is left out: torchrun would read
+    it as an abbreviation of its own --nproc-per-node.
+    """
+    from torch.distributed.run import main as torchrun
+
+    rank_argv = [arg for arg in argv if not arg.startswith("--nproc=")]
+    if "--nproc" in rank_argv:
+        at = rank_argv.index("--nproc")
+        del rank_argv[at: at + 2]
+    torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", module, *rank_argv])
 
 
 def _check_world(cfg: LlamaConfig, *, world_size: int, rank: int) -> None:

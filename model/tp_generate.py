@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from .config import LlamaConfig
 from .generate import generate
-from .tensor_parallel import backend_for, init_shard, make_all_reduce
+from .tensor_parallel import backend_for, init_shard, launch_ranks, make_all_reduce
 
 __all__ = ["main"]
 
@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parse_args(argv)
     if "RANK" not in os.environ:
-        _launch(args.nproc, argv)
+        launch_ranks(__spec__.name, args.nproc, argv)
         return
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local_rank}" if args.device == "cuda" else "cpu")
@@ -40,18 +40,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Only on success: a rank that raised leaves its peers blocked in a collective, where a
     # collective teardown would hang; torchrun ends them instead.
     dist.destroy_process_group()
-
-
-def _launch(nproc: int, argv: list[str]) -> None:
-    from torch.distributed.run import main as torchrun
-
-    # torchrun would read a forwarded --nproc as an abbreviation of its own --nproc-per-node.
-    rank_argv = [arg for arg in argv if not arg.startswith("--nproc=")]
-    if "--nproc" in rank_argv:
-        at = rank_argv.index("--nproc")
-        del rank_argv[at:at + 2]
-    # --standalone: a local rendezvous on a free port.
-    torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", __spec__.name, *rank_argv])
 
 
 def _run(args: argparse.Namespace, device: torch.device) -> None:
@@ -76,7 +64,7 @@ def _run(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    # No abbreviations, so "--nproc" is the only spelling _launch has to remove.
+    # No abbreviations, so "--nproc" is the only spelling launch_ranks has to remove.
     parser = argparse.ArgumentParser(prog="python -m fullgraph.model.tp_generate",
                                      description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--nproc", type=int, default=2,
