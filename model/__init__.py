@@ -5,7 +5,7 @@ from .config import LlamaConfig
 from .generate import generate
 from .llama import forward
 from .loaders import CheckpointError, load_hf_checkpoint, load_meta_checkpoint
-from .params import check_params, init_params, materialize_params, param_shapes
+from .params import check_params, fuse_projections_, init_params, materialize_params, param_shapes
 from .reference import ReferenceLlama
 from .tensor_parallel import init_shard, local_kv_heads, make_all_reduce, shard_params, shard_shapes
 from .tokenizer import Tokenizer
@@ -16,6 +16,7 @@ __all__ = [
     "materialize_params",
     "check_params",
     "param_shapes",
+    "fuse_projections_",
     "KVCache",
     "new_cache",
     "forward",

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .cache import KVCache, new_cache
 from .config import LlamaConfig
-from .llama import AllReduce, forward
+from .llama import AllReduce, forward, head_counts
 
 __all__ = ["generate", "prefill", "decode_step", "sample"]
 
@@ -99,7 +99,7 @@ def generate(
         tokens[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
         is_prompt[row, : len(prompt)] = True
     # A tensor-parallel shard holds fewer KV heads than the config: size the cache from the weights.
-    n_kv_heads = params["layers.0.attention.wk.weight"].shape[0] // cfg.head_dim
+    _, n_kv_heads = head_counts(params, prefix="layers.0", head_dim=cfg.head_dim)
     cache = new_cache(cfg, batch_size=batch, dtype=embeddings.dtype, device=device,
                       n_kv_heads=n_kv_heads)
     prefill_fn, decode_fn = _step_functions(params, cache, compile=compile, device=device)

@@ -28,6 +28,7 @@ __all__ = [
     "rope_tables",
     "apply_rope",
     "attention",
+    "head_counts",
     "feed_forward",
     "block",
     "forward",
@@ -90,11 +91,15 @@ def attention(
 ) -> Tensor:
     B, S, _ = x.shape
     D = cfg.head_dim
-    wq, wk, wv = (params[f"{prefix}.attention.{w}.weight"] for w in ("wq", "wk", "wv"))
-    H, K = wq.shape[0] // D, wk.shape[0] // D
-    q = apply_rope(F.linear(x, wq).view(B, S, H, D), cos, sin)
-    k = apply_rope(F.linear(x, wk).view(B, S, K, D), cos, sin)
-    v = F.linear(x, wv).view(B, S, K, D)
+    H, K = head_counts(params, prefix=prefix, head_dim=D)
+    fused = params.get(f"{prefix}.attention.wqkv.weight")
+    if fused is None:
+        q, k, v = (F.linear(x, params[f"{prefix}.attention.{w}.weight"]) for w in ("wq", "wk", "wv"))
+    else:
+        q, k, v = F.linear(x, fused).split([H * D, K * D, K * D], dim=-1)
+    q = apply_rope(q.view(B, S, H, D), cos, sin)
+    k = apply_rope(k.view(B, S, K, D), cos, sin)
+    v = v.view(B, S, K, D)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, N, S, D)
 
     if cache is None:
@@ -115,6 +120,15 @@ def attention(
     return F.linear(y, params[f"{prefix}.attention.wo.weight"])
 
 
+def head_counts(params: dict[str, Tensor], *, prefix: str, head_dim: int) -> tuple[int, int]:
+    """(query heads, KV heads) of one layer, read off its weights: a shard has fewer than the config."""
+    n_heads = params[f"{prefix}.attention.wo.weight"].shape[1] // head_dim
+    fused = params.get(f"{prefix}.attention.wqkv.weight")
+    if fused is None:
+        return n_heads, params[f"{prefix}.attention.wk.weight"].shape[0] // head_dim
+    return n_heads, (fused.shape[0] // head_dim - n_heads) // 2
+
+
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, is_causal: bool,
           backend: str) -> Tensor:
     n_rep = q.shape[1] // k.shape[1]
@@ -131,8 +145,12 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, is_causal: bo
 
 
 def feed_forward(params: dict[str, Tensor], x: Tensor, *, prefix: str) -> Tensor:
-    w1, w2, w3 = (params[f"{prefix}.feed_forward.{w}.weight"] for w in ("w1", "w2", "w3"))
-    return F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)  # SwiGLU, (B, S, E)
+    fused = params.get(f"{prefix}.feed_forward.w13.weight")
+    if fused is None:
+        gate, up = (F.linear(x, params[f"{prefix}.feed_forward.{w}.weight"]) for w in ("w1", "w3"))
+    else:
+        gate, up = F.linear(x, fused).chunk(2, dim=-1)
+    return F.linear(F.silu(gate) * up, params[f"{prefix}.feed_forward.w2.weight"])  # SwiGLU, (B, S, E)
 
 
 def block(

@@ -12,6 +12,9 @@
     layers.{i}.feed_forward.w3.weight      (ffn_dim, dim)      up
     norm.weight                            (dim,)
     output.weight                          (vocab, dim)
+
+`fuse_projections_` replaces, per layer, wq/wk/wv by one `attention.wqkv.weight` and w1/w3 by one
+`feed_forward.w13.weight` (rows concatenated in that order); forward takes either form.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from torch import Tensor
 
 from .config import LlamaConfig
 
-__all__ = ["param_shapes", "init_params", "materialize_params", "check_params"]
+__all__ = ["param_shapes", "init_params", "materialize_params", "check_params", "fuse_projections_"]
+
+# Fused name -> the weights whose rows it concatenates, in order.
+_FUSED = {
+    "attention.wqkv.weight": ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight"),
+    "feed_forward.w13.weight": ("feed_forward.w1.weight", "feed_forward.w3.weight"),
+}
 
 
 def param_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
@@ -144,6 +153,23 @@ def check_params(
     if problems:
         raise ValueError(f"params do not match the config ({len(problems)} problems):\n  "
                          + "\n  ".join(problems))
+
+
+def fuse_projections_(params: dict[str, Tensor], cfg: LlamaConfig) -> None:
+    """Fuse each layer's q/k/v and gate/up projections in place: one matmul each instead of 3 and 2.
+
+    Apply it last, after loading or tensor-parallel sharding (a rank fuses its own shard). Each
+    layer's unfused weights leave the dict as its fused one enters, so peak memory grows by one
+    layer's projections, not the model's: this is what lets a 70B shard fuse on its own GPU.
+    """
+    for i in range(cfg.n_layers):
+        for fused, parts in _FUSED.items():
+            names = [f"layers.{i}.{part}" for part in parts]
+            missing = [name for name in names if name not in params]
+            if missing:
+                raise ValueError(f"fuse_projections_: params lack {', '.join(missing)} "
+                                 "(already fused, or not a Llama param dict?)")
+            params[f"layers.{i}.{fused}"] = torch.cat([params.pop(name) for name in names])
 
 
 def _shape_of(value: object) -> object:

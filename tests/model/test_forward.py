@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fullgraph.checks.parity import LOGIT_TOLERANCES, ParityError, assert_parity
-from fullgraph.model import ReferenceLlama, forward, init_params, new_cache
+from fullgraph.model import ReferenceLlama, forward, fuse_projections_, init_params, new_cache
 
 pytestmark = pytest.mark.usefixtures("highest_precision")
 
@@ -20,6 +20,21 @@ def test_forward_matches_the_reference_model(tiny_cfg, kv_heads):
     tokens = _tokens(cfg, 3, 37)
     expected = ReferenceLlama.from_params(params, cfg)(tokens)
     torch.testing.assert_close(forward(params, tokens, cfg=cfg), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_fused_projections_match_the_reference_model_with_and_without_a_cache(tiny_cfg, kv_heads):
+    cfg = dataclasses.replace(tiny_cfg, n_kv_heads=kv_heads)
+    params = init_params(cfg, seed=kv_heads)
+    reference = ReferenceLlama.from_params(params, cfg)
+    fuse_projections_(params, cfg)
+    tokens = _tokens(cfg, 2, 12)
+    torch.testing.assert_close(forward(params, tokens, cfg=cfg), reference(tokens), atol=1e-5, rtol=1e-5)
+    reference.setup_cache(batch_size=2)
+    cache = new_cache(cfg, batch_size=2)
+    for start, stop in [(0, 5), (5, 6), (6, 12)]:
+        got = forward(params, tokens[:, start:stop], cfg=cfg, cache=cache, input_pos=torch.arange(start, stop))
+        torch.testing.assert_close(got, reference(tokens[:, start:stop], start), atol=1e-5, rtol=1e-5)
 
 
 def test_reference_model_is_not_trivially_equal(tiny_cfg, tiny_params):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-from fullgraph.model import forward, new_cache
+from fullgraph.model import forward, fuse_projections_, new_cache
 from fullgraph.model.generate import decode_step
 
 
@@ -39,7 +39,10 @@ def test_prefill_has_no_graph_breaks(tiny_cfg, tiny_params, tokens):
     torch.compile(_prefill, fullgraph=True, backend="eager")(tiny_params, tokens, cache, tiny_cfg)
 
 
-def test_decode_has_no_graph_breaks(tiny_cfg, tiny_params):
+@pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused"])
+def test_decode_has_no_graph_breaks(tiny_cfg, tiny_params, fused):
+    if fused:
+        fuse_projections_(tiny_params, tiny_cfg)
     cache = new_cache(tiny_cfg, batch_size=2)
     args = (tiny_params, torch.tensor([[3], [4]]), torch.tensor([5]), cache)
     options = dict(cfg=tiny_cfg, sdpa_backend="auto", temperature=0.0, top_k=None)

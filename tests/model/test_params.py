@@ -3,7 +3,14 @@ import dataclasses
 import pytest
 import torch
 
-from fullgraph.model import LlamaConfig, check_params, init_params, materialize_params, param_shapes
+from fullgraph.model import (
+    LlamaConfig,
+    check_params,
+    fuse_projections_,
+    init_params,
+    materialize_params,
+    param_shapes,
+)
 
 
 def test_names_and_shapes_are_metas(tiny_cfg, tiny_params):
@@ -68,3 +75,23 @@ def test_check_params_rejects_a_config_mismatch(tiny_params, tiny_cfg):
 def test_check_params_rejects_non_dict(tiny_cfg):
     with pytest.raises(TypeError, match="params must be a dict"):
         check_params([torch.zeros(1)], tiny_cfg)
+
+
+def test_fusing_concatenates_projections_in_place(tiny_cfg, tiny_params):
+    fused = dict(tiny_params)
+    fuse_projections_(fused, tiny_cfg)
+    assert set(fused) == set(tiny_params) - {
+        f"layers.{i}.{part}.weight" for i in range(2)
+        for part in ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3")
+    } | {f"layers.{i}.{fused}.weight" for i in range(2) for fused in ("attention.wqkv", "feed_forward.w13")}
+    wqkv = fused["layers.1.attention.wqkv.weight"]
+    assert wqkv.shape == (64 + 32 + 32, 64)
+    assert torch.equal(wqkv[64:96], tiny_params["layers.1.attention.wk.weight"])
+    assert torch.equal(fused["layers.0.feed_forward.w13.weight"][192:], tiny_params["layers.0.feed_forward.w3.weight"])
+
+
+def test_fusing_twice_names_the_missing_weights(tiny_cfg, tiny_params):
+    fuse_projections_(tiny_params, tiny_cfg)
+    with pytest.raises(ValueError, match=r"params lack layers\.0\.attention\.wq\.weight, "
+                                         r"layers\.0\.attention\.wk\.weight.*already fused"):
+        fuse_projections_(tiny_params, tiny_cfg)

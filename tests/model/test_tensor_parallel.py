@@ -23,6 +23,7 @@ from fullgraph.model import (
     LlamaConfig,
     check_params,
     forward,
+    fuse_projections_,
     generate,
     init_params,
     new_cache,
@@ -118,6 +119,13 @@ def test_partial_outputs_sum_to_the_full_layer(cfg: LlamaConfig, world_size: int
     kwargs = dict(prefix="layers.0", layer=0, cfg=cfg, cos=cos, sin=sin, input_pos=input_pos,
                   cache=None, sdpa_backend="math")
     shards = [shard_params(params, cfg, world_size=world_size, rank=r) for r in range(world_size)]
+    torch.testing.assert_close(sum(attention(s, x, **kwargs) for s in shards),
+                               attention(params, x, **kwargs), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sum(feed_forward(s, x, prefix="layers.0") for s in shards),
+                               feed_forward(params, x, prefix="layers.0"), atol=1e-5, rtol=1e-5)
+    # A rank fuses its own shard's projections; the partial outputs must not change.
+    for shard in shards:
+        fuse_projections_(shard, cfg)
     torch.testing.assert_close(sum(attention(s, x, **kwargs) for s in shards),
                                attention(params, x, **kwargs), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sum(feed_forward(s, x, prefix="layers.0") for s in shards),
