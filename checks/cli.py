@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
@@ -55,7 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-eager", action="store_true", help="skip the eager baseline")
     bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     bench.add_argument("--coordinate-descent", action="store_true",
-                       help="compile with inductor's coordinate-descent tuning (slower compile)")
+                       help="compile the decode graph with inductor's coordinate-descent tuning "
+                            "(slower compile)")
+    bench.add_argument("--no-fuse", action="store_true",
+                       help="keep q/k/v and gate/up as separate matmuls (default: fused)")
     bench.add_argument("--profile", action="store_true",
                        help="CUDA only: break a compiled decode step down by kernel category")
     bench.add_argument("--nproc", type=int, default=1,
@@ -112,7 +114,6 @@ def _bench_rank(args: argparse.Namespace, *, out: TextIO) -> int:
 
 def _bench_on(args: argparse.Namespace, *, out: TextIO, tensor_parallel: bool) -> int:
     import torch
-    import torch._inductor.config
 
     from fullgraph.model.bench import copy_bandwidth
 
@@ -130,13 +131,9 @@ def _bench_on(args: argparse.Namespace, *, out: TextIO, tensor_parallel: bool) -
           f"prompt {args.prompt_len}, {args.new_tokens} new tokens{ranks}; "
           f"copy bandwidth {bandwidth:,.0f} GB/s", file=out)
     print(f"{'batch':>5}  {'mode':<8}  {'ms/token':>9}  {'tokens/s':>9}  {'limit ms':>8}  "
-          f"{'share':>5}  {'compile s':>9}  {'peak GB':>7}  {'speed-up':>8}", file=out)
-    # Set at the call site and undone after: inductor's config is process-wide.
-    tuning = (torch._inductor.config.patch(coordinate_descent_tuning=True)
-              if args.coordinate_descent else contextlib.nullcontext())
-    with tuning:
-        results = _bench_batches(args, device=device, dtype=dtype, bandwidth=bandwidth, out=out,
-                                 tensor_parallel=tensor_parallel)
+          f"{'share':>5}  {'compile s':>9}  {'decode s':>8}  {'peak GB':>7}  {'speed-up':>8}", file=out)
+    results = _bench_batches(args, device=device, dtype=dtype, bandwidth=bandwidth, out=out,
+                             tensor_parallel=tensor_parallel)
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r.to_dict() for r in results], f, indent=2)
@@ -157,6 +154,7 @@ def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float,
         modes = [True] if args.no_eager else [True, False]
         runs = [run_bench(args.config, device=str(device), dtype=dtype, batch_size=batch,
                           prompt_len=args.prompt_len, new_tokens=args.new_tokens, compile=compiled,
+                          fuse=not args.no_fuse, coordinate_descent=args.coordinate_descent and compiled,
                           bandwidth_gbps=bandwidth, tensor_parallel=tensor_parallel)
                 for compiled in modes]
         for run in runs:
@@ -164,12 +162,14 @@ def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float,
             peak = "-" if run.peak_memory_gb is None else f"{run.peak_memory_gb:.1f}"
             print(f"{batch:>5}  {'compiled' if run.compiled else 'eager':<8}  {run.ms_per_token:>9.2f}  "
                   f"{run.tokens_per_s:>9.1f}  {run.limit_ms_per_token:>8.2f}  {run.share_of_limit:>5.2f}  "
-                  f"{run.compile_s:>9.1f}  {peak:>7}  {speedup:>7.2f}x", file=out, flush=True)
+                  f"{run.compile_s:>9.1f}  {run.decode_compile_s:>8.1f}  {peak:>7}  {speedup:>7.2f}x",
+                  file=out, flush=True)
         results.extend(runs)
         if args.profile:
             breakdown = profile_decode(args.config, device=str(device), dtype=dtype, batch_size=batch,
                                        prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-                                       steps=min(32, args.new_tokens - 4),
+                                       steps=min(32, args.new_tokens - 4), fuse=not args.no_fuse,
+                                       coordinate_descent=args.coordinate_descent,
                                        tensor_parallel=tensor_parallel)
             parts = ", ".join(f"{name} {ms:.3f}" for name, ms in breakdown.by_category.items())
             print(f"{batch:>5}  profile ms/step {breakdown.total_ms:.3f}: {parts}", file=out)

@@ -8,18 +8,20 @@ ideal kernel would read at the average position. Random weights: speed does not 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch._inductor.config
 import torch.distributed as dist
 
 from .cache import new_cache
 from .config import LlamaConfig
 from .generate import _step_functions
-from .params import init_params
+from .params import fuse_projections_, init_params
 from .tensor_parallel import init_shard, local_kv_heads, make_all_reduce
 
 __all__ = ["BenchResult", "DecodeProfile", "copy_bandwidth", "run_bench", "profile_decode"]
@@ -35,7 +37,10 @@ class BenchResult:
     prompt_len: int
     new_tokens: int
     compiled: bool
-    compile_s: float
+    fused: bool  # q/k/v and gate/up projections fused into one matmul each
+    coordinate_descent: bool  # inductor's coordinate-descent tuning, for the decode graph
+    compile_s: float  # first prefill and first three decode steps: both graphs, CUDA-graph recording
+    decode_compile_s: float  # the decode part of compile_s
     prefill_ms: float
     ms_per_token: float  # one decode step, all rows of the batch
     tokens_per_s: float  # all rows of the batch
@@ -82,10 +87,12 @@ class _DecodeLoop:
     """Greedy prefill then decode of one random prompt batch, through generate's step functions.
 
     With tensor_parallel, this rank builds only its shard and sums over the default process group.
+    With fuse, it fuses its projections (fuse_projections_) after sharding.
     """
 
     def __init__(self, config: str, *, device: torch.device, dtype: torch.dtype, batch_size: int,
-                 prompt_len: int, new_tokens: int, compile: bool, tensor_parallel: bool = False):
+                 prompt_len: int, new_tokens: int, compile: bool, fuse: bool,
+                 tensor_parallel: bool = False):
         # Only the cache length changes, so every batch size and the profile reuse one config and
         # the compiled code that guards on it.
         self.cfg = dataclasses.replace(LlamaConfig.from_name(config),
@@ -97,6 +104,8 @@ class _DecodeLoop:
                                      dtype=dtype, device=device)
         else:
             self.params = init_params(self.cfg, dtype=dtype, device=device)
+        if fuse:
+            fuse_projections_(self.params, self.cfg)
         self.n_kv_heads = local_kv_heads(self.cfg, world_size=self.world_size)
         self.cache = new_cache(self.cfg, batch_size=batch_size, dtype=dtype, device=device,
                                n_kv_heads=self.n_kv_heads)
@@ -132,23 +141,30 @@ def run_bench(
     prompt_len: int = 128,
     new_tokens: int = 256,
     compile: bool = True,
+    fuse: bool = True,
+    coordinate_descent: bool = False,
     bandwidth_gbps: float | None = None,
     tensor_parallel: bool = False,
 ) -> BenchResult:
     """Prefill `prompt_len` tokens, then time `new_tokens` greedy decode steps.
 
+    fuse: fuse the q/k/v and gate/up projections (fewer, larger matmuls).
+    coordinate_descent: compile the decode graph with inductor's coordinate-descent tuning; the
+    prefill graph keeps the defaults, so the extra compile time is spent where it pays.
     tensor_parallel: run this rank's shard over the default process group (under torchrun); the
     bytes and the limit are then per GPU.
     """
     torch_device = torch.device(device)
     loop = _DecodeLoop(config, device=torch_device, dtype=dtype, batch_size=batch_size,
-                       prompt_len=prompt_len, new_tokens=new_tokens, compile=compile,
+                       prompt_len=prompt_len, new_tokens=new_tokens, compile=compile, fuse=fuse,
                        tensor_parallel=tensor_parallel)
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
     with torch.inference_mode():
         # Compile and warm up: CUDA graphs record on the third call of the decode step.
-        compile_s = _timed(lambda: (loop.prefill(), loop.decode(3)), torch_device)
+        prefill_compile_s = _timed(loop.prefill, torch_device)
+        with _decode_tuning(coordinate_descent):
+            decode_compile_s = _timed(lambda: loop.decode(3), torch_device)
         prefill_s = _timed(loop.prefill, torch_device)
         decode_s = _timed(lambda: loop.decode(new_tokens - 1), torch_device)
 
@@ -163,11 +179,21 @@ def run_bench(
     return BenchResult(
         config=config, world_size=loop.world_size, device=str(torch_device), dtype=str(dtype).removeprefix("torch."),
         batch_size=batch_size, prompt_len=prompt_len, new_tokens=new_tokens, compiled=compile,
-        compile_s=compile_s, prefill_ms=prefill_s * 1e3, ms_per_token=ms_per_token,
+        fused=fuse, coordinate_descent=coordinate_descent,
+        compile_s=prefill_compile_s + decode_compile_s, decode_compile_s=decode_compile_s,
+        prefill_ms=prefill_s * 1e3, ms_per_token=ms_per_token,
         tokens_per_s=batch_size * 1e3 / ms_per_token, peak_memory_gb=peak,
         bytes_per_token=bytes_per_token, bandwidth_gbps=bandwidth,
         limit_ms_per_token=limit_ms, share_of_limit=limit_ms / ms_per_token,
     )
+
+
+def _decode_tuning(coordinate_descent: bool) -> contextlib.AbstractContextManager:
+    # Inductor reads its config when a graph compiles, i.e. on the first decode call; patched
+    # here and undone after, since the config is process-wide.
+    if not coordinate_descent:
+        return contextlib.nullcontext()
+    return torch._inductor.config.patch(coordinate_descent_tuning=True)
 
 
 # Kernel-name fragments, lower case, checked in this order: the first match names the category.
@@ -213,6 +239,8 @@ def profile_decode(
     new_tokens: int = 256,
     steps: int = 32,
     compile: bool = True,
+    fuse: bool = True,
+    coordinate_descent: bool = False,
     tensor_parallel: bool = False,
 ) -> DecodeProfile:
     """Where a decode step's time goes, from the GPU kernels the profiler saw.
@@ -226,12 +254,13 @@ def profile_decode(
     if steps + 3 >= new_tokens:
         raise ValueError(f"profile_decode: steps ({steps}) must be below new_tokens - 3 ({new_tokens - 3})")
     loop = _DecodeLoop(config, device=torch_device, dtype=dtype, batch_size=batch_size,
-                       prompt_len=prompt_len, new_tokens=new_tokens, compile=compile,
+                       prompt_len=prompt_len, new_tokens=new_tokens, compile=compile, fuse=fuse,
                        tensor_parallel=tensor_parallel)
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.inference_mode():
         loop.prefill()
-        loop.decode(3)
+        with _decode_tuning(coordinate_descent):
+            loop.decode(3)
         with torch.profiler.profile(activities=activities) as profiler:
             wall_s = _timed(lambda: loop.decode(steps), torch_device)
     by_kernel: dict[str, float] = {}

@@ -28,6 +28,7 @@ def test_eager_bench_reports_consistent_figures():
     result = run_bench("tiny", device="cpu", dtype=torch.float32, batch_size=2, prompt_len=4,
                        new_tokens=6, compile=False, bandwidth_gbps=10.0)
     assert result.batch_size == 2 and not result.compiled
+    assert result.fused and not result.coordinate_descent
     assert result.tokens_per_s == pytest.approx(2 * 1000 / result.ms_per_token)
     assert result.limit_ms_per_token == pytest.approx(result.bytes_per_token / 10e9 * 1e3)
     assert result.share_of_limit == pytest.approx(result.limit_ms_per_token / result.ms_per_token)
@@ -51,12 +52,16 @@ def test_profile_needs_cuda(capsys):
 def test_bench_command_prints_and_writes_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     assert main(["bench", "--device", "cpu", "--prompt-len", "4", "--new-tokens", "4",
-                 "--json", str(path)]) == 0
+                 "--coordinate-descent", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("fullgraph bench: tiny, cpu, float32, prompt 4, 4 new tokens; copy bandwidth")
     assert "compiled" in out and "eager" in out
     figures = json.loads(path.read_text())
     assert [f["compiled"] for f in figures] == [True, False]
+    # Tuning applies to the compiled decode graph only; both runs use the fused projections.
+    assert [f["coordinate_descent"] for f in figures] == [True, False]
+    assert all(f["fused"] for f in figures)
+    assert 0 < figures[0]["decode_compile_s"] < figures[0]["compile_s"]
     assert all(f["ms_per_token"] > 0 for f in figures)
 
 
