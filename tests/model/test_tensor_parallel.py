@@ -250,12 +250,26 @@ def _spec(cfg: LlamaConfig, **extra: object) -> dict:
 
 @pytest.mark.usefixtures("highest_precision")
 def test_world_2_matches_single_process(tmp_path: Path) -> None:
-    spec = _spec(TINY)
-    params = init_params(TINY, seed=0)
-    expected_logits = forward(params, torch.tensor(spec["tokens"]), cfg=TINY)
+    _assert_world_2_matches_single_process(_spec(TINY), tmp_path, device="cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("highest_precision")
+def test_world_2_over_nccl_matches_single_process(tmp_path: Path) -> None:
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA devices")
+    _assert_world_2_matches_single_process(_spec(TINY, device="cuda", backend="inductor"), tmp_path,
+                                           device="cuda", timeout=600)
+
+
+def _assert_world_2_matches_single_process(spec: dict, tmp_path: Path, *, device: str,
+                                           timeout: float = 120) -> None:
+    """Logits (fp32, 1e-5) and greedy tokens of both ranks, eager and compiled, equal one process's."""
+    params = {name: t.to(device) for name, t in init_params(TINY, seed=0).items()}
+    expected_logits = forward(params, torch.tensor(spec["tokens"], device=device), cfg=TINY).cpu()
     expected_tokens = generate(params, spec["prompts"], cfg=TINY,
                                max_new_tokens=spec["max_new_tokens"], compile=False)
-    for rank, results in enumerate(_torchrun(spec, tmp_path, nproc=2)):
+    for rank, results in enumerate(_torchrun(spec, tmp_path, nproc=2, timeout=timeout)):
         for key in ("logits_eager", "logits_compiled"):
             torch.testing.assert_close(results[key], expected_logits, atol=1e-5, rtol=1e-5,
                                        msg=lambda m, k=key, r=rank: f"rank {r} {k}: {m}")

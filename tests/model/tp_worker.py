@@ -3,7 +3,8 @@
     torchrun --nproc-per-node 2 tests/model/tp_worker.py SPEC.json OUT_DIR
 
 SPEC.json holds the config, the tokens for forward, the prompts and max_new_tokens for generate,
-the compile backend, and optionally a rank that should fail. Each rank shards the same real
+the compile backend, the device type ("cpu" runs gloo, "cuda" one GPU per rank over NCCL), and
+optionally a rank that should fail. Each rank shards the same real
 params, runs forward (eager, and compiled with fullgraph=True) and greedy generate (compile=False
 and True), and saves the results to OUT_DIR/rank{r}.pt for the test to compare with the
 single-process model.
@@ -40,30 +41,39 @@ def main() -> None:
     # Two cores are shared by every rank: one thread each avoids oversubscription.
     torch.set_num_threads(1)
     torch.set_float32_matmul_precision("highest")
-    dist.init_process_group(backend_for("cpu"))
-    results = run(spec)
+    device = torch.device("cpu")
+    if spec.get("device") == "cuda":
+        device = torch.device(f"cuda:{os.environ['LOCAL_RANK']}")
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend_for(device))
+    results = run(spec, device)
     torch.save(results, args.out / f"rank{dist.get_rank()}.pt")
     # Only on success: a rank that raised leaves its peers blocked in a collective, where a
     # collective teardown would hang; torchrun ends them instead.
     dist.destroy_process_group()
 
 
-def run(spec: dict) -> dict:
+def run(spec: dict, device: torch.device) -> dict:
     if dist.get_rank() == spec.get("fail_rank"):
         # Lets the test check that one rank's error reaches pytest instead of hanging the others.
         raise RuntimeError(f"rank {dist.get_rank()} failed on purpose")
     cfg = LlamaConfig(**spec["cfg"])
     shard = shard_params(init_params(cfg, seed=0), cfg, world_size=dist.get_world_size(),
                          rank=dist.get_rank())
+    shard = {name: tensor.to(device) for name, tensor in shard.items()}
     all_reduce = make_all_reduce()
-    tokens = torch.tensor(spec["tokens"])
+    tokens = torch.tensor(spec["tokens"], device=device)
     compiled = torch.compile(forward, fullgraph=True, backend=spec["backend"])
     options = dict(cfg=cfg, max_new_tokens=spec["max_new_tokens"], all_reduce=all_reduce)
     results = {
-        "logits_eager": forward(shard, tokens, cfg=cfg, all_reduce=all_reduce),
-        "logits_compiled": compiled(shard, tokens, cfg=cfg, all_reduce=all_reduce),
+        "logits_eager": forward(shard, tokens, cfg=cfg, all_reduce=all_reduce).cpu(),
+        "logits_compiled": compiled(shard, tokens, cfg=cfg, all_reduce=all_reduce).cpu(),
         "tokens_eager": generate(shard, spec["prompts"], compile=False, **options),
     }
+    if device.type == "cuda":
+        # The deployed path: inductor, and CUDA graphs for the decode step.
+        results["tokens_compiled"] = generate(shard, spec["prompts"], compile=True, **options)
+        return results
     # generate compiles its steps with inductor on CPU: over half a minute on two shared cores;
     # the same fullgraph step functions under a cheaper backend test the same tracing.
     with mock.patch.object(generate_module, "_compiled", _compiler(spec["backend"])):
