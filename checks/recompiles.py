@@ -27,12 +27,14 @@ Guard sources are written the way torch's recompile messages write them: an argu
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import re
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -230,23 +232,26 @@ def _user_frame(stack_text: str) -> Frame | None:
 
 def _commented_frame(comment: str) -> Frame | None:
     """The frame in dynamo's comment ("# <code>  # tests/m.py:40 in fn"), for guards that come
-    without a user stack (symbolic-shape guards).
+    without a user stack (symbolic-shape guards)."""
+    match = _COMMENTED_FRAME.search(comment)
+    path = _unshortened(match["file"]) if match else None
+    return Frame.at(path, int(match["line"]), match["function"]) if path else None
 
-    dynamo writes the path relative to the longest directory it shares with torch's install, so
+
+def _unshortened(short: str) -> str | None:
+    """The file torch's shorten_filename wrote as `short`.
+
+    It writes the path relative to the longest directory the file shares with torch's install, so
     look for it under each of that directory's ancestors.
     """
-    match = _COMMENTED_FRAME.search(comment)
-    if not match:
-        return None
-    directory = os.path.dirname(_TORCH_DIR)
-    while True:
-        candidate = os.path.join(directory, match["file"])
-        if os.path.isfile(candidate):
-            return Frame.at(candidate, int(match["line"]), match["function"])
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            return None
-        directory = parent
+    torch_parent = Path(_TORCH_DIR).parent
+    for directory in (torch_parent, *torch_parent.parents):
+        if (directory / short).is_file():
+            return str(directory / short)
+    # Sharing only the root, it cuts one character too many: /work/m.py is written "ork/m.py".
+    # Any one character may stand before it; take the file if just one fits.
+    found = glob.glob(os.sep + "?" + glob.escape(short))
+    return found[0] if len(found) == 1 else None
 
 
 def _note(comment: str) -> str:

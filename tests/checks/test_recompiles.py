@@ -349,6 +349,15 @@ def test_a_failure_keeps_torch_hint_and_the_user_frame():
     assert isinstance(failure, GuardFailure) and failure.to_dict()["where"]["function"] == "forward"
 
 
+def test_a_guard_comment_naming_a_file_that_shares_only_the_root_with_torch_is_found():
+    # torch writes such a path one character short: /work/m.py as "ork/m.py".
+    line = zoo.line_of("repeat-add-guard")
+    failure = parse_guard_failure(f"0/1: times == 2  # for _ in range(times):  "
+                                  f"# {str(zoo.SOURCE)[2:]}:{line} in repeat_add")
+    assert (failure.where.filename, failure.where.lineno) == (str(zoo.SOURCE), line)
+    assert failure.where.line.endswith("# at: repeat-add-guard")
+
+
 def test_both_log_layouts_are_parsed():
     plain = ("Recompiling function f in /x.py:3\n    triggered by the following guard failure(s):\n"
              "    - 0/1: n == 1       # return x * n  # x.py:4 in f\n    - User stack trace:\n"
