@@ -18,6 +18,10 @@ from fullgraph.model import LlamaConfig, forward, init_params
 from fullgraph.model.tensor_parallel import make_all_reduce, shard_params
 
 TINY = LlamaConfig.from_name("tiny")
+# torch 2.13 renamed funcol's all_gather_tensor and reduce_scatter_tensor to these, deprecating the
+# old names; older torch has only the old ones.
+all_gather_single = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor
+reduce_scatter_single = getattr(funcol, "reduce_scatter_single", None) or funcol.reduce_scatter_tensor
 
 
 def tp_forward(device: str = "cpu"):
@@ -37,7 +41,7 @@ def _sum_on_rank_0_gather_elsewhere(x):
     # The rank is a constant to dynamo: each rank compiles its own branch.
     if dist.get_rank() == 0:
         return funcol.all_reduce(x, "sum", dist.group.WORLD)
-    return funcol.all_gather_single(x, 0, dist.group.WORLD)
+    return all_gather_single(x, 0, dist.group.WORLD)
 
 
 def rank_dependent():

@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
 import collective_targets
+from collective_targets import all_gather_single, reduce_scatter_single
 from fullgraph.checks import (
     CapturedGraph,
     CollectiveError,
@@ -80,8 +81,8 @@ def test_tp_forward_captures_two_all_reduces_per_layer(world_size):
 def _every_functional_collective(x):
     group = dist.group.WORLD
     x = funcol.all_reduce(x, "sum", group)
-    x = funcol.all_gather_single(x, 0, group)
-    x = funcol.reduce_scatter_single(x, "sum", 0, group)
+    x = all_gather_single(x, 0, group)
+    x = reduce_scatter_single(x, "sum", 0, group)
     x = funcol.all_to_all_single(x, None, None, group)
     dist.all_reduce(x)  # in place and synchronous: dynamo rewrites it to a functional one
     return x
@@ -296,7 +297,7 @@ def test_gloo_ranks_that_branch_on_the_rank_hang_and_are_inconsistent():
     assert ("the ranks ran 2 different collective sequences\n"
             "       rank 0 (until it stopped): all_reduce\n"
             "       rank 1 (until it stopped): all_gather_into_tensor\n") in message
-    gather = f"tests/checks/collective_targets.py:{_line(TARGETS, 'all_gather_single')}"
+    gather = f"tests/checks/collective_targets.py:{_line(TARGETS, 'return all_gather_single(')}"
     assert f"graph 0/0: 2 ops, all_gather_into_tensor ({gather} in " in message
 
 
