@@ -94,7 +94,7 @@ def _bench_rank(args: argparse.Namespace, *, out: TextIO) -> int:
     import torch
     import torch.distributed as dist
 
-    from fullgraph.model.tensor_parallel import backend_for
+    from fullgraph.model.tensor_parallel import backend_for, teardown_process_group
 
     cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cuda else "cpu")
@@ -109,7 +109,7 @@ def _bench_rank(args: argparse.Namespace, *, out: TextIO) -> int:
             args.json = None
             return _bench_on(args, out=devnull, tensor_parallel=True)
     finally:
-        dist.destroy_process_group()
+        teardown_process_group()
 
 
 def _bench_on(args: argparse.Namespace, *, out: TextIO, tensor_parallel: bool) -> int:

@@ -669,7 +669,10 @@ def _rank_main() -> None:
                 {"function": function, "report": report.to_dict()})
     if report.status == "ok":
         # Only on success: after a failure the peers may be blocked in a collective, where
-        # tearing the group down would hang.
+        # tearing the group down would hang. CUDA graphs that captured NCCL collectives (a
+        # target compiled with mode="reduce-overhead") must go first, or destroying the group
+        # hangs too (pytorch/pytorch#115388); the reset frees them.
+        torch._dynamo.reset()
         dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()

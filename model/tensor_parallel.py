@@ -37,6 +37,7 @@ __all__ = [
     "backend_for",
     "fake_process_group",
     "launch_ranks",
+    "teardown_process_group",
 ]
 
 # Which weights are split, along which dim, and by which span; every other weight is replicated.
@@ -163,6 +164,17 @@ def fake_process_group(world_size: int, *, rank: int = 0) -> Iterator[dist.Proce
     finally:
         dist.destroy_process_group()
         sys.excepthook = excepthook
+
+
+def teardown_process_group() -> None:
+    """Destroy the default process group, freeing first the CUDA graphs that captured its collectives.
+
+    With NCCL, destroy_process_group hangs while a CUDA graph holding a captured collective is
+    alive (pytorch/pytorch#115388), and a decode step compiled with mode="reduce-overhead" holds
+    one. Resetting dynamo frees those graphs, along with every compiled function of the process.
+    """
+    torch._dynamo.reset()
+    dist.destroy_process_group()
 
 
 def launch_ranks(module: str, nproc: int, argv: list[str]) -> None:

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from .config import LlamaConfig
 from .generate import generate
-from .tensor_parallel import backend_for, init_shard, launch_ranks, make_all_reduce
+from .tensor_parallel import backend_for, init_shard, launch_ranks, make_all_reduce, teardown_process_group
 
 __all__ = ["main"]
 
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     _run(args, device)
     # Only on success: a rank that raised leaves its peers blocked in a collective, where a
     # collective teardown would hang; torchrun ends them instead.
-    dist.destroy_process_group()
+    teardown_process_group()
 
 
 def _run(args: argparse.Namespace, device: torch.device) -> None:

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from fullgraph.model import LlamaConfig, forward, generate, init_params
-from fullgraph.model.tensor_parallel import backend_for, make_all_reduce, shard_params
+from fullgraph.model.tensor_parallel import backend_for, make_all_reduce, shard_params, teardown_process_group
 
 # The package re-exports the function under the module's name.
 generate_module = importlib.import_module("fullgraph.model.generate")
@@ -50,7 +50,7 @@ def main() -> None:
     torch.save(results, args.out / f"rank{dist.get_rank()}.pt")
     # Only on success: a rank that raised leaves its peers blocked in a collective, where a
     # collective teardown would hang; torchrun ends them instead.
-    dist.destroy_process_group()
+    teardown_process_group()
 
 
 def run(spec: dict, device: torch.device) -> dict:
