@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from fullgraph.checks.parity import LOGIT_TOLERANCES, ParityError, assert_parity
+from fullgraph.checks.parity import LOGIT_TOLERANCES, ParityError, assert_parity, logit_tolerance
 from fullgraph.model import ReferenceLlama, forward, fuse_projections_, init_params, new_cache
 
 pytestmark = pytest.mark.usefixtures("highest_precision")
@@ -129,6 +129,21 @@ def test_tolerance_table_is_tight_enough_to_catch_a_bug(tiny_cfg):
     with pytest.raises(ParityError, match=r"parity failed at torch.bfloat16 \(atol=0.08, rtol=0.02\)"):
         assert_parity(forward(broken, tokens, cfg=tiny_cfg), expected, dtype=torch.bfloat16)
     assert set(LOGIT_TOLERANCES) == {torch.float32, torch.float16, torch.bfloat16}
+
+
+def test_tolerance_grows_with_the_square_root_of_depth():
+    assert logit_tolerance(torch.bfloat16) == LOGIT_TOLERANCES[torch.bfloat16]
+    assert logit_tolerance(torch.bfloat16, depth=1) == LOGIT_TOLERANCES[torch.bfloat16]
+    assert logit_tolerance(torch.bfloat16, depth=32) == pytest.approx((0.32, 0.08))
+    expected = torch.zeros(4)
+    off_by_3x = torch.tensor([0.0, 0.0, 0.0, 0.24])
+    with pytest.raises(ParityError, match=r"atol=0.08, rtol=0.02"):
+        assert_parity(off_by_3x, expected, dtype=torch.bfloat16)
+    assert_parity(off_by_3x, expected, dtype=torch.bfloat16, depth=32)
+    with pytest.raises(ValueError, match="depth must be a positive int"):
+        logit_tolerance(torch.bfloat16, depth=0)
+    with pytest.raises(ValueError, match="dtype: no tolerance for torch.int8"):
+        assert_parity(torch.zeros(1, dtype=torch.int8), torch.zeros(1, dtype=torch.int8))
 
 
 def test_training_gradients_match_the_reference(tiny_cfg, tiny_params):
