@@ -46,21 +46,30 @@ def _run(args: argparse.Namespace, device: torch.device) -> None:
     rank, world_size = dist.get_rank(), dist.get_world_size()
     cfg = LlamaConfig.from_name(args.config)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    _say(f"world_size={world_size} device={device.type} config={args.config} dtype={dtype}")
+    start = time.perf_counter()
     params = init_shard(cfg, world_size=world_size, rank=rank, seed=args.seed, dtype=dtype,
                         device=device)
+    _say(f"shard built in {time.perf_counter() - start:.1f} s")
     # Every rank must feed the same prompts to stay in lockstep through the collectives.
     torch.manual_seed(args.seed)
     prompts = torch.randint(cfg.vocab_size, (args.batch_size, args.prompt_len)).tolist()
     options = dict(cfg=cfg, max_new_tokens=args.max_new_tokens, compile=not args.no_compile,
                    all_reduce=make_all_reduce())
+    start = time.perf_counter()
     generate(params, prompts, **options)  # warm-up: compiles prefill and decode
+    _say(f"warm-up generation (compiles prefill and decode) took {time.perf_counter() - start:.1f} s")
     start = time.perf_counter()
     tokens = generate(params, prompts, **options)
     elapsed = time.perf_counter() - start
-    if rank == 0:
-        print(f"world_size={world_size} device={device.type} config={args.config} dtype={dtype}")
-        print(f"{1000 * elapsed / args.max_new_tokens:.2f} ms/token, prefill included")
-        print(f"tokens[0]: {tokens[0]}")
+    _say(f"{1000 * elapsed / args.max_new_tokens:.2f} ms/token, prefill included")
+    _say(f"tokens[0]: {tokens[0]}")
+
+
+def _say(line: str) -> None:
+    # Rank 0 speaks for all, as it goes: a long compile then reads as progress, not as a hang.
+    if dist.get_rank() == 0:
+        print(line, flush=True)
 
 
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:

@@ -302,3 +302,16 @@ def test_fake_process_group_leaves_the_excepthook_as_it_was() -> None:
     with fake_process_group(2):
         pass
     assert sys.excepthook is before
+
+
+def test_tp_generate_reports_progress_from_rank_0_only() -> None:
+    command = [sys.executable, "-m", "fullgraph.model.tp_generate", "--nproc", "2", "--device", "cpu",
+               "--no-compile", "--max-new-tokens", "4"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    assert lines[0] == "world_size=2 device=cpu config=tiny dtype=torch.float32"
+    assert lines[1].startswith("shard built in ")
+    assert lines[2].startswith("warm-up generation (compiles prefill and decode) took ")
+    assert lines[3].endswith("ms/token, prefill included")
+    assert lines[4].startswith("tokens[0]: [") and len(lines) == 5
