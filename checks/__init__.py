@@ -1,4 +1,5 @@
-"""Checkers that prove a program compiles the way it should: graph breaks, recompiles, guards.
+"""Checkers that prove a program compiles the way it should: graph breaks, recompiles, guards,
+dimension budgets, SDPA backends, grad modes, collectives, CUDA graphs and numerical parity.
 
 Each check has two layers: a function that collects a frozen, printable report, and an assert_*
 function or context manager that raises a CheckFailure (an AssertionError) from it.
@@ -66,6 +67,11 @@ _EXPORTS = {
     "track_cudagraphs": "cudagraphs",
     "cudagraph_report": "cudagraphs",
     "assert_cudagraphs": "cudagraphs",
+    "LOGIT_TOLERANCES": "parity",
+    "ParityError": "parity",
+    "logit_tolerance": "parity",
+    "assert_parity": "parity",
+    "exact_matmuls": "parity",
 }
 
 __all__ = list(_EXPORTS)
