@@ -115,7 +115,7 @@ def _bench_rank(args: argparse.Namespace, *, out: TextIO) -> int:
 def _bench_on(args: argparse.Namespace, *, out: TextIO, tensor_parallel: bool) -> int:
     import torch
 
-    from fullgraph.model.bench import copy_bandwidth
+    from fullgraph.model.bench import copy_bandwidth, device_name
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
@@ -130,6 +130,7 @@ def _bench_on(args: argparse.Namespace, *, out: TextIO, tensor_parallel: bool) -
     print(f"fullgraph bench: {args.config}, {device.type}, {str(dtype).removeprefix('torch.')}, "
           f"prompt {args.prompt_len}, {args.new_tokens} new tokens{ranks}; "
           f"copy bandwidth {bandwidth:,.0f} GB/s", file=out)
+    print(f"on {device_name(device)}, torch {torch.__version__}", file=out)
     print(f"{'batch':>5}  {'mode':<8}  {'ms/token':>9}  {'tokens/s':>9}  {'limit ms':>8}  "
           f"{'share':>5}  {'compile s':>9}  {'decode s':>8}  {'peak GB':>7}  {'speed-up':>8}", file=out)
     results = _bench_batches(args, device=device, dtype=dtype, bandwidth=bandwidth, out=out,

@@ -24,7 +24,7 @@ from .generate import _step_functions
 from .params import fuse_projections_, init_params
 from .tensor_parallel import init_shard, local_kv_heads, make_all_reduce
 
-__all__ = ["BenchResult", "DecodeProfile", "copy_bandwidth", "run_bench", "profile_decode"]
+__all__ = ["BenchResult", "DecodeProfile", "copy_bandwidth", "device_name", "run_bench", "profile_decode"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class BenchResult:
     config: str
     world_size: int  # tensor-parallel ranks; figures are for one rank's GPU
     device: str
+    device_name: str  # the GPU's model ("NVIDIA H100 80GB HBM3"), or "cpu": figures depend on it
+    torch: str
     dtype: str
     batch_size: int
     prompt_len: int
@@ -52,6 +54,11 @@ class BenchResult:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's model name for a CUDA device, else the device type."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
 
 def _synchronize(device: torch.device) -> None:
@@ -177,7 +184,9 @@ def run_bench(
     peak = (torch.cuda.max_memory_allocated(torch_device) / 1e9
             if torch_device.type == "cuda" else None)
     return BenchResult(
-        config=config, world_size=loop.world_size, device=str(torch_device), dtype=str(dtype).removeprefix("torch."),
+        config=config, world_size=loop.world_size, device=str(torch_device),
+        device_name=device_name(torch_device), torch=torch.__version__,
+        dtype=str(dtype).removeprefix("torch."),
         batch_size=batch_size, prompt_len=prompt_len, new_tokens=new_tokens, compiled=compile,
         fused=fuse, coordinate_descent=coordinate_descent,
         compile_s=prefill_compile_s + decode_compile_s, decode_compile_s=decode_compile_s,

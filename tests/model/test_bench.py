@@ -29,6 +29,7 @@ def test_eager_bench_reports_consistent_figures():
                        new_tokens=6, compile=False, bandwidth_gbps=10.0)
     assert result.batch_size == 2 and not result.compiled
     assert result.fused and not result.coordinate_descent
+    assert (result.device_name, result.torch) == ("cpu", torch.__version__)
     assert result.tokens_per_s == pytest.approx(2 * 1000 / result.ms_per_token)
     assert result.limit_ms_per_token == pytest.approx(result.bytes_per_token / 10e9 * 1e3)
     assert result.share_of_limit == pytest.approx(result.limit_ms_per_token / result.ms_per_token)
@@ -55,6 +56,7 @@ def test_bench_command_prints_and_writes_json(tmp_path, capsys):
                  "--coordinate-descent", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("fullgraph bench: tiny, cpu, float32, prompt 4, 4 new tokens; copy bandwidth")
+    assert out.splitlines()[1] == f"on cpu, torch {torch.__version__}"
     assert "compiled" in out and "eager" in out
     figures = json.loads(path.read_text())
     assert [f["compiled"] for f in figures] == [True, False]
