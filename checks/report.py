@@ -52,6 +52,7 @@ SCHEMA_VERSION = 1
 FORMATS = ("md", "json", "html")
 _EXTENSIONS = {".md": "md", ".markdown": "md", ".json": "json", ".html": "html", ".htm": "html"}
 CONTEXT_LINES = 2  # source lines shown either side of a breaking line
+MET_IN_SHOWN = 5  # tests named under a graph break in a test run's report; the others are counted
 
 
 # -- the report model -------------------------------------------------------------------------
@@ -324,6 +325,35 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+# A pytest run's report (pytest_plugin._RunReport) adds "tests", each break's "tests" and each
+# compile's "test"; a program's report has none of them, and renders as if none of this existed.
+#
+# A run of hundreds of tests mostly has a handful that broke the graph or recompiled, and those are
+# what a reader acts on: they are the table, most first (sorted, so a run under xdist reads the
+# same twice), and the clean ones are one line under it. Listing every test would bury them, and
+# the JSON has every test's counts.
+def _tests_table(tests: dict[str, dict]) -> tuple[list[str], list[tuple[str, list[int]]], str]:
+    """The count columns, a row for each test with a count above 0, and a line about the rest."""
+    names = list(dict.fromkeys(name for counts in tests.values() for name in counts))
+    labels = [name.replace("_", " ") for name in names]
+    rows = [(nodeid, [counts.get(name, 0) for name in names]) for nodeid, counts in tests.items()]
+    listed = sorted((row for row in rows if any(row[1])),
+                    key=lambda row: ([-count for count in row[1]], row[0]))
+    clean = len(rows) - len(listed)
+    none = " and ".join(f"no {label}" for label in labels)
+    if not clean:
+        return labels, listed, "" if listed else "No test was watched."
+    if not listed:
+        return labels, [], f"{_plural(clean, 'test')} watched: {none}."
+    return labels, listed, f"Not listed: {_plural(clean, 'test')} with {none}."
+
+
+def _met_in(tests: list[str]) -> tuple[list[str], str]:
+    """The first MET_IN_SHOWN tests that met a break, and "and N more" for the others."""
+    more = len(tests) - MET_IN_SHOWN
+    return tests[:MET_IN_SHOWN], f" and {more} more" if more > 0 else ""
+
+
 def _env_lines(data: dict) -> list[str]:
     env = data["env"]
     rows = [("torch", env.get("torch")), ("Python", env.get("python")),
@@ -382,11 +412,21 @@ def _context_text(context: dict) -> str:
 
 # -- Markdown ---------------------------------------------------------------------------------
 
+def _longest_backticks(text: str) -> int:
+    return max((len(run) for run in re.findall(r"`+", text)), default=0)
+
+
 def _fence(text: str, language: str = "") -> str:
     # A fence longer than any run of backticks inside, so code containing ``` cannot close it.
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    fence = "`" * max(3, longest + 1)
+    fence = "`" * max(3, _longest_backticks(text) + 1)
     return f"{fence}{language}\n{text}\n{fence}"
+
+
+def _code(text: str) -> str:
+    """Inline code that no backtick inside can end (a test id's parameters may hold some)."""
+    ticks = "`" * (_longest_backticks(text) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
 
 
 def _compile_markdown(data: dict) -> str:
@@ -395,7 +435,10 @@ def _compile_markdown(data: dict) -> str:
            "## Summary", "", "| | |", "|---|---|"]
     out += [f"| {name} | {f'`{value}`' if name == 'command' else _cell(value)} |"
             for name, value in _summary_rows(data)]
-    out += ["", "## Graph breaks", ""]
+    out.append("")
+    if "tests" in data:
+        out += _tests_markdown(data["tests"])
+    out += ["## Graph breaks", ""]
     if not data["graph_breaks"]:
         out += ["None.", ""]
     for number, brk in enumerate(data["graph_breaks"], start=1):
@@ -411,11 +454,25 @@ def _compile_markdown(data: dict) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def _tests_markdown(tests: dict[str, dict]) -> list[str]:
+    labels, rows, rest = _tests_table(tests)
+    out = ["## Tests", ""]
+    if rows:
+        out += ["| test | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+        out += [f"| {_cell(_code(nodeid))} | " + " | ".join(map(str, counts)) + " |"
+                for nodeid, counts in rows]
+        out.append("")
+    return out + ([rest, ""] if rest else [])
+
+
 def _break_markdown(number: int, brk: dict) -> list[str]:
     where = _where(brk)
     out = [f"### {_break_heading(number, brk)}", "", f"- `{where[0]}`"]
     out += [f"- called from `{caller}`" for caller in where[1:]]
     out.append("")
+    if "tests" in brk:
+        shown, more = _met_in(brk["tests"])
+        out += [f"Met in: {', '.join(_code(nodeid) for nodeid in shown)}{more}.", ""]
     if brk["context"]:
         out += [_fence(_context_text(brk["context"]), "python"), ""]
     if brk["caused_by"]:
@@ -439,10 +496,15 @@ def _recompiles_markdown(compiles: list[dict]) -> list[str]:
     recompiles = [compile_ for compile_ in compiles if compile_["recompile"]]
     if not recompiles:
         return ["None.", ""]
-    out = ["| compile | function | why |", "|---|---|---|"]
+    # Compile ids start again in each test that resets dynamo: in a test run the test tells them
+    # apart.
+    tested = any("test" in compile_ for compile_ in recompiles)
+    columns = ["compile", *(["test"] if tested else []), "function", "why"]
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for compile_ in recompiles:
         why = _why(compile_)
-        out.append(f"| {compile_['compile_id']} | `{_function_label(compile_)}` "
+        test = f" {_cell(_code(compile_['test']))} |" if tested else ""
+        out.append(f"| {compile_['compile_id']} |{test} `{_function_label(compile_)}` "
                    f"({compile_['filename']}:{compile_['lineno']}) | {_cell(why)} |")
     return out + [""]
 
@@ -536,8 +598,10 @@ def _compile_html(data: dict) -> str:
     summary = [(_e(name), _e(value)) for name, value in _summary_rows(data)]
     parts = [f"<h1>{_e(_title(data))}</h1>",
              "<h2>Environment</h2>", f"<pre>{_e(chr(10).join(_env_lines(data)))}</pre>",
-             "<h2>Summary</h2>", _table(summary),
-             "<h2>Graph breaks</h2>"]
+             "<h2>Summary</h2>", _table(summary)]
+    if "tests" in data:
+        parts += ["<h2>Tests</h2>", _tests_html(data["tests"])]
+    parts.append("<h2>Graph breaks</h2>")
     parts += [_break_html(number, brk) for number, brk in enumerate(data["graph_breaks"], start=1)]
     if not data["graph_breaks"]:
         parts.append("<p>None.</p>")
@@ -553,12 +617,30 @@ def _compile_html(data: dict) -> str:
     return "\n".join(parts)
 
 
+def _tests_html(tests: dict[str, dict]) -> str:
+    labels, rows, rest = _tests_table(tests)
+    parts = []
+    if rows:
+        head = "".join(f"<th>{_e(label)}</th>" for label in labels)
+        body = "".join(f"<tr><td><code>{_e(nodeid)}</code></td>"
+                       + "".join(f"<td>{count}</td>" for count in counts) + "</tr>"
+                       for nodeid, counts in rows)
+        parts.append(f"<table><tr><th>test</th>{head}</tr>{body}</table>")
+    if rest:
+        parts.append(f"<p>{_e(rest)}</p>")
+    return "\n".join(parts)
+
+
 def _break_html(number: int, brk: dict) -> str:
     where = _where(brk)
     parts = [f'<section class="break"><h3>{_e(_break_heading(number, brk))}</h3>',
              f"<p><code>{_e(where[0])}</code>"]
     parts += [f"<br>called from <code>{_e(caller)}</code>" for caller in where[1:]]
     parts.append("</p>")
+    if "tests" in brk:
+        shown, more = _met_in(brk["tests"])
+        names = ", ".join(f"<code>{_e(nodeid)}</code>" for nodeid in shown)
+        parts.append(f"<p>Met in: {names}{_e(more)}.</p>")
     if brk["context"]:
         context = brk["context"]
         lines = _context_text(context).splitlines()
@@ -586,12 +668,15 @@ def _recompiles_html(compiles: list[dict]) -> str:
     recompiles = [compile_ for compile_ in compiles if compile_["recompile"]]
     if not recompiles:
         return "<p>None.</p>"
+    tested = any("test" in c for c in recompiles)
     rows = "".join(
-        f"<tr><td>{_e(c['compile_id'])}</td><td><code>{_e(_function_label(c))}</code> "
-        f"{_e(c['filename'])}:{c['lineno']}</td>"
+        f"<tr><td>{_e(c['compile_id'])}</td>"
+        + (f"<td><code>{_e(c['test'])}</code></td>" if tested else "")
+        + f"<td><code>{_e(_function_label(c))}</code> {_e(c['filename'])}:{c['lineno']}</td>"
         f"<td>{_e(_why(c))}</td></tr>"
         for c in recompiles)
-    return f"<table><tr><th>compile</th><th>function</th><th>why</th></tr>{rows}</table>"
+    test = "<th>test</th>" if tested else ""
+    return f"<table><tr><th>compile</th>{test}<th>function</th><th>why</th></tr>{rows}</table>"
 
 
 def _timeline_html(compiles: list[dict]) -> str:
@@ -605,6 +690,7 @@ def _timeline_html(compiles: list[dict]) -> str:
     for c in timed:
         left, width = 100 * c["start"] / span, 100 * (c["seconds"] or 0.0) / span
         label = f"{c['compile_id']} {c['kind']}: {_function_label(c)}"
+        label += f" in {c['test']}" if "test" in c else ""
         seconds = "-" if c["seconds"] is None else f"{c['seconds']:.3f} s"
         rows.append(f'<div class="row"><span class="label" title="{_e(label)}">{_e(label)}</span>'
                     f'<span class="track"><span class="bar {_e(c["kind"])}" '

@@ -8,6 +8,7 @@ where nothing compiles.
 
 import json
 import re
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,6 +16,7 @@ import pytest
 # have pytester drop it from sys.modules afterwards.
 import fullgraph.checks.report  # noqa: F401
 from fullgraph.checks.pytest_plugin import Increase, increases, load_baseline, marker_limits
+from fullgraph.checks.report import render_markdown
 
 pytest_plugins = "pytester"
 
@@ -269,6 +271,8 @@ def test_watch_report_and_baseline_then_compare_under_xdist(pytester):
     assert printed["count"] == 2
     assert printed["tests"] == ["test_suite.py::test_prints_once", "test_suite.py::test_prints_again"]
     assert [c["test"] for c in report["compiles"] if c["recompile"]] == ["test_suite.py::test_recompiles"]
+    # The Markdown the plugin writes from that same dict.
+    assert_markdown_names_the_tests(render_markdown(SimpleNamespace(to_dict=lambda: report)))
 
     # One count up, one test new to the baseline, one count down (not a failure).
     stored = json.loads(baseline.read_text())
@@ -295,8 +299,50 @@ def test_watch_report_and_baseline_then_compare_under_xdist(pytester):
     compared.stdout.fnmatch_lines(
         ["  test_suite.py::test_branches: graph breaks not in the baseline, so 0 -> 1"])
     compared.stdout.no_fnmatch_line("*test_prints_once: graph breaks*")
-    assert (pytester.path / "run.html").read_text().startswith("<!DOCTYPE html>")
+    assert_html_names_the_tests((pytester.path / "run.html").read_text())
     assert json.loads(baseline.read_text()) == stored  # compared, not rewritten
+
+
+def the_break(sections: list[str], gb_type: str) -> str:
+    return next(section for section in sections if gb_type in section.partition("\n")[0])
+
+
+def assert_markdown_names_the_tests(text: str) -> None:
+    tests = text[text.index("## Tests"):text.index("## Graph breaks")]
+    assert tests.splitlines()[2:] == [
+        "| test | graph breaks | recompiles |", "|---|---:|---:|",
+        "| `test_suite.py::test_branches` | 1 | 0 |",
+        "| `test_suite.py::test_prints_again` | 1 | 0 |",
+        "| `test_suite.py::test_prints_once` | 1 | 0 |",
+        "| `test_suite.py::test_recompiles` | 0 | 1 |", "",
+        "Not listed: 1 test with no graph breaks and no recompiles.", ""]
+    breaks = text[text.index("## Graph breaks"):text.index("## Recompiles")].split("\n### ")[1:]
+    assert ("Met in: `test_suite.py::test_prints_once`, `test_suite.py::test_prints_again`."
+            in the_break(breaks, BUILTIN))
+    assert "Met in: `test_suite.py::test_branches`." in the_break(breaks, BRANCH)
+    recompiles = text[text.index("## Recompiles"):text.index("## Reproduction")]
+    assert [line for line in recompiles.splitlines() if line.startswith("| 0/")] == [
+        f"| 0/1 | `test_suite.py::test_recompiles` | `adds` (functions.py:{ADDS_LINE}) "
+        "| 0/0: value guard on n: expected 1 |"]
+
+
+def assert_html_names_the_tests(page: str) -> None:
+    # Under xdist the tests that met a break come in the order the workers finished them.
+    assert page.startswith("<!DOCTYPE html>")
+    tests = page[page.index("<h2>Tests</h2>"):page.index("<h2>Graph breaks</h2>")]
+    assert re.findall(r"<tr><td><code>(.+?)</code></td><td>(\d)</td><td>(\d)</td></tr>", tests) == [
+        ("test_suite.py::test_branches", "1", "0"), ("test_suite.py::test_prints_again", "1", "0"),
+        ("test_suite.py::test_prints_once", "1", "0"), ("test_suite.py::test_recompiles", "0", "1")]
+    assert "<p>Not listed: 1 test with no graph breaks and no recompiles.</p>" in tests
+    breaks = page[:page.index("<h2>Recompiles</h2>")].split('<section class="break">')[1:]
+    printed = re.search(r"<p>Met in: (.+?)\.</p>", the_break(breaks, BUILTIN))[1]
+    assert sorted(printed.split(", ")) == ["<code>test_suite.py::test_prints_again</code>",
+                                           "<code>test_suite.py::test_prints_once</code>"]
+    assert "<p>Met in: <code>test_suite.py::test_branches</code>.</p>" in the_break(breaks, BRANCH)
+    recompiles = page[page.index("<h2>Recompiles</h2>"):page.index("<h2>Timeline of compiles</h2>")]
+    assert re.findall(r"<tr><td>([\d/]+)</td><td><code>(.+?)</code></td>", recompiles) == [
+        ("0/1", "test_suite.py::test_recompiles")]
+    assert '<span class="label" title="0/1 recompile: adds in test_suite.py::test_recompiles">' in page
 
 
 # -- a plain run, and options that cannot work ----------------------------------------------------

@@ -2,6 +2,7 @@ import json
 import os
 import re
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -67,6 +68,8 @@ def test_markdown_is_an_issue_body(report):
                     f"{report.to_dict()['summary']['recompiles']} recompiles in train.py"
     sections = re.findall(r"^## (.+)$", text, re.M)
     assert sections == ["Environment", "Summary", "Graph breaks", "Recompiles", "Reproduction"]
+    # A program's report names no tests: those are a test run's (test_a_test_runs_report_...).
+    assert "Met in:" not in text and "| compile | function | why |" in text
     assert f"torch          {torch.__version__}" in text and "dynamo config  defaults" in text
     assert "| graph breaks | 2 distinct |" in text
     # Each distinct break once, with its count.
@@ -106,6 +109,91 @@ def test_html_is_self_contained_with_a_timeline(report):
                     "Reproduction"):
         assert f"<h2>{heading}</h2>" in page
     assert "<details><summary>Bytecode dynamo produced for calls_helpers" in page
+    assert "<h2>Tests</h2>" not in page and "Met in:" not in page and "<th>test</th>" not in page
+
+
+PIPE, TICK, TAG = "test_m.py::test_pipe[a|b]", "test_m.py::test_tick[`x`]", "test_m.py::test_tag[<b>]"
+
+
+@pytest.fixture
+def run_report(report):
+    """The report as pytest_plugin._RunReport would give it for a run of ten tests: seven met the
+    helper's break, one recompiled, and the ids hold a pipe, backticks and a tag."""
+    data = report.to_dict()
+    met = [PIPE, TICK, *(f"test_m.py::test_{n}" for n in range(4)), TAG]
+    data["tests"] = {nodeid: {"graph_breaks": 1, "recompiles": 0} for nodeid in met}
+    data["tests"] |= {PIPE: {"graph_breaks": 2, "recompiles": 1},
+                      "test_m.py::test_scalar": {"graph_breaks": 1, "recompiles": 0},
+                      "test_m.py::test_clean": {"graph_breaks": 0, "recompiles": 0},
+                      "test_m.py::test_also_clean": {"graph_breaks": 0, "recompiles": 0}}
+    helper, scalar = data["graph_breaks"]
+    helper["tests"], scalar["tests"] = met, ["test_m.py::test_scalar"]
+    for compile_ in data["compiles"]:
+        compile_["test"] = PIPE if compile_["recompile"] else "test_m.py::test_0"
+    return SimpleNamespace(to_dict=lambda: data)
+
+
+def test_a_test_runs_report_says_which_test_did_what_in_markdown(run_report):
+    text = render_markdown(run_report)
+
+    sections = re.findall(r"^## (.+)$", text, re.M)
+    assert sections == ["Environment", "Summary", "Tests", "Graph breaks", "Recompiles", "Reproduction"]
+    tests = text[text.index("## Tests"):text.index("## Graph breaks")]
+    # Most graph breaks first, then by id; a pipe escaped, backticks inside a longer run of them.
+    assert tests.splitlines()[2:] == [
+        "| test | graph breaks | recompiles |", "|---|---:|---:|",
+        "| `test_m.py::test_pipe[a\\|b]` | 2 | 1 |",
+        "| `test_m.py::test_0` | 1 | 0 |", "| `test_m.py::test_1` | 1 | 0 |",
+        "| `test_m.py::test_2` | 1 | 0 |", "| `test_m.py::test_3` | 1 | 0 |",
+        "| `test_m.py::test_scalar` | 1 | 0 |", "| `test_m.py::test_tag[<b>]` | 1 | 0 |",
+        "| ``test_m.py::test_tick[`x`]`` | 1 | 0 |", "",
+        "Not listed: 2 tests with no graph breaks and no recompiles.", ""]
+    helper, scalar = text[:text.index("## Recompiles")].split("\n### ")[1:]
+    assert ("Met in: `test_m.py::test_pipe[a|b]`, ``test_m.py::test_tick[`x`]``, `test_m.py::test_0`, "
+            "`test_m.py::test_1`, `test_m.py::test_2` and 2 more.") in helper
+    assert "Met in: `test_m.py::test_scalar`." in scalar and "test_pipe" not in scalar
+    recompiles = text[text.index("## Recompiles"):text.index("## Reproduction")]
+    assert "| compile | test | function | why |" in recompiles
+    rows = [line for line in recompiles.splitlines() if line.startswith("| 0/")]
+    assert rows and all(row.split(" | ")[1] == "`test_m.py::test_pipe[a\\|b]`" for row in rows)
+
+
+def test_a_test_runs_report_says_which_test_did_what_in_html(run_report):
+    page = render_html(run_report)
+
+    assert "<b>" not in page and "test_tag[&lt;b&gt;]" in page
+    tests = page[page.index("<h2>Tests</h2>"):page.index("<h2>Graph breaks</h2>")]
+    assert re.findall(r"<tr><td><code>(.+?)</code></td><td>(\d)</td><td>(\d)</td></tr>", tests) == [
+        ("test_m.py::test_pipe[a|b]", "2", "1"), *((f"test_m.py::test_{n}", "1", "0") for n in range(4)),
+        ("test_m.py::test_scalar", "1", "0"), ("test_m.py::test_tag[&lt;b&gt;]", "1", "0"),
+        ("test_m.py::test_tick[`x`]", "1", "0")]
+    assert "<p>Not listed: 2 tests with no graph breaks and no recompiles.</p>" in tests
+    helper, scalar = page[:page.index("<h2>Recompiles</h2>")].split('<section class="break">')[1:]
+    assert ("<p>Met in: <code>test_m.py::test_pipe[a|b]</code>, <code>test_m.py::test_tick[`x`]</code>, "
+            "<code>test_m.py::test_0</code>, <code>test_m.py::test_1</code>, "
+            "<code>test_m.py::test_2</code> and 2 more.</p>") in helper
+    assert "<p>Met in: <code>test_m.py::test_scalar</code>.</p>" in scalar
+    recompiles = page[page.index("<h2>Recompiles</h2>"):page.index("<h2>Timeline of compiles</h2>")]
+    assert "<th>compile</th><th>test</th><th>function</th>" in recompiles
+    assert recompiles.count("<td><code>test_m.py::test_pipe[a|b]</code></td>") == \
+        run_report.to_dict()["summary"]["recompiles"]
+    labels = re.findall(r'<span class="label" title="([^"]+)">', page)
+    assert labels[0] == "0/0 compile: calls_helpers in test_m.py::test_0"
+    assert any(label.endswith("recompile: calls_helpers in test_m.py::test_pipe[a|b]") for label in labels)
+
+
+@pytest.mark.parametrize("tests, line", [
+    ({"t.py::a": {"graph_breaks": 0, "recompiles": 0}, "t.py::b": {"graph_breaks": 0, "recompiles": 0}},
+     "2 tests watched: no graph breaks and no recompiles."),
+    ({}, "No test was watched."),
+])
+def test_a_clean_test_run_says_so_in_one_line(tests, line):
+    with watch() as seen:
+        pass
+    data = {**Report(seen, command="pytest").to_dict(), "tests": tests}
+    run_report = SimpleNamespace(to_dict=lambda: data)
+    assert f"## Tests\n\n{line}\n\n## Graph breaks" in render_markdown(run_report)
+    assert f"<h2>Tests</h2>\n<p>{line}</p>\n<h2>Graph breaks</h2>" in render_html(run_report)
 
 
 @pytest.mark.parametrize("render_as", [render_markdown, render_json, render_html])
