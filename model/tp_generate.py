@@ -3,8 +3,9 @@
     python -m fullgraph.model.tp_generate --nproc 2                 # launches torchrun itself
     torchrun --nproc-per-node 2 -m fullgraph.model.tp_generate      # or under torchrun directly
 
-Each rank materialises only its own shard (init_shard), so 70B shapes fit across GPUs. Rank 0
-prints the timing and the first row's tokens.
+Each rank materialises only its own shard (init_shard), so 70B shapes fit across GPUs, and fuses
+its projections (fuse_projections_) as `fullgraph bench` does. Rank 0 prints each phase's time as
+it ends, then the timing and the first row's tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.distributed as dist
 
 from .config import LlamaConfig
 from .generate import generate
+from .params import fuse_projections_
 from .tensor_parallel import backend_for, init_shard, launch_ranks, make_all_reduce, teardown_process_group
 
 __all__ = ["main"]
@@ -50,6 +52,7 @@ def _run(args: argparse.Namespace, device: torch.device) -> None:
     start = time.perf_counter()
     params = init_shard(cfg, world_size=world_size, rank=rank, seed=args.seed, dtype=dtype,
                         device=device)
+    fuse_projections_(params, cfg)
     _say(f"shard built in {time.perf_counter() - start:.1f} s")
     # Every rank must feed the same prompts to stay in lockstep through the collectives.
     torch.manual_seed(args.seed)
