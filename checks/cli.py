@@ -11,6 +11,7 @@ import time
 from typing import TextIO
 
 from fullgraph.model import LlamaConfig
+from fullgraph.model.llama import ATTENTION_BACKENDS
 
 from .env import format_environment
 
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--coordinate-descent", action="store_true",
                        help="compile the decode graph with inductor's coordinate-descent tuning "
                             "(slower compile)")
+    bench.add_argument("--sdpa-backend", default="auto", choices=ATTENTION_BACKENDS,
+                       help="forward's attention: an SDPA kernel, or flex (flex_attention skipping "
+                            "unwritten cache blocks); default auto")
     bench.add_argument("--no-fuse", action="store_true",
                        help="keep q/k/v and gate/up as separate matmuls (default: fused)")
     bench.add_argument("--profile", action="store_true",
@@ -156,6 +160,7 @@ def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float,
         runs = [run_bench(args.config, device=str(device), dtype=dtype, batch_size=batch,
                           prompt_len=args.prompt_len, new_tokens=args.new_tokens, compile=compiled,
                           fuse=not args.no_fuse, coordinate_descent=args.coordinate_descent and compiled,
+                          sdpa_backend=args.sdpa_backend,
                           bandwidth_gbps=bandwidth, tensor_parallel=tensor_parallel)
                 for compiled in modes]
         for run in runs:
@@ -170,6 +175,7 @@ def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float,
             breakdown = profile_decode(args.config, device=str(device), dtype=dtype, batch_size=batch,
                                        prompt_len=args.prompt_len, new_tokens=args.new_tokens,
                                        steps=min(32, args.new_tokens - 4), fuse=not args.no_fuse,
+                                       sdpa_backend=args.sdpa_backend,
                                        coordinate_descent=args.coordinate_descent,
                                        tensor_parallel=tensor_parallel)
             parts = ", ".join(f"{name} {ms:.3f}" for name, ms in breakdown.by_category.items())

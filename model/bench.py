@@ -40,6 +40,7 @@ class BenchResult:
     new_tokens: int
     compiled: bool
     fused: bool  # q/k/v and gate/up projections fused into one matmul each
+    sdpa_backend: str  # forward's attention choice ("auto": SDPA picks; "flex": flex_attention)
     coordinate_descent: bool  # inductor's coordinate-descent tuning, for the decode graph
     compile_s: float  # first prefill and first three decode steps: both graphs, CUDA-graph recording
     decode_compile_s: float  # the decode part of compile_s
@@ -99,7 +100,7 @@ class _DecodeLoop:
 
     def __init__(self, config: str, *, device: torch.device, dtype: torch.dtype, batch_size: int,
                  prompt_len: int, new_tokens: int, compile: bool, fuse: bool,
-                 tensor_parallel: bool = False):
+                 sdpa_backend: str = "auto", tensor_parallel: bool = False):
         # Only the cache length changes, so every batch size and the profile reuse one config and
         # the compiled code that guards on it.
         self.cfg = dataclasses.replace(LlamaConfig.from_name(config),
@@ -118,7 +119,7 @@ class _DecodeLoop:
                                n_kv_heads=self.n_kv_heads)
         self.prefill_fn, self.decode_fn = _step_functions(self.params, self.cache, compile=compile,
                                                           device=device)
-        self.options = dict(cfg=self.cfg, sdpa_backend="auto", temperature=0.0, top_k=None,
+        self.options = dict(cfg=self.cfg, sdpa_backend=sdpa_backend, temperature=0.0, top_k=None,
                             all_reduce=make_all_reduce() if tensor_parallel else None)
         # Seeded, so every tensor-parallel rank feeds the same prompt.
         generator = torch.Generator(device=device).manual_seed(0)
@@ -150,6 +151,7 @@ def run_bench(
     compile: bool = True,
     fuse: bool = True,
     coordinate_descent: bool = False,
+    sdpa_backend: str = "auto",
     bandwidth_gbps: float | None = None,
     tensor_parallel: bool = False,
 ) -> BenchResult:
@@ -158,13 +160,14 @@ def run_bench(
     fuse: fuse the q/k/v and gate/up projections (fewer, larger matmuls).
     coordinate_descent: compile the decode graph with inductor's coordinate-descent tuning; the
     prefill graph keeps the defaults, so the extra compile time is spent where it pays.
+    sdpa_backend: forward's attention choice, one of fullgraph.model.llama.ATTENTION_BACKENDS.
     tensor_parallel: run this rank's shard over the default process group (under torchrun); the
     bytes and the limit are then per GPU.
     """
     torch_device = torch.device(device)
     loop = _DecodeLoop(config, device=torch_device, dtype=dtype, batch_size=batch_size,
                        prompt_len=prompt_len, new_tokens=new_tokens, compile=compile, fuse=fuse,
-                       tensor_parallel=tensor_parallel)
+                       sdpa_backend=sdpa_backend, tensor_parallel=tensor_parallel)
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
     with torch.inference_mode():
@@ -188,7 +191,7 @@ def run_bench(
         device_name=device_name(torch_device), torch=torch.__version__,
         dtype=str(dtype).removeprefix("torch."),
         batch_size=batch_size, prompt_len=prompt_len, new_tokens=new_tokens, compiled=compile,
-        fused=fuse, coordinate_descent=coordinate_descent,
+        fused=fuse, sdpa_backend=sdpa_backend, coordinate_descent=coordinate_descent,
         compile_s=prefill_compile_s + decode_compile_s, decode_compile_s=decode_compile_s,
         prefill_ms=prefill_s * 1e3, ms_per_token=ms_per_token,
         tokens_per_s=batch_size * 1e3 / ms_per_token, peak_memory_gb=peak,
@@ -250,6 +253,7 @@ def profile_decode(
     compile: bool = True,
     fuse: bool = True,
     coordinate_descent: bool = False,
+    sdpa_backend: str = "auto",
     tensor_parallel: bool = False,
 ) -> DecodeProfile:
     """Where a decode step's time goes, from the GPU kernels the profiler saw.
@@ -264,7 +268,7 @@ def profile_decode(
         raise ValueError(f"profile_decode: steps ({steps}) must be below new_tokens - 3 ({new_tokens - 3})")
     loop = _DecodeLoop(config, device=torch_device, dtype=dtype, batch_size=batch_size,
                        prompt_len=prompt_len, new_tokens=new_tokens, compile=compile, fuse=fuse,
-                       tensor_parallel=tensor_parallel)
+                       sdpa_backend=sdpa_backend, tensor_parallel=tensor_parallel)
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.inference_mode():
         loop.prefill()

@@ -18,12 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from .cache import KVCache
 from .config import LlamaConfig
 
 __all__ = [
     "SDPA_BACKENDS",
+    "ATTENTION_BACKENDS",
     "rms_norm",
     "rope_tables",
     "apply_rope",
@@ -43,6 +45,9 @@ SDPA_BACKENDS: dict[str, SDPBackend | None] = {
 }
 # Backends whose kernels take fewer KV heads than query heads; the others get K expanded to H.
 _NATIVE_GQA = {"auto", "math", "flash"}
+# Every sdpa_backend forward takes: SDPA's, and "flex", flex_attention with a block mask that
+# skips whole blocks of cache positions not yet written (SDPA reads the whole cache, masked).
+ATTENTION_BACKENDS = (*SDPA_BACKENDS, "flex")
 
 AllReduce = Callable[[Tensor], Tensor]
 
@@ -115,7 +120,12 @@ def attention(
         positions = torch.arange(k.shape[2], device=x.device)
         mask, is_causal = positions[None, :] <= input_pos[:, None], False  # (S, T)
 
-    y = _sdpa(q, k, v, mask=mask, is_causal=is_causal, backend=sdpa_backend)  # (B, H, S, D)
+    if sdpa_backend == "flex":
+        # Query i sees cache positions up to its own; without a cache, keys are the S new tokens.
+        last_seen = input_pos if cache is not None else torch.arange(S, device=x.device)
+        y = _flex(q, k, v, last_seen=last_seen)
+    else:
+        y = _sdpa(q, k, v, mask=mask, is_causal=is_causal, backend=sdpa_backend)  # (B, H, S, D)
     y = y.transpose(1, 2).reshape(B, S, H * D)
     return F.linear(y, params[f"{prefix}.attention.wo.weight"])
 
@@ -142,6 +152,16 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, is_causal: bo
     # Entering sdpa_kernel inside the compiled region does not break the graph.
     with sdpa_kernel([kernel]):
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
+def _flex(q: Tensor, k: Tensor, v: Tensor, *, last_seen: Tensor) -> Tensor:
+    def up_to_own_position(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return kv_idx <= last_seen[q_idx]
+
+    # Built from a device tensor inside the graph: no host sync, and static shapes for CUDA graphs.
+    block_mask = create_block_mask(up_to_own_position, B=None, H=None, Q_LEN=q.shape[2],
+                                   KV_LEN=k.shape[2], device=q.device)
+    return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
 def feed_forward(params: dict[str, Tensor], x: Tensor, *, prefix: str) -> Tensor:
@@ -192,8 +212,8 @@ def forward(
     keys and values are written there and the tokens attend to everything before them.
     all_reduce: sums a row-parallel projection's partial output over tensor-parallel ranks.
     """
-    if sdpa_backend not in SDPA_BACKENDS:
-        raise ValueError(f"sdpa_backend must be one of {sorted(SDPA_BACKENDS)}, got {sdpa_backend!r}")
+    if sdpa_backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"sdpa_backend must be one of {list(ATTENTION_BACKENDS)}, got {sdpa_backend!r}")
     if tokens.dim() != 2:
         raise ValueError(f"tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
     if cache is not None and cache.batch_size != tokens.shape[0]:

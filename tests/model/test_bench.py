@@ -37,6 +37,13 @@ def test_eager_bench_reports_consistent_figures():
     assert json.loads(json.dumps(result.to_dict()))["config"] == "tiny"
 
 
+@pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
+def test_bench_runs_the_attention_it_is_given():
+    result = run_bench("tiny", device="cpu", dtype=torch.float32, prompt_len=4, new_tokens=4,
+                       compile=False, sdpa_backend="flex", bandwidth_gbps=10.0)
+    assert result.sdpa_backend == "flex" and result.ms_per_token > 0
+
+
 def test_bench_rejects_too_few_tokens(capsys):
     assert main(["bench", "--device", "cpu", "--new-tokens", "1"]) == 2
     assert "--new-tokens >= 2" in capsys.readouterr().err

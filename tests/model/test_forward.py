@@ -37,6 +37,23 @@ def test_fused_projections_match_the_reference_model_with_and_without_a_cache(ti
         torch.testing.assert_close(got, reference(tokens[:, start:stop], start), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_flex_attention_matches_the_reference_model_with_and_without_a_cache(tiny_cfg, kv_heads):
+    cfg = dataclasses.replace(tiny_cfg, n_kv_heads=kv_heads)
+    params = init_params(cfg, seed=kv_heads)
+    reference = ReferenceLlama.from_params(params, cfg)
+    tokens = _tokens(cfg, 2, 12)
+    torch.testing.assert_close(forward(params, tokens, cfg=cfg, sdpa_backend="flex"), reference(tokens),
+                               atol=1e-5, rtol=1e-5)
+    reference.setup_cache(batch_size=2)
+    cache = new_cache(cfg, batch_size=2)
+    for start, stop in [(0, 5), (5, 6), (6, 12)]:
+        got = forward(params, tokens[:, start:stop], cfg=cfg, cache=cache, input_pos=torch.arange(start, stop),
+                      sdpa_backend="flex")
+        torch.testing.assert_close(got, reference(tokens[:, start:stop], start), atol=1e-5, rtol=1e-5)
+
+
 def test_reference_model_is_not_trivially_equal(tiny_cfg, tiny_params):
     # Parity only means something if a wrong weight shows: swap two heads' rows of wq.
     tokens = _tokens(tiny_cfg, 1, 16)

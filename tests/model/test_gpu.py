@@ -20,6 +20,16 @@ def test_cuda_graph_decode_matches_eager_without_skips(tiny_cfg):
     assert counters["inductor"]["cudagraph_skips"] == 0
 
 
+def test_flex_decode_under_cuda_graphs_matches_eager_sdpa_without_skips(tiny_cfg):
+    params = init_params(tiny_cfg, device="cuda")
+    counters.clear()
+    eager = generate(params, PROMPTS, cfg=tiny_cfg, max_new_tokens=48, compile=False)
+    compiled = generate(params, PROMPTS, cfg=tiny_cfg, max_new_tokens=48, compile=True,
+                        sdpa_backend="flex")
+    assert compiled == eager
+    assert counters["inductor"]["cudagraph_skips"] == 0
+
+
 def test_cuda_graph_decode_memory_is_flat(tiny_cfg):
     params = init_params(tiny_cfg, device="cuda")
     generate(params, PROMPTS, cfg=tiny_cfg, max_new_tokens=16)

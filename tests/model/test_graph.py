@@ -59,19 +59,29 @@ def test_training_step_has_no_graph_breaks(tiny_cfg, tiny_params, tokens):
     assert all(p.grad is not None for p in params.values())
 
 
-@pytest.mark.parametrize("backend", ["math", "flash"])
+@pytest.mark.parametrize("backend", ["math", "flash", "flex"])
 def test_sdpa_backend_choice_does_not_break_the_graph(tiny_cfg, tiny_params, tokens, backend):
     explained = _explain(forward, tiny_params, tokens, cfg=tiny_cfg, sdpa_backend=backend)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
 
 
-def test_decode_compiles_once_for_64_positions(tiny_cfg, tiny_params):
+def test_flex_decode_is_one_graph_without_breaks(tiny_cfg, tiny_params):
+    cache = new_cache(tiny_cfg, batch_size=2)
+    args = (tiny_params, torch.tensor([[3], [4]]), torch.tensor([5]), cache)
+    options = dict(cfg=tiny_cfg, sdpa_backend="flex", temperature=0.0, top_k=None)
+    explained = _explain(decode_step, *args, **options)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    torch.compile(decode_step, fullgraph=True, backend="aot_eager")(*args, **options)
+
+
+@pytest.mark.parametrize("attention", ["auto", "flex"])
+def test_decode_compiles_once_for_64_positions(tiny_cfg, tiny_params, attention):
     counter = CompileCounter()
     step = torch.compile(decode_step, fullgraph=True, backend=counter)
     cache = new_cache(tiny_cfg, batch_size=2)
     token, input_pos = torch.tensor([[3], [4]]), torch.tensor([0])
     for _ in range(64):
-        token = step(tiny_params, token, input_pos, cache, cfg=tiny_cfg, sdpa_backend="auto",
+        token = step(tiny_params, token, input_pos, cache, cfg=tiny_cfg, sdpa_backend=attention,
                      temperature=0.0, top_k=None).view(2, 1)
         input_pos += 1
     assert counter.frame_count == 1
