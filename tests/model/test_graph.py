@@ -39,13 +39,14 @@ def test_prefill_has_no_graph_breaks(tiny_cfg, tiny_params, tokens):
     torch.compile(_prefill, fullgraph=True, backend="eager")(tiny_params, tokens, cache, tiny_cfg)
 
 
+@pytest.mark.parametrize("attention", ["auto", "flex"])
 @pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused"])
-def test_decode_has_no_graph_breaks(tiny_cfg, tiny_params, fused):
+def test_decode_has_no_graph_breaks(tiny_cfg, tiny_params, fused, attention):
     if fused:
         fuse_projections_(tiny_params, tiny_cfg)
     cache = new_cache(tiny_cfg, batch_size=2)
     args = (tiny_params, torch.tensor([[3], [4]]), torch.tensor([5]), cache)
-    options = dict(cfg=tiny_cfg, sdpa_backend="auto", temperature=0.0, top_k=None)
+    options = dict(cfg=tiny_cfg, sdpa_backend=attention, temperature=0.0, top_k=None)
     explained = _explain(decode_step, *args, **options)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
     torch.compile(decode_step, fullgraph=True, backend="eager")(*args, **options)
@@ -63,15 +64,6 @@ def test_training_step_has_no_graph_breaks(tiny_cfg, tiny_params, tokens):
 def test_sdpa_backend_choice_does_not_break_the_graph(tiny_cfg, tiny_params, tokens, backend):
     explained = _explain(forward, tiny_params, tokens, cfg=tiny_cfg, sdpa_backend=backend)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
-
-
-def test_flex_decode_is_one_graph_without_breaks(tiny_cfg, tiny_params):
-    cache = new_cache(tiny_cfg, batch_size=2)
-    args = (tiny_params, torch.tensor([[3], [4]]), torch.tensor([5]), cache)
-    options = dict(cfg=tiny_cfg, sdpa_backend="flex", temperature=0.0, top_k=None)
-    explained = _explain(decode_step, *args, **options)
-    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
-    torch.compile(decode_step, fullgraph=True, backend="aot_eager")(*args, **options)
 
 
 @pytest.mark.parametrize("attention", ["auto", "flex"])
