@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import re
+import sys
+import tempfile
 import threading
 import traceback
 import types
@@ -763,3 +765,34 @@ def fake_store() -> Any:
     except ImportError as error:
         raise _missing("torch.testing._internal.distributed.fake_pg.FakeStore") from error
     return FakeStore()
+
+
+# Kineto (the profiler's backend) writes a line to fd 2 whenever a profile starts or stops, from
+# C++ and whatever KINETO_LOG_LEVEL says: "USDT:2026-11-26 13:31:53 32761:32761
+# SyncActivityProfilerHandler.cpp:52] profiler_start".
+_KINETO_LINE = re.compile(rb"^(USDT|STAGE):\d{4}-\d\d-\d\d [^\]]*\] ")
+
+
+@contextlib.contextmanager
+def quiet_profiler() -> Iterator[None]:
+    """Hold back what reaches fd 2 in the block, then write it back without kineto's lines.
+
+    Nothing else is lost, only delayed until the block ends: a checker's profile should not print
+    into the table `fullgraph check` is drawing.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            kept = [line for line in sink.read().splitlines(keepends=True)
+                    if not _KINETO_LINE.match(line)]
+            if kept:
+                os.write(2, b"".join(kept))
+

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from . import _compat
 from ._matrix import (as_args, backend_name, break_lines, describe, function_name,
                       named_tensors)
 from .parity import exact_matmuls
@@ -337,7 +338,8 @@ def _kernels_of(call: Callable[[], Any]) -> tuple[str, ...]:
     with warnings.catch_warnings():
         # torch 2.11 warns that one profiling cycle keeps its own events only: all this needs.
         warnings.filterwarnings("ignore", "Warning: Profiler clears events", UserWarning)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        with _compat.quiet_profiler(), torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
             call()
     names = {event.name for event in profiler.events()}
     return tuple(sorted(name for name in names

@@ -1,6 +1,7 @@
 import dataclasses
 import functools
 import json
+import os
 
 import pytest
 import torch
@@ -276,3 +277,17 @@ def test_the_suite_row_on_cuda_runs_or_explains_every_backend():
     # The cached prefill attends through a mask, which the flash kernel does not take, and without
     # sdpa_backend asks for grouped-query attention, which the efficient kernel does not take.
     assert detail == "math, efficient, cudnn: 0 breaks, 2 compiles; 3 of 8 pairs unavailable"
+
+
+def test_profiling_a_kernel_prints_no_profiler_lines_but_keeps_other_output(capfd):
+    from fullgraph.checks import _compat
+    from fullgraph.checks.sdpa import _kernels_of
+
+    q = torch.randn(1, 2, 4, 8)
+    assert _kernels_of(lambda: F.scaled_dot_product_attention(q, q, q)) != ()
+    with _compat.quiet_profiler():
+        os.write(2, b"USDT:2026-11-26 13:31:53 1:1 SyncActivityProfilerHandler.cpp:52] profiler_start\n"
+                    b"a line of the program's own\n")
+    err = capfd.readouterr().err
+    assert "USDT:" not in err and "STAGE:" not in err
+    assert err.endswith("a line of the program's own\n")
