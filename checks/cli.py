@@ -156,12 +156,14 @@ def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float,
         # Each batch size gets its own static graphs, as a deployment at that size would; without
         # the reset, the second size would run the dynamic-shape graph compiled for both.
         torch._dynamo.reset()
+        # The build both the timed runs and the profile measure.
+        build = dict(device=str(device), dtype=dtype, batch_size=batch, prompt_len=args.prompt_len,
+                     new_tokens=args.new_tokens, fuse=not args.no_fuse,
+                     sdpa_backend=args.sdpa_backend, tensor_parallel=tensor_parallel)
         modes = [True] if args.no_eager else [True, False]
-        runs = [run_bench(args.config, device=str(device), dtype=dtype, batch_size=batch,
-                          prompt_len=args.prompt_len, new_tokens=args.new_tokens, compile=compiled,
-                          fuse=not args.no_fuse, coordinate_descent=args.coordinate_descent and compiled,
-                          sdpa_backend=args.sdpa_backend,
-                          bandwidth_gbps=bandwidth, tensor_parallel=tensor_parallel)
+        runs = [run_bench(args.config, **build, compile=compiled,
+                          coordinate_descent=args.coordinate_descent and compiled,
+                          bandwidth_gbps=bandwidth)
                 for compiled in modes]
         for run in runs:
             speedup = runs[-1].ms_per_token / run.ms_per_token
@@ -172,12 +174,8 @@ def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float,
                   file=out, flush=True)
         results.extend(runs)
         if args.profile:
-            breakdown = profile_decode(args.config, device=str(device), dtype=dtype, batch_size=batch,
-                                       prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-                                       steps=min(32, args.new_tokens - 4), fuse=not args.no_fuse,
-                                       sdpa_backend=args.sdpa_backend,
-                                       coordinate_descent=args.coordinate_descent,
-                                       tensor_parallel=tensor_parallel)
+            breakdown = profile_decode(args.config, **build, steps=min(32, args.new_tokens - 4),
+                                       coordinate_descent=args.coordinate_descent)
             parts = ", ".join(f"{name} {ms:.3f}" for name, ms in breakdown.by_category.items())
             print(f"{batch:>5}  profile ms/step {breakdown.total_ms:.3f}: {parts}", file=out)
             for name, ms in breakdown.top_kernels:

@@ -126,6 +126,17 @@ class _DecodeLoop:
         self.prompt = torch.randint(0, self.cfg.vocab_size, (batch_size, prompt_len), device=device,
                                     generator=generator)
 
+    def warm_up(self, *, coordinate_descent: bool) -> tuple[float, float]:
+        """Compile both steps and record the decode CUDA graph (on the third decode call).
+
+        Seconds spent on the prefill and on the decode part. Coordinate-descent tuning applies to
+        the decode graph only, so the extra compile time goes where it pays.
+        """
+        prefill_s = _timed(self.prefill, self.device)
+        with _decode_tuning(coordinate_descent):
+            decode_s = _timed(lambda: self.decode(3), self.device)
+        return prefill_s, decode_s
+
     def prefill(self) -> None:
         positions = torch.arange(self.prompt_len, device=self.device)
         token = self.prefill_fn(self.params, self.prompt, positions, self.cache, **self.options)
@@ -158,8 +169,8 @@ def run_bench(
     """Prefill `prompt_len` tokens, then time `new_tokens` greedy decode steps.
 
     fuse: fuse the q/k/v and gate/up projections (fewer, larger matmuls).
-    coordinate_descent: compile the decode graph with inductor's coordinate-descent tuning; the
-    prefill graph keeps the defaults, so the extra compile time is spent where it pays.
+    coordinate_descent: compile the decode graph with inductor's coordinate-descent tuning
+    (the prefill graph keeps the defaults).
     sdpa_backend: forward's attention choice, one of fullgraph.model.llama.ATTENTION_BACKENDS.
     tensor_parallel: run this rank's shard over the default process group (under torchrun); the
     bytes and the limit are then per GPU.
@@ -171,10 +182,7 @@ def run_bench(
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
     with torch.inference_mode():
-        # Compile and warm up: CUDA graphs record on the third call of the decode step.
-        prefill_compile_s = _timed(loop.prefill, torch_device)
-        with _decode_tuning(coordinate_descent):
-            decode_compile_s = _timed(lambda: loop.decode(3), torch_device)
+        prefill_compile_s, decode_compile_s = loop.warm_up(coordinate_descent=coordinate_descent)
         prefill_s = _timed(loop.prefill, torch_device)
         decode_s = _timed(lambda: loop.decode(new_tokens - 1), torch_device)
 
@@ -271,9 +279,7 @@ def profile_decode(
                        sdpa_backend=sdpa_backend, tensor_parallel=tensor_parallel)
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.inference_mode():
-        loop.prefill()
-        with _decode_tuning(coordinate_descent):
-            loop.decode(3)
+        loop.warm_up(coordinate_descent=coordinate_descent)
         with torch.profiler.profile(activities=activities) as profiler:
             wall_s = _timed(lambda: loop.decode(steps), torch_device)
     by_kernel: dict[str, float] = {}
