@@ -107,25 +107,25 @@ def attention(
     v = v.view(B, S, K, D)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, N, S, D)
 
-    if cache is None:
-        # Always causal: for one token it changes nothing, and `S > 1` would be a SymBool once the
-        # length is dynamic, which scaled_dot_product_attention does not take (a graph break).
-        mask, is_causal = None, True
-    else:
+    if cache is not None:
         # Write the new keys and values in place at input_pos, then attend over the whole cache;
         # positions not yet written are masked out. Shapes never depend on the position.
         cache.k[layer].index_copy_(2, input_pos, k)
         cache.v[layer].index_copy_(2, input_pos, v)
         k, v = cache.k[layer], cache.v[layer]  # (B, K, T, D)
-        positions = torch.arange(k.shape[2], device=x.device)
-        mask, is_causal = positions[None, :] <= input_pos[:, None], False  # (S, T)
 
     if sdpa_backend == "flex":
         # Query i sees cache positions up to its own; without a cache, keys are the S new tokens.
         last_seen = input_pos if cache is not None else torch.arange(S, device=x.device)
         y = _flex(q, k, v, last_seen=last_seen)
+    elif cache is None:
+        # Always causal: for one token it changes nothing, and `S > 1` would be a SymBool once the
+        # length is dynamic, which scaled_dot_product_attention does not take (a graph break).
+        y = _sdpa(q, k, v, mask=None, is_causal=True, backend=sdpa_backend)
     else:
-        y = _sdpa(q, k, v, mask=mask, is_causal=is_causal, backend=sdpa_backend)  # (B, H, S, D)
+        positions = torch.arange(k.shape[2], device=x.device)
+        mask = positions[None, :] <= input_pos[:, None]  # (S, T)
+        y = _sdpa(q, k, v, mask=mask, is_causal=False, backend=sdpa_backend)  # (B, H, S, D)
     y = y.transpose(1, 2).reshape(B, S, H * D)
     return F.linear(y, params[f"{prefix}.attention.wo.weight"])
 
