@@ -22,35 +22,23 @@ def test_forward_matches_the_reference_model(tiny_cfg, kv_heads):
     torch.testing.assert_close(forward(params, tokens, cfg=cfg), expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kv_heads", [1, 2, 4])
-def test_fused_projections_match_the_reference_model_with_and_without_a_cache(tiny_cfg, kv_heads):
-    cfg = dataclasses.replace(tiny_cfg, n_kv_heads=kv_heads)
-    params = init_params(cfg, seed=kv_heads)
-    reference = ReferenceLlama.from_params(params, cfg)
-    fuse_projections_(params, cfg)
-    tokens = _tokens(cfg, 2, 12)
-    torch.testing.assert_close(forward(params, tokens, cfg=cfg), reference(tokens), atol=1e-5, rtol=1e-5)
-    reference.setup_cache(batch_size=2)
-    cache = new_cache(cfg, batch_size=2)
-    for start, stop in [(0, 5), (5, 6), (6, 12)]:
-        got = forward(params, tokens[:, start:stop], cfg=cfg, cache=cache, input_pos=torch.arange(start, stop))
-        torch.testing.assert_close(got, reference(tokens[:, start:stop], start), atol=1e-5, rtol=1e-5)
-
-
 @pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
+@pytest.mark.parametrize("variant", ["fused projections", "flex attention"])
 @pytest.mark.parametrize("kv_heads", [1, 2, 4])
-def test_flex_attention_matches_the_reference_model_with_and_without_a_cache(tiny_cfg, kv_heads):
+def test_variants_match_the_reference_model_with_and_without_a_cache(tiny_cfg, kv_heads, variant):
     cfg = dataclasses.replace(tiny_cfg, n_kv_heads=kv_heads)
     params = init_params(cfg, seed=kv_heads)
     reference = ReferenceLlama.from_params(params, cfg)
+    if variant == "fused projections":
+        fuse_projections_(params, cfg)
+    options = dict(cfg=cfg, sdpa_backend="flex" if variant == "flex attention" else "auto")
     tokens = _tokens(cfg, 2, 12)
-    torch.testing.assert_close(forward(params, tokens, cfg=cfg, sdpa_backend="flex"), reference(tokens),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(forward(params, tokens, **options), reference(tokens), atol=1e-5, rtol=1e-5)
     reference.setup_cache(batch_size=2)
     cache = new_cache(cfg, batch_size=2)
     for start, stop in [(0, 5), (5, 6), (6, 12)]:
-        got = forward(params, tokens[:, start:stop], cfg=cfg, cache=cache, input_pos=torch.arange(start, stop),
-                      sdpa_backend="flex")
+        got = forward(params, tokens[:, start:stop], cache=cache, input_pos=torch.arange(start, stop),
+                      **options)
         torch.testing.assert_close(got, reference(tokens[:, start:stop], start), atol=1e-5, rtol=1e-5)
 
 
