@@ -47,7 +47,8 @@ import torch.distributed as dist
 
 from . import _compat
 from ._message import CheckFailure, Frame, format_failure
-from .graph_breaks import GraphBreak, find_graph_breaks
+from .graph_breaks import _OP_KINDS, GraphBreak, find_graph_breaks
+from .graph_breaks import _is_user_file as _is_user_source
 from .recompiles import track_compiles
 
 __all__ = [
@@ -61,9 +62,6 @@ __all__ = [
     "assert_collectives",
 ]
 
-# What counts as an op in a captured graph, as find_graph_breaks counts them.
-_OP_KINDS = frozenset({"call_function", "call_method", "call_module"})
-_THIS_PACKAGE = os.path.dirname(os.path.abspath(__file__))
 # How long the other ranks may run on once one has failed: long enough to fail on their own
 # (gloo notices a dead peer at once), short enough not to wait out the timeout in a collective.
 _GRACE_S = 5.0
@@ -421,10 +419,8 @@ def _describe_recompile(event: Any) -> str:
 
 
 def _is_user_file(filename: str) -> bool:
-    if filename.startswith("<"):  # <string>, <eval_with_key>.N (FX's code): code without a file
-        return False
-    path = os.path.abspath(filename)
-    return not (path.startswith(_compat.TORCH_DIR + os.sep) or path.startswith(_THIS_PACKAGE + os.sep))
+    # <string>, <eval_with_key>.N (FX's code): code without a file is nobody's line to point at.
+    return not filename.startswith("<") and _is_user_source(filename)
 
 
 def _innermost_user_frame() -> Frame | None:
