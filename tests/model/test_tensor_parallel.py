@@ -35,6 +35,7 @@ from fullgraph.model.tensor_parallel import (
     init_shard,
     local_kv_heads,
     make_all_reduce,
+    one_shot_all_reduce,
     shard_params,
     shard_shapes,
     teardown_process_group,
@@ -185,6 +186,31 @@ def test_make_all_reduce_needs_a_process_group() -> None:
     assert not dist.is_initialized()
     with pytest.raises(RuntimeError, match="no process group"):
         make_all_reduce()
+
+
+def test_one_shot_all_reduce_needs_a_process_group() -> None:
+    assert not dist.is_initialized()
+    with pytest.raises(RuntimeError, match="one_shot_all_reduce: no process group"):
+        one_shot_all_reduce()
+
+
+def test_one_shot_all_reduce_needs_nccl(monkeypatch: pytest.MonkeyPatch) -> None:
+    # init_process_group wraps sys.excepthook; monkeypatch puts the original back.
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with pytest.raises(RuntimeError, match="CUDA-only and needs an NCCL process group, not 'gloo'"):
+            one_shot_all_reduce()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_shot_all_reduce_needs_a_torch_with_the_lowering(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.distributed._symmetric_memory as symm_mem
+
+    monkeypatch.delattr(symm_mem, "enable_symm_mem_for_group")
+    with pytest.raises(RuntimeError, match="lacks inductor's one-shot all-reduce lowering"):
+        one_shot_all_reduce()
 
 
 # --- tracing under the fake process group ----------------------------------------------------
