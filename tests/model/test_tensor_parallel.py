@@ -290,19 +290,37 @@ def test_world_2_over_nccl_matches_single_process(tmp_path: Path) -> None:
                                            device="cuda", timeout=300)
 
 
+@pytest.mark.gpu
+@pytest.mark.usefixtures("highest_precision")
+def test_world_2_over_nccl_with_one_shot_all_reduce_matches_single_process(tmp_path: Path) -> None:
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA devices")
+    spec = _spec(TINY, device="cuda", backend="inductor", one_shot_all_reduce=True)
+    ranks = _assert_world_2_matches_single_process(spec, tmp_path, device="cuda", timeout=300)
+    # Parity alone would also hold on NCCL: check that the compiled forward used the lowering,
+    # its messages (2 x 7 tokens of fp32 activations) being far below the threshold.
+    for rank, results in enumerate(ranks):
+        assert results["all_reduce_calls"] == {"one_shot": 2 * TINY.n_layers, "nccl": 0}, f"rank {rank}"
+
+
 def _assert_world_2_matches_single_process(spec: dict, tmp_path: Path, *, device: str,
-                                           timeout: float = 120) -> None:
-    """Logits (fp32, 1e-5) and greedy tokens of both ranks, eager and compiled, equal one process's."""
+                                           timeout: float = 120) -> list[dict]:
+    """Logits (fp32, 1e-5) and greedy tokens of both ranks, eager and compiled, equal one process's.
+
+    Returns each rank's results.
+    """
     params = {name: t.to(device) for name, t in init_params(TINY, seed=0).items()}
     expected_logits = forward(params, torch.tensor(spec["tokens"], device=device), cfg=TINY).cpu()
     expected_tokens = generate(params, spec["prompts"], cfg=TINY,
                                max_new_tokens=spec["max_new_tokens"], compile=False)
-    for rank, results in enumerate(_torchrun(spec, tmp_path, nproc=2, timeout=timeout)):
+    ranks = _torchrun(spec, tmp_path, nproc=2, timeout=timeout)
+    for rank, results in enumerate(ranks):
         for key in ("logits_eager", "logits_compiled"):
             torch.testing.assert_close(results[key], expected_logits, atol=1e-5, rtol=1e-5,
                                        msg=lambda m, k=key, r=rank: f"rank {r} {k}: {m}")
         for key in ("tokens_eager", "tokens_compiled"):
             assert results[key] == expected_tokens, f"rank {rank} {key}"
+    return ranks
 
 
 def test_a_failing_rank_fails_the_test_with_its_error(tmp_path: Path) -> None:
