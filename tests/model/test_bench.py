@@ -57,6 +57,8 @@ def test_profile_needs_cuda(capsys):
 
 
 def test_one_shot_all_reduce_needs_tensor_parallel_on_cuda(capsys):
+    assert main(["bench", "--device", "cpu", "--one-shot-all-reduce"]) == 2
+    assert "--one-shot-all-reduce needs --nproc > 1 on CUDA" in capsys.readouterr().err
     with pytest.raises(ValueError, match="run_bench: one_shot_all_reduce needs tensor_parallel=True"):
         run_bench("tiny", device="cpu", one_shot_all_reduce=True)
     # A CUDA device name passes profile_decode's device check without a GPU being there.
