@@ -16,9 +16,11 @@ entry point, and docs/tensor-parallel.md has the commands.
 from __future__ import annotations
 
 import contextlib
+import random
 import sys
 import warnings
 from typing import Iterator
+from unittest import mock
 
 import torch
 import torch._inductor.config
@@ -182,7 +184,21 @@ def one_shot_all_reduce(group: dist.ProcessGroup | None = None) -> contextlib.Ab
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         enable_symm_mem_for_group(group.group_name)
-    return torch._inductor.config.patch({"_collective.auto_select": True})
+    settings = contextlib.ExitStack()
+    settings.enter_context(torch._inductor.config.patch({"_collective.auto_select": True}))
+    settings.enter_context(_distinct_comm_buffer_ids())
+    return settings
+
+
+def _distinct_comm_buffer_ids() -> contextlib.AbstractContextManager:
+    # Inductor names each symmetric-memory buffer by an alloc_id drawn from Python's global
+    # `random`, and dynamo restores that generator's state after every frame it compiles: the
+    # first buffer of every graph gets the same id, and the second graph to run fails in
+    # empty_strided_p2p ("different from the size of a previous allocation with the same
+    # alloc_id"). A generator of our own is not rewound. The ids are local to each rank.
+    import torch._inductor.codegen.wrapper  # imported here: inductor's codegen is slow to import
+
+    return mock.patch.object(torch._inductor.codegen.wrapper, "random", random.Random())
 
 
 def backend_for(device: str | torch.device) -> str:

@@ -205,6 +205,36 @@ def test_one_shot_all_reduce_needs_nccl(monkeypatch: pytest.MonkeyPatch) -> None
         dist.destroy_process_group()
 
 
+def test_one_shot_all_reduce_gives_every_compiled_graph_its_own_buffer_ids(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    import torch._inductor.codegen.wrapper as inductor_wrapper
+    import torch._inductor.config as inductor_config
+    import torch.distributed._symmetric_memory as symm_mem
+
+    # Symmetric memory needs GPUs; what is checked here is what the settings do to inductor.
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(symm_mem, "enable_symm_mem_for_group", lambda name: enabled.append(name))
+    monkeypatch.setattr(dist, "get_backend", lambda group: "nccl")
+    enabled: list[str] = []
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with one_shot_all_reduce():
+            assert inductor_config._collective.auto_select
+            # What dynamo does around each frame it compiles: the global generator is rewound.
+            state = random.getstate()
+            first_graph = inductor_wrapper.random.randint(0, 2**64 - 1)
+            random.setstate(state)
+            second_graph = inductor_wrapper.random.randint(0, 2**64 - 1)
+        assert enabled == [dist.group.WORLD.group_name]
+    finally:
+        dist.destroy_process_group()
+    assert first_graph != second_graph
+    assert not inductor_config._collective.auto_select
+    assert inductor_wrapper.random is random
+
+
 def test_one_shot_all_reduce_needs_a_torch_with_the_lowering(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch.distributed._symmetric_memory as symm_mem
 
