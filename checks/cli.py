@@ -66,9 +66,6 @@ def _parser() -> argparse.ArgumentParser:
                        help="CUDA only: break a compiled decode step down by kernel category")
     bench.add_argument("--nproc", type=int, default=1,
                        help="tensor-parallel ranks, one per GPU; launches torchrun itself (default: 1)")
-    bench.add_argument("--one-shot-all-reduce", action="store_true",
-                       help="tensor parallel only: inductor lowers the decode step's all-reduces to "
-                            "symmetric-memory one-shot kernels")
     return parser
 
 
@@ -129,9 +126,6 @@ def _bench_on(args: argparse.Namespace, *, out: TextIO, tensor_parallel: bool) -
     if args.profile and device.type != "cuda":
         print("fullgraph bench: --profile needs a CUDA device", file=sys.stderr)
         return 2
-    if args.one_shot_all_reduce and not (tensor_parallel and device.type == "cuda"):
-        print("fullgraph bench: --one-shot-all-reduce needs --nproc > 1 on CUDA", file=sys.stderr)
-        return 2
     if args.prompt_len < 1 or args.new_tokens < 2 or min(args.batch) < 1:
         print("fullgraph bench: --prompt-len and --batch must be >= 1, --new-tokens >= 2", file=sys.stderr)
         return 2
@@ -169,7 +163,6 @@ def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float,
         modes = [True] if args.no_eager else [True, False]
         runs = [run_bench(args.config, **build, compile=compiled,
                           coordinate_descent=args.coordinate_descent and compiled,
-                          one_shot_all_reduce=args.one_shot_all_reduce and compiled,
                           bandwidth_gbps=bandwidth)
                 for compiled in modes]
         for run in runs:
@@ -182,8 +175,7 @@ def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float,
         results.extend(runs)
         if args.profile:
             breakdown = profile_decode(args.config, **build, steps=min(32, args.new_tokens - 4),
-                                       coordinate_descent=args.coordinate_descent,
-                                       one_shot_all_reduce=args.one_shot_all_reduce)
+                                       coordinate_descent=args.coordinate_descent)
             parts = ", ".join(f"{name} {ms:.3f}" for name, ms in breakdown.by_category.items())
             print(f"{batch:>5}  profile ms/step {breakdown.total_ms:.3f}: {parts}", file=out)
             for name, ms in breakdown.top_kernels:

@@ -22,7 +22,7 @@ from .cache import new_cache
 from .config import LlamaConfig
 from .generate import _step_functions
 from .params import fuse_projections_, init_params
-from .tensor_parallel import init_shard, local_kv_heads, make_all_reduce, one_shot_all_reduce
+from .tensor_parallel import init_shard, local_kv_heads, make_all_reduce
 
 __all__ = ["BenchResult", "DecodeProfile", "copy_bandwidth", "device_name", "run_bench", "profile_decode"]
 
@@ -42,7 +42,6 @@ class BenchResult:
     fused: bool  # q/k/v and gate/up projections fused into one matmul each
     sdpa_backend: str  # forward's attention choice ("auto": SDPA picks; "flex": flex_attention)
     coordinate_descent: bool  # inductor's coordinate-descent tuning, for the decode graph
-    one_shot_all_reduce: bool  # tensor parallel: small all-reduces on symmetric-memory one-shot kernels
     compile_s: float  # first prefill and first three decode steps: both graphs, CUDA-graph recording
     decode_compile_s: float  # the decode part of compile_s
     prefill_ms: float
@@ -127,20 +126,15 @@ class _DecodeLoop:
         self.prompt = torch.randint(0, self.cfg.vocab_size, (batch_size, prompt_len), device=device,
                                     generator=generator)
 
-    def warm_up(self, *, coordinate_descent: bool, one_shot_all_reduce: bool) -> tuple[float, float]:
+    def warm_up(self, *, coordinate_descent: bool) -> tuple[float, float]:
         """Compile both steps and record the decode CUDA graph (on the third decode call).
 
         Seconds spent on the prefill and on the decode part. Coordinate-descent tuning applies to
-        the decode graph only, so the extra compile time goes where it pays. The one-shot
-        all-reduce lowering applies to both graphs: inductor itself keeps NCCL for messages above
-        its threshold, which prefill's usually are.
+        the decode graph only, so the extra compile time goes where it pays.
         """
-        # Inductor reads its config when a graph compiles, i.e. on a step's first call; patched
-        # here and undone after, since the config is process-wide.
-        with _all_reduce_lowering(one_shot_all_reduce):
-            prefill_s = _timed(self.prefill, self.device)
-            with _decode_tuning(coordinate_descent):
-                decode_s = _timed(lambda: self.decode(3), self.device)
+        prefill_s = _timed(self.prefill, self.device)
+        with _decode_tuning(coordinate_descent):
+            decode_s = _timed(lambda: self.decode(3), self.device)
         return prefill_s, decode_s
 
     def prefill(self) -> None:
@@ -171,7 +165,6 @@ def run_bench(
     sdpa_backend: str = "auto",
     bandwidth_gbps: float | None = None,
     tensor_parallel: bool = False,
-    one_shot_all_reduce: bool = False,
 ) -> BenchResult:
     """Prefill `prompt_len` tokens, then time `new_tokens` greedy decode steps.
 
@@ -181,12 +174,7 @@ def run_bench(
     sdpa_backend: forward's attention choice, one of fullgraph.model.llama.ATTENTION_BACKENDS.
     tensor_parallel: run this rank's shard over the default process group (under torchrun); the
     bytes and the limit are then per GPU.
-    one_shot_all_reduce: with tensor_parallel on CUDA, compile under
-    fullgraph.model.tensor_parallel.one_shot_all_reduce(), so that inductor lowers the small
-    (decode) all-reduces to symmetric-memory one-shot kernels.
     """
-    if one_shot_all_reduce and not tensor_parallel:
-        raise ValueError("run_bench: one_shot_all_reduce needs tensor_parallel=True")
     torch_device = torch.device(device)
     loop = _DecodeLoop(config, device=torch_device, dtype=dtype, batch_size=batch_size,
                        prompt_len=prompt_len, new_tokens=new_tokens, compile=compile, fuse=fuse,
@@ -194,8 +182,7 @@ def run_bench(
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
     with torch.inference_mode():
-        prefill_compile_s, decode_compile_s = loop.warm_up(coordinate_descent=coordinate_descent,
-                                                           one_shot_all_reduce=one_shot_all_reduce)
+        prefill_compile_s, decode_compile_s = loop.warm_up(coordinate_descent=coordinate_descent)
         prefill_s = _timed(loop.prefill, torch_device)
         decode_s = _timed(lambda: loop.decode(new_tokens - 1), torch_device)
 
@@ -213,7 +200,6 @@ def run_bench(
         dtype=str(dtype).removeprefix("torch."),
         batch_size=batch_size, prompt_len=prompt_len, new_tokens=new_tokens, compiled=compile,
         fused=fuse, sdpa_backend=sdpa_backend, coordinate_descent=coordinate_descent,
-        one_shot_all_reduce=one_shot_all_reduce,
         compile_s=prefill_compile_s + decode_compile_s, decode_compile_s=decode_compile_s,
         prefill_ms=prefill_s * 1e3, ms_per_token=ms_per_token,
         tokens_per_s=batch_size * 1e3 / ms_per_token, peak_memory_gb=peak,
@@ -223,13 +209,11 @@ def run_bench(
 
 
 def _decode_tuning(coordinate_descent: bool) -> contextlib.AbstractContextManager:
+    # Inductor reads its config when a graph compiles, i.e. on the first decode call; patched
+    # here and undone after, since the config is process-wide.
     if not coordinate_descent:
         return contextlib.nullcontext()
     return torch._inductor.config.patch(coordinate_descent_tuning=True)
-
-
-def _all_reduce_lowering(one_shot: bool) -> contextlib.AbstractContextManager:
-    return one_shot_all_reduce() if one_shot else contextlib.nullcontext()
 
 
 # Kernel-name fragments, lower case, checked in this order: the first match names the category.
@@ -279,7 +263,6 @@ def profile_decode(
     coordinate_descent: bool = False,
     sdpa_backend: str = "auto",
     tensor_parallel: bool = False,
-    one_shot_all_reduce: bool = False,
 ) -> DecodeProfile:
     """Where a decode step's time goes, from the GPU kernels the profiler saw.
 
@@ -291,14 +274,12 @@ def profile_decode(
         raise ValueError(f"profile_decode: device must be CUDA, got {device!r}")
     if steps + 3 >= new_tokens:
         raise ValueError(f"profile_decode: steps ({steps}) must be below new_tokens - 3 ({new_tokens - 3})")
-    if one_shot_all_reduce and not tensor_parallel:
-        raise ValueError("profile_decode: one_shot_all_reduce needs tensor_parallel=True")
     loop = _DecodeLoop(config, device=torch_device, dtype=dtype, batch_size=batch_size,
                        prompt_len=prompt_len, new_tokens=new_tokens, compile=compile, fuse=fuse,
                        sdpa_backend=sdpa_backend, tensor_parallel=tensor_parallel)
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.inference_mode():
-        loop.warm_up(coordinate_descent=coordinate_descent, one_shot_all_reduce=one_shot_all_reduce)
+        loop.warm_up(coordinate_descent=coordinate_descent)
         with torch.profiler.profile(activities=activities) as profiler:
             wall_s = _timed(lambda: loop.decode(steps), torch_device)
     by_kernel: dict[str, float] = {}

@@ -16,14 +16,10 @@ entry point, and docs/tensor-parallel.md has the commands.
 from __future__ import annotations
 
 import contextlib
-import random
 import sys
-import warnings
 from typing import Iterator
-from unittest import mock
 
 import torch
-import torch._inductor.config
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 from torch import Tensor
@@ -38,7 +34,6 @@ __all__ = [
     "shard_params",
     "init_shard",
     "make_all_reduce",
-    "one_shot_all_reduce",
     "backend_for",
     "fake_process_group",
     "launch_ranks",
@@ -141,64 +136,6 @@ def make_all_reduce(group: dist.ProcessGroup | None = None) -> AllReduce:
         return funcol.all_reduce(x, "sum", group)
 
     return all_reduce
-
-
-def one_shot_all_reduce(group: dist.ProcessGroup | None = None) -> contextlib.AbstractContextManager:
-    """Let inductor lower the small all-reduces over `group` to one-shot symmetric-memory kernels.
-
-    Enables symmetric memory for `group` (default: the world) and returns the inductor config
-    patch to hold while the graphs compile:
-
-        with one_shot_all_reduce():
-            generate(shard, prompts, cfg=cfg, compile=True, all_reduce=make_all_reduce())
-
-    Inductor then lowers each sum over the group (what `make_all_reduce` builds) of at most
-    `torch._inductor.config._collective.one_shot_all_reduce_threshold_bytes` (128 KiB by default)
-    to `torch.ops.symm_mem.one_shot_all_reduce`, in which each rank reads its peers' buffers
-    directly and sums them in one kernel. That is the decode step's case: its all-reduces carry one
-    token's activations (16 KiB a row for 70B) and are latency-bound, a NCCL ring spending its
-    time on the ring's steps rather than on the bytes. Prefill's larger messages stay on NCCL, and
-    so does everything eager: only graphs compiled inside the patch are affected. Symmetric memory
-    stays enabled for the group after the patch is left.
-
-    Symmetric memory is CUDA-only: raises RuntimeError without a process group, for a group that
-    is not NCCL, or on a torch without the lowering.
-    """
-    try:
-        from torch.distributed._symmetric_memory import enable_symm_mem_for_group
-    except ImportError:
-        enable_symm_mem_for_group = None
-    if enable_symm_mem_for_group is None or not hasattr(torch._inductor.config, "_collective"):
-        raise RuntimeError(f"one_shot_all_reduce: torch {torch.__version__} lacks inductor's "
-                           "one-shot all-reduce lowering")
-    if not dist.is_initialized():
-        raise RuntimeError("one_shot_all_reduce: no process group; call dist.init_process_group first")
-    group = dist.group.WORLD if group is None else group
-    backend = dist.get_backend(group)
-    # "nccl", or NCCL among several backends ("cpu:gloo,cuda:nccl"): the group's CUDA collectives.
-    if "nccl" not in backend:
-        raise RuntimeError(f"one_shot_all_reduce: symmetric memory is CUDA-only and needs an NCCL "
-                           f"process group, not {backend!r}")
-    # torch 2.13 marks the call deprecated ("no need to call"), yet the lowering still checks the
-    # registry it fills (is_symm_mem_enabled_for_group).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        enable_symm_mem_for_group(group.group_name)
-    settings = contextlib.ExitStack()
-    settings.enter_context(torch._inductor.config.patch({"_collective.auto_select": True}))
-    settings.enter_context(_distinct_comm_buffer_ids())
-    return settings
-
-
-def _distinct_comm_buffer_ids() -> contextlib.AbstractContextManager:
-    # Inductor names each symmetric-memory buffer by an alloc_id drawn from Python's global
-    # `random`, and dynamo restores that generator's state after every frame it compiles: the
-    # first buffer of every graph gets the same id, and the second graph to run fails in
-    # empty_strided_p2p ("different from the size of a previous allocation with the same
-    # alloc_id"). A generator of our own is not rewound. The ids are local to each rank.
-    import torch._inductor.codegen.wrapper  # imported here: inductor's codegen is slow to import
-
-    return mock.patch.object(torch._inductor.codegen.wrapper, "random", random.Random())
 
 
 def backend_for(device: str | torch.device) -> str:

@@ -28,7 +28,7 @@ def test_eager_bench_reports_consistent_figures():
     result = run_bench("tiny", device="cpu", dtype=torch.float32, batch_size=2, prompt_len=4,
                        new_tokens=6, compile=False, bandwidth_gbps=10.0)
     assert result.batch_size == 2 and not result.compiled
-    assert result.fused and not result.coordinate_descent and not result.one_shot_all_reduce
+    assert result.fused and not result.coordinate_descent
     assert (result.device_name, result.torch) == ("cpu", torch.__version__)
     assert result.tokens_per_s == pytest.approx(2 * 1000 / result.ms_per_token)
     assert result.limit_ms_per_token == pytest.approx(result.bytes_per_token / 10e9 * 1e3)
@@ -54,16 +54,6 @@ def test_profile_needs_cuda(capsys):
     assert "--profile needs a CUDA device" in capsys.readouterr().err
     with pytest.raises(ValueError, match="profile_decode: device must be CUDA"):
         profile_decode("tiny", device="cpu")
-
-
-def test_one_shot_all_reduce_needs_tensor_parallel_on_cuda(capsys):
-    assert main(["bench", "--device", "cpu", "--one-shot-all-reduce"]) == 2
-    assert "--one-shot-all-reduce needs --nproc > 1 on CUDA" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="run_bench: one_shot_all_reduce needs tensor_parallel=True"):
-        run_bench("tiny", device="cpu", one_shot_all_reduce=True)
-    # A CUDA device name passes profile_decode's device check without a GPU being there.
-    with pytest.raises(ValueError, match="profile_decode: one_shot_all_reduce needs tensor_parallel=True"):
-        profile_decode("tiny", device="cuda", one_shot_all_reduce=True)
 
 
 @pytest.mark.slow

@@ -35,7 +35,6 @@ from fullgraph.model.tensor_parallel import (
     init_shard,
     local_kv_heads,
     make_all_reduce,
-    one_shot_all_reduce,
     shard_params,
     shard_shapes,
     teardown_process_group,
@@ -188,61 +187,6 @@ def test_make_all_reduce_needs_a_process_group() -> None:
         make_all_reduce()
 
 
-def test_one_shot_all_reduce_needs_a_process_group() -> None:
-    assert not dist.is_initialized()
-    with pytest.raises(RuntimeError, match="one_shot_all_reduce: no process group"):
-        one_shot_all_reduce()
-
-
-def test_one_shot_all_reduce_needs_nccl(monkeypatch: pytest.MonkeyPatch) -> None:
-    # init_process_group wraps sys.excepthook; monkeypatch puts the original back.
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        with pytest.raises(RuntimeError, match="CUDA-only and needs an NCCL process group, not 'gloo'"):
-            one_shot_all_reduce()
-    finally:
-        dist.destroy_process_group()
-
-
-def test_one_shot_all_reduce_gives_every_compiled_graph_its_own_buffer_ids(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    import random
-
-    import torch._inductor.codegen.wrapper as inductor_wrapper
-    import torch._inductor.config as inductor_config
-    import torch.distributed._symmetric_memory as symm_mem
-
-    # Symmetric memory needs GPUs; what is checked here is what the settings do to inductor.
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
-    monkeypatch.setattr(symm_mem, "enable_symm_mem_for_group", lambda name: enabled.append(name))
-    monkeypatch.setattr(dist, "get_backend", lambda group: "nccl")
-    enabled: list[str] = []
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        with one_shot_all_reduce():
-            assert inductor_config._collective.auto_select
-            # What dynamo does around each frame it compiles: the global generator is rewound.
-            state = random.getstate()
-            first_graph = inductor_wrapper.random.randint(0, 2**64 - 1)
-            random.setstate(state)
-            second_graph = inductor_wrapper.random.randint(0, 2**64 - 1)
-        assert enabled == [dist.group.WORLD.group_name]
-    finally:
-        dist.destroy_process_group()
-    assert first_graph != second_graph
-    assert not inductor_config._collective.auto_select
-    assert inductor_wrapper.random is random
-
-
-def test_one_shot_all_reduce_needs_a_torch_with_the_lowering(monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch.distributed._symmetric_memory as symm_mem
-
-    monkeypatch.delattr(symm_mem, "enable_symm_mem_for_group")
-    with pytest.raises(RuntimeError, match="lacks inductor's one-shot all-reduce lowering"):
-        one_shot_all_reduce()
-
-
 # --- tracing under the fake process group ----------------------------------------------------
 
 
@@ -320,37 +264,19 @@ def test_world_2_over_nccl_matches_single_process(tmp_path: Path) -> None:
                                            device="cuda", timeout=300)
 
 
-@pytest.mark.gpu
-@pytest.mark.usefixtures("highest_precision")
-def test_world_2_over_nccl_with_one_shot_all_reduce_matches_single_process(tmp_path: Path) -> None:
-    if torch.cuda.device_count() < 2:
-        pytest.skip("needs 2 CUDA devices")
-    spec = _spec(TINY, device="cuda", backend="inductor", one_shot_all_reduce=True)
-    ranks = _assert_world_2_matches_single_process(spec, tmp_path, device="cuda", timeout=300)
-    # Parity alone would also hold on NCCL: check that the compiled forward used the lowering,
-    # its messages (2 x 7 tokens of fp32 activations) being far below the threshold.
-    for rank, results in enumerate(ranks):
-        assert results["all_reduce_calls"] == {"one_shot": 2 * TINY.n_layers, "nccl": 0}, f"rank {rank}"
-
-
 def _assert_world_2_matches_single_process(spec: dict, tmp_path: Path, *, device: str,
-                                           timeout: float = 120) -> list[dict]:
-    """Logits (fp32, 1e-5) and greedy tokens of both ranks, eager and compiled, equal one process's.
-
-    Returns each rank's results.
-    """
+                                           timeout: float = 120) -> None:
+    """Logits (fp32, 1e-5) and greedy tokens of both ranks, eager and compiled, equal one process's."""
     params = {name: t.to(device) for name, t in init_params(TINY, seed=0).items()}
     expected_logits = forward(params, torch.tensor(spec["tokens"], device=device), cfg=TINY).cpu()
     expected_tokens = generate(params, spec["prompts"], cfg=TINY,
                                max_new_tokens=spec["max_new_tokens"], compile=False)
-    ranks = _torchrun(spec, tmp_path, nproc=2, timeout=timeout)
-    for rank, results in enumerate(ranks):
+    for rank, results in enumerate(_torchrun(spec, tmp_path, nproc=2, timeout=timeout)):
         for key in ("logits_eager", "logits_compiled"):
             torch.testing.assert_close(results[key], expected_logits, atol=1e-5, rtol=1e-5,
                                        msg=lambda m, k=key, r=rank: f"rank {r} {k}: {m}")
         for key in ("tokens_eager", "tokens_compiled"):
             assert results[key] == expected_tokens, f"rank {rank} {key}"
-    return ranks
 
 
 def test_a_failing_rank_fails_the_test_with_its_error(tmp_path: Path) -> None:

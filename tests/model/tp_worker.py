@@ -4,8 +4,7 @@
 
 SPEC.json holds the config, the tokens for forward, the prompts and max_new_tokens for generate,
 the compile backend, the device type ("cpu" runs gloo, "cuda" one GPU per rank over NCCL), and
-optionally a rank that should fail and "one_shot_all_reduce" (CUDA: compile under
-one_shot_all_reduce()). Each rank shards the same real
+optionally a rank that should fail. Each rank shards the same real
 params, runs forward (eager, and compiled with fullgraph=True) and greedy generate (compile=False
 and True), and saves the results to OUT_DIR/rank{r}.pt for the test to compare with the
 single-process model.
@@ -25,16 +24,9 @@ from unittest import mock
 
 import torch
 import torch.distributed as dist
-from torch._inductor.utils import run_and_get_code
 
 from fullgraph.model import LlamaConfig, forward, generate, init_params
-from fullgraph.model.tensor_parallel import (
-    backend_for,
-    make_all_reduce,
-    one_shot_all_reduce,
-    shard_params,
-    teardown_process_group,
-)
+from fullgraph.model.tensor_parallel import backend_for, make_all_reduce, shard_params, teardown_process_group
 
 # The package re-exports the function under the module's name.
 generate_module = importlib.import_module("fullgraph.model.generate")
@@ -75,20 +67,9 @@ def run(spec: dict, device: torch.device) -> dict:
     options = dict(cfg=cfg, max_new_tokens=spec["max_new_tokens"], all_reduce=all_reduce)
     results = {
         "logits_eager": forward(shard, tokens, cfg=cfg, all_reduce=all_reduce).cpu(),
+        "logits_compiled": compiled(shard, tokens, cfg=cfg, all_reduce=all_reduce).cpu(),
         "tokens_eager": generate(shard, spec["prompts"], compile=False, **options),
     }
-    if spec.get("one_shot_all_reduce"):
-        with one_shot_all_reduce():
-            # The compiled forward's code says which kernels its all-reduces were lowered to.
-            logits, code = run_and_get_code(compiled, shard, tokens, cfg=cfg, all_reduce=all_reduce)
-            results["logits_compiled"] = logits.cpu()
-            results["all_reduce_calls"] = {
-                "one_shot": sum(c.count("torch.ops.symm_mem.one_shot_all_reduce") for c in code),
-                "nccl": sum(c.count("torch.ops._c10d_functional.all_reduce_") for c in code),
-            }
-            results["tokens_compiled"] = generate(shard, spec["prompts"], compile=True, **options)
-        return results
-    results["logits_compiled"] = compiled(shard, tokens, cfg=cfg, all_reduce=all_reduce).cpu()
     if device.type == "cuda":
         # The deployed path: inductor, and CUDA graphs for the decode step.
         results["tokens_compiled"] = generate(shard, spec["prompts"], compile=True, **options)
