@@ -66,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="CUDA only: break a compiled decode step down by kernel category")
     bench.add_argument("--nproc", type=int, default=1,
                        help="tensor-parallel ranks, one per GPU; launches torchrun itself (default: 1)")
+    bench.add_argument("--max-ms-per-token", type=float, metavar="MS",
+                       help="exit 1 if a compiled run's decode takes longer than MS per token")
+    bench.add_argument("--min-share", type=float, metavar="SHARE",
+                       help="exit 1 if a compiled run reaches less than SHARE (0-1] of the "
+                            "bandwidth limit")
     return parser
 
 
@@ -75,16 +80,36 @@ def main(argv: list[str] | None = None) -> int:
         print(format_environment())
         return 0
     if args.command == "bench":
+        if error := _bench_bounds_error(args):
+            print(f"fullgraph bench: {error}", file=sys.stderr)
+            return 2
         if args.nproc > 1 and "RANK" not in os.environ:
-            from fullgraph.model.tensor_parallel import launch_ranks
-
-            launch_ranks("fullgraph.checks.cli", args.nproc, sys.argv[1:] if argv is None else argv)
-            return 0
+            return _launch_bench(args.nproc, sys.argv[1:] if argv is None else argv)
         return _bench(args, out=sys.stdout)
     command = shlex.join(["fullgraph", *(sys.argv[1:] if argv is None else argv)])
     if args.command == "report":
         return _report(args, command=command, out=sys.stdout)
     return _check(args, command=command, out=sys.stdout)
+
+
+def _bench_bounds_error(args: argparse.Namespace) -> str | None:
+    if args.max_ms_per_token is not None and not args.max_ms_per_token > 0:
+        return f"--max-ms-per-token must be > 0, got {args.max_ms_per_token}"
+    if args.min_share is not None and not 0 < args.min_share <= 1:
+        return f"--min-share must be in (0, 1], got {args.min_share}"
+    return None
+
+
+def _launch_bench(nproc: int, argv: list[str]) -> int:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from fullgraph.model.tensor_parallel import launch_ranks
+
+    try:
+        launch_ranks("fullgraph.checks.cli", nproc, argv)
+    except ChildFailedError:  # torchrun has logged which rank and how; rank 0 printed why
+        return 1
+    return 0
 
 
 def _bench(args: argparse.Namespace, *, out: TextIO) -> int:
@@ -110,7 +135,8 @@ def _bench_rank(args: argparse.Namespace, *, out: TextIO) -> int:
         if dist.get_rank() == 0:
             return _bench_on(args, out=out, tensor_parallel=True)
         with open(os.devnull, "w") as devnull:
-            args.json = None
+            # Rank 0 writes the figures and judges them against the bounds.
+            args.json = args.max_ms_per_token = args.min_share = None
             return _bench_on(args, out=devnull, tensor_parallel=True)
     finally:
         teardown_process_group()
@@ -142,7 +168,26 @@ def _bench_on(args: argparse.Namespace, *, out: TextIO, tensor_parallel: bool) -
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r.to_dict() for r in results], f, indent=2)
-    return 0
+    misses = _bound_misses(results, args)
+    for miss in misses:
+        print(f"fullgraph bench: {miss}", file=sys.stderr)
+    return 1 if misses else 0
+
+
+def _bound_misses(results: list, args: argparse.Namespace) -> list[str]:
+    """One line per compiled run and bound it misses (--max-ms-per-token, --min-share)."""
+    misses = []
+    for run in results:
+        if not run.compiled:  # the eager baseline is there for the speed-up, not to be judged
+            continue
+        name = f"batch {run.batch_size}, compiled"
+        if args.max_ms_per_token is not None and run.ms_per_token > args.max_ms_per_token:
+            misses.append(f"{name}: {run.ms_per_token:.2f} ms/token is over "
+                          f"--max-ms-per-token {args.max_ms_per_token:g}")
+        if args.min_share is not None and run.share_of_limit < args.min_share:
+            misses.append(f"{name}: {run.share_of_limit:.2f} of the bandwidth limit is under "
+                          f"--min-share {args.min_share:g}")
+    return misses
 
 
 def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float, out: TextIO,

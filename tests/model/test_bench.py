@@ -1,3 +1,5 @@
+import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -5,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from fullgraph.checks.cli import main
+from fullgraph.checks.cli import _bound_misses, main
 from fullgraph.model import LlamaConfig, init_params
 from fullgraph.model.bench import _bytes_per_token, _category, copy_bandwidth, profile_decode, run_bench
 
@@ -56,6 +58,41 @@ def test_profile_needs_cuda(capsys):
         profile_decode("tiny", device="cpu")
 
 
+@pytest.mark.parametrize("argv, error", [
+    (["--min-share", "0"], "--min-share must be in (0, 1], got 0.0"),
+    (["--min-share", "1.5"], "--min-share must be in (0, 1], got 1.5"),
+    (["--max-ms-per-token", "-1"], "--max-ms-per-token must be > 0, got -1.0"),
+])
+def test_bench_bounds_are_checked_before_anything_runs(argv, error, capsys):
+    assert main(["bench", "--device", "cpu", "--nproc", "2", *argv]) == 2
+    assert capsys.readouterr().err == f"fullgraph bench: {error}\n"
+
+
+def test_only_compiled_runs_are_judged_against_the_bounds():
+    eager = run_bench("tiny", device="cpu", dtype=torch.float32, prompt_len=4, new_tokens=4,
+                      compile=False, bandwidth_gbps=10.0)
+    slow = dataclasses.replace(eager, compiled=True, batch_size=8, ms_per_token=6.0,
+                               share_of_limit=0.7)
+    bounds = argparse.Namespace(max_ms_per_token=5.0, min_share=0.8)
+    assert _bound_misses([eager, slow], bounds) == [
+        "batch 8, compiled: 6.00 ms/token is over --max-ms-per-token 5",
+        "batch 8, compiled: 0.70 of the bandwidth limit is under --min-share 0.8",
+    ]
+    within = argparse.Namespace(max_ms_per_token=6.0, min_share=0.7)
+    assert _bound_misses([eager, slow], within) == []
+    assert _bound_misses([eager, slow], argparse.Namespace(max_ms_per_token=None, min_share=None)) == []
+
+
+@pytest.mark.slow
+def test_a_missed_bound_fails_the_bench_after_printing_every_figure(capsys):
+    assert main(["bench", "--device", "cpu", "--prompt-len", "4", "--new-tokens", "4", "--no-eager",
+                 "--max-ms-per-token", "1e-6"]) == 1
+    captured = capsys.readouterr()
+    assert "    1  compiled" in captured.out
+    assert captured.err.startswith("fullgraph bench: batch 1, compiled: ")
+    assert captured.err.endswith(" ms/token is over --max-ms-per-token 1e-06\n")
+
+
 @pytest.mark.slow
 def test_bench_command_prints_and_writes_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
@@ -103,3 +140,15 @@ def test_tensor_parallel_bench_runs_two_ranks_and_rank_zero_reports(tmp_path):
     # A rank holds half of every split weight: fewer bytes per token than the whole model.
     whole = 131392 * 4
     assert figures["bytes_per_token"] < whole
+
+
+@pytest.mark.slow
+def test_a_missed_bound_under_tensor_parallel_exits_1_with_rank_zeros_reason():
+    run = subprocess.run([sys.executable, "-m", "fullgraph.checks.cli", "bench", "--device", "cpu",
+                          "--nproc", "2", "--no-eager", "--prompt-len", "4", "--new-tokens", "4",
+                          "--max-ms-per-token", "1e-6"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.stdout.count("compiled") == 1
+    # Printed once, by rank 0, and no launcher traceback after it.
+    assert run.stderr.count("ms/token is over --max-ms-per-token 1e-06") == 1
+    assert "Traceback" not in run.stderr
