@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_environment())
         return 0
     if args.command == "bench":
-        if error := _bench_bounds_error(args):
+        if error := _bench_args_error(args):
             print(f"fullgraph bench: {error}", file=sys.stderr)
             return 2
         if args.nproc > 1 and "RANK" not in os.environ:
@@ -92,12 +92,25 @@ def main(argv: list[str] | None = None) -> int:
     return _check(args, command=command, out=sys.stdout)
 
 
-def _bench_bounds_error(args: argparse.Namespace) -> str | None:
+def _bench_args_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments, checked once before any rank starts; None if nothing."""
+    if args.prompt_len < 1 or args.new_tokens < 2 or min(args.batch) < 1:
+        return "--prompt-len and --batch must be >= 1, --new-tokens >= 2"
+    if args.nproc < 1:
+        return f"--nproc must be >= 1, got {args.nproc}"
+    if args.profile and not _on_cuda(args):
+        return "--profile needs a CUDA device"
     if args.max_ms_per_token is not None and not args.max_ms_per_token > 0:
         return f"--max-ms-per-token must be > 0, got {args.max_ms_per_token}"
     if args.min_share is not None and not 0 < args.min_share <= 1:
         return f"--min-share must be in (0, 1], got {args.min_share}"
     return None
+
+
+def _on_cuda(args: argparse.Namespace) -> bool:
+    import torch
+
+    return (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
 
 
 def _launch_bench(nproc: int, argv: list[str]) -> int:
@@ -125,7 +138,7 @@ def _bench_rank(args: argparse.Namespace, *, out: TextIO) -> int:
 
     from fullgraph.model.tensor_parallel import backend_for, teardown_process_group
 
-    cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    cuda = _on_cuda(args)
     device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(device)
@@ -149,12 +162,6 @@ def _bench_on(args: argparse.Namespace, *, out: TextIO, tensor_parallel: bool) -
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    if args.profile and device.type != "cuda":
-        print("fullgraph bench: --profile needs a CUDA device", file=sys.stderr)
-        return 2
-    if args.prompt_len < 1 or args.new_tokens < 2 or min(args.batch) < 1:
-        print("fullgraph bench: --prompt-len and --batch must be >= 1, --new-tokens >= 2", file=sys.stderr)
-        return 2
     bandwidth = copy_bandwidth(device)
     ranks = f", {os.environ['WORLD_SIZE']} tensor-parallel ranks (figures per GPU)" if tensor_parallel else ""
     print(f"fullgraph bench: {args.config}, {device.type}, {str(dtype).removeprefix('torch.')}, "

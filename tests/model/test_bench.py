@@ -46,14 +46,7 @@ def test_bench_runs_the_attention_it_is_given():
     assert result.sdpa_backend == "flex" and result.ms_per_token > 0
 
 
-def test_bench_rejects_too_few_tokens(capsys):
-    assert main(["bench", "--device", "cpu", "--new-tokens", "1"]) == 2
-    assert "--new-tokens >= 2" in capsys.readouterr().err
-
-
-def test_profile_needs_cuda(capsys):
-    assert main(["bench", "--device", "cpu", "--profile"]) == 2
-    assert "--profile needs a CUDA device" in capsys.readouterr().err
+def test_profile_decode_needs_cuda():
     with pytest.raises(ValueError, match="profile_decode: device must be CUDA"):
         profile_decode("tiny", device="cpu")
 
@@ -62,8 +55,10 @@ def test_profile_needs_cuda(capsys):
     (["--min-share", "0"], "--min-share must be in (0, 1], got 0.0"),
     (["--min-share", "1.5"], "--min-share must be in (0, 1], got 1.5"),
     (["--max-ms-per-token", "-1"], "--max-ms-per-token must be > 0, got -1.0"),
+    (["--profile"], "--profile needs a CUDA device"),
+    (["--new-tokens", "1"], "--prompt-len and --batch must be >= 1, --new-tokens >= 2"),
 ])
-def test_bench_bounds_are_checked_before_anything_runs(argv, error, capsys):
+def test_bench_arguments_are_checked_before_any_rank_starts(argv, error, capsys):
     assert main(["bench", "--device", "cpu", "--nproc", "2", *argv]) == 2
     assert capsys.readouterr().err == f"fullgraph bench: {error}\n"
 
