@@ -230,6 +230,9 @@ def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float,
                                        coordinate_descent=args.coordinate_descent)
             parts = ", ".join(f"{name} {ms:.3f}" for name, ms in breakdown.by_category.items())
             print(f"{batch:>5}  profile ms/step {breakdown.total_ms:.3f}: {parts}", file=out)
+            if (gbps := breakdown.matmul_gbps()) is not None:
+                print(f"{'':>7}matmuls read {breakdown.matmul_weight_bytes / 1e9:.1f} GB of weights at "
+                      f"{gbps:,.0f} GB/s, {gbps / bandwidth:.0%} of copy bandwidth", file=out)
             for name, ms in breakdown.top_kernels:
                 print(f"{'':>7}{ms:8.3f}  {name[:120]}", file=out, flush=True)
     return results

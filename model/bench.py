@@ -239,14 +239,30 @@ def _category(kernel_name: str) -> str:
 
 @dataclass(frozen=True)
 class DecodeProfile:
-    """Milliseconds per decode step: by kernel category, the launch gaps, and the top kernels."""
+    """Milliseconds per decode step: by kernel category, the launch gaps, and the top kernels.
+
+    matmul_weight_bytes: what the step's matmuls must read, every weight but the embedding table
+    (which the step only indexes), so that the matmuls' own bandwidth can be told apart from the
+    time spent around them.
+    """
 
     total_ms: float
     by_category: dict[str, float]
     top_kernels: tuple[tuple[str, float], ...]
+    matmul_weight_bytes: int
+
+    def matmul_gbps(self) -> float | None:
+        """GB/s the matmul kernels (cuBLAS and triton) read the weights at; None if none ran."""
+        ms = self.by_category.get("matmul", 0.0) + self.by_category.get("matmul (triton)", 0.0)
+        return self.matmul_weight_bytes / (ms / 1e3) / 1e9 if ms > 0 else None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _matmul_weight_bytes(params: dict[str, torch.Tensor]) -> int:
+    return sum(p.numel() * p.element_size() for name, p in params.items()
+               if name != "tok_embeddings.weight")
 
 
 def profile_decode(
@@ -292,4 +308,4 @@ def profile_decode(
     total_ms = wall_s * 1e3 / steps
     by_category["launch gaps"] = max(total_ms - sum(by_category.values()), 0.0)
     top = sorted(by_kernel.items(), key=lambda item: -item[1])[:10]
-    return DecodeProfile(total_ms, by_category, tuple(top))
+    return DecodeProfile(total_ms, by_category, tuple(top), _matmul_weight_bytes(loop.params))

@@ -9,7 +9,15 @@ import torch
 
 from fullgraph.checks.cli import _bound_misses, main
 from fullgraph.model import LlamaConfig, init_params
-from fullgraph.model.bench import _bytes_per_token, _category, copy_bandwidth, profile_decode, run_bench
+from fullgraph.model.bench import (
+    DecodeProfile,
+    _bytes_per_token,
+    _category,
+    _matmul_weight_bytes,
+    copy_bandwidth,
+    profile_decode,
+    run_bench,
+)
 
 
 def test_bytes_per_token_counts_weights_and_the_average_cache_read():
@@ -20,6 +28,18 @@ def test_bytes_per_token_counts_weights_and_the_average_cache_read():
     assert _bytes_per_token(params, cfg, batch_size=3, n_kv_heads=2, mean_context=10,
                             dtype=torch.float32) == (
         weights + 3 * 10 * per_position)
+
+
+def test_the_profile_reads_matmul_bandwidth_from_the_weights_they_must_read():
+    cfg = LlamaConfig.from_name("tiny")
+    params = init_params(cfg, device="meta")
+    embedding = cfg.vocab_size * cfg.dim * 4
+    assert _matmul_weight_bytes(params) == 131392 * 4 - embedding
+    profile = DecodeProfile(total_ms=5.0, by_category={"matmul": 2.0, "matmul (triton)": 1.0,
+                                                       "attention": 1.0},
+                            top_kernels=(), matmul_weight_bytes=3 * 10**9)
+    assert profile.matmul_gbps() == pytest.approx(1000.0)
+    assert dataclasses.replace(profile, by_category={"attention": 1.0}).matmul_gbps() is None
 
 
 def test_copy_bandwidth_is_positive():

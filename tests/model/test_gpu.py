@@ -71,3 +71,4 @@ def test_bench_profile_splits_a_decode_step_into_kernel_categories():
     # Kernels and gaps add up to the step, unless kernels overlap (then gaps are 0).
     assert sum(breakdown.by_category.values()) >= breakdown.total_ms * 0.99
     assert len(breakdown.top_kernels) <= 10 and breakdown.top_kernels[0][1] > 0
+    assert breakdown.matmul_weight_bytes > 0 and breakdown.matmul_gbps() > 0
