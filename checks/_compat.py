@@ -140,8 +140,11 @@ _BREAK_MESSAGE = re.compile(
 )
 
 
-# One hook at a time: a second thread restoring the method under the first would unhook it.
-_GRAPH_BREAK_HOOK_LOCK = threading.RLock()
+# The callbacks of every graph_break_hook active on any thread, in the order entered. The method
+# is patched while the list is not empty; the lock guards both and is never held while dynamo or
+# the caller's code runs, so one thread's hook does not hold up another thread's.
+_BREAK_CALLBACKS: list[Callable[[BaseException, types.CodeType, int | None], None]] = []
+_BREAK_CALLBACKS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -159,29 +162,49 @@ def graph_break_hook(callback: Callable[[BaseException, types.CodeType, int | No
     """Call `callback(exc, code, lineno)` for each graph break dynamo records, while inside.
 
     `code` and `lineno` are the frame dynamo was tracing, for breaks whose exception has no stack.
-    The callback runs inside dynamo's compile and must not raise.
+    Hooks nest and overlap across threads; each sees every break recorded while it is active, on
+    any thread. The callback runs inside dynamo's compile and must not raise.
     """
+    translator, original = _log_graph_break()
+    with _BREAK_CALLBACKS_LOCK:
+        if not _BREAK_CALLBACKS:
+            translator.log_graph_break = _dispatching_log_graph_break(original)
+        _BREAK_CALLBACKS.append(callback)
+    try:
+        yield
+    finally:
+        with _BREAK_CALLBACKS_LOCK:
+            # By identity: the same callback may be active twice.
+            del _BREAK_CALLBACKS[max(i for i, c in enumerate(_BREAK_CALLBACKS) if c is callback)]
+            if not _BREAK_CALLBACKS:
+                translator.log_graph_break = original
+
+
+def _log_graph_break() -> tuple[type, Callable]:
+    """The class that records graph breaks, and its unpatched log_graph_break(exc)."""
     symbolic_convert = getattr(torch._dynamo, "symbolic_convert", None)
     translator = getattr(symbolic_convert, "InstructionTranslatorBase", None)
-    original = getattr(translator, "log_graph_break", None)
-    signature = inspect.signature(original) if original is not None else None
-    if signature is None or "exc" not in signature.parameters:
+    method = getattr(translator, "log_graph_break", None)
+    method = getattr(method, "_fullgraph_original", method)
+    if method is None or "exc" not in inspect.signature(method).parameters:
         raise _missing("torch._dynamo.symbolic_convert.InstructionTranslatorBase.log_graph_break(exc)")
+    return translator, method
+
+
+def _dispatching_log_graph_break(original: Callable) -> Callable:
+    signature = inspect.signature(original)
 
     @functools.wraps(original)
     def log_graph_break(self, *args, **kwargs):
         exc = signature.bind(self, *args, **kwargs).arguments["exc"]
         # dynamo logs an exception once; `logged` marks the ones it has already seen.
         if not getattr(exc, "logged", False):
-            callback(exc, self.f_code, getattr(self, "lineno", None))
+            for callback in tuple(_BREAK_CALLBACKS):
+                callback(exc, self.f_code, getattr(self, "lineno", None))
         return original(self, *args, **kwargs)
 
-    with _GRAPH_BREAK_HOOK_LOCK:
-        translator.log_graph_break = log_graph_break
-        try:
-            yield
-        finally:
-            translator.log_graph_break = original
+    log_graph_break._fullgraph_original = original
+    return log_graph_break
 
 
 def graph_break_details(exc: BaseException) -> tuple[str, str, list[traceback.FrameSummary]]:

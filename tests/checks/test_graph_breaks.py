@@ -6,6 +6,7 @@ Line numbers come from the `# break:` markers in zoo.py, never from literals.
 import contextlib
 import json
 import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -356,6 +357,22 @@ def test_a_force_eager_stance_does_not_hide_breaks(x):
         report = find_graph_breaks(zoo.prints, x)
         assert _compat.get_stance().stance == "force_eager"
     assert report.graph_break_count == 1
+
+
+def test_a_hook_on_one_thread_does_not_hold_up_a_check_on_another(x):
+    translator = torch._dynamo.symbolic_convert.InstructionTranslatorBase
+    unpatched = translator.log_graph_break
+    seen_by_outer: list[str] = []
+    reports: list[GraphBreakReport] = []
+    with _compat.graph_break_hook(lambda exc, code, lineno: seen_by_outer.append(code.co_name)):
+        worker = threading.Thread(target=lambda: reports.append(find_graph_breaks(zoo.prints, x)))
+        worker.start()
+        worker.join(timeout=120)
+        assert not worker.is_alive(), "find_graph_breaks waited for the other thread's hook"
+    assert [report.graph_break_count for report in reports] == [1]
+    # Hooks see breaks on every thread, and the last one out puts dynamo's method back.
+    assert seen_by_outer == ["prints"]
+    assert translator.log_graph_break is unpatched
 
 
 # -- the reference model --
