@@ -548,8 +548,12 @@ __all__ += [
 ]
 
 _TREE_METHODS = ("_run", "record_function", "execute_node", "run_eager")
-# Hooks nest on one thread (each patches over the last); another thread waits for its turn.
-_TREE_HOOK_LOCK = threading.RLock()
+# The callbacks of every cudagraph_tree_hook active on any thread, and the manager's methods as
+# they were before the first: patched while the list is not empty. As for graph breaks, the lock
+# guards only these, so one thread's hook does not hold up another's.
+_TREE_CALLBACKS: list[Callable[["TreeCall"], None]] = []
+_TREE_ORIGINALS: dict[str, Callable] = {}
+_TREE_CALLBACKS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -633,11 +637,31 @@ def cudagraph_pool_bytes(device: int | None = None) -> int | None:
 def cudagraph_tree_hook(callback: Callable[[TreeCall], None]) -> Iterator[None]:
     """Call `callback(TreeCall)` after each call cudagraph trees run, while inside.
 
-    The manager's methods are patched on its class and put back on exit. The callback runs on the
-    calling thread, outside cudagraph trees' capture lock, and must not raise.
+    The manager's methods are patched on its class by the first active hook and put back when the
+    last one ends; hooks nest and overlap across threads, and each sees every call. The callback
+    runs on the calling thread, outside cudagraph trees' capture lock, and must not raise.
     """
     manager_class = _tree_manager_class()
-    originals = {name: getattr(manager_class, name) for name in _TREE_METHODS}
+    with _TREE_CALLBACKS_LOCK:
+        if not _TREE_CALLBACKS:
+            _TREE_ORIGINALS.update({name: getattr(manager_class, name) for name in _TREE_METHODS})
+            for name, method in _patched_tree_methods(dict(_TREE_ORIGINALS)).items():
+                setattr(manager_class, name, functools.wraps(_TREE_ORIGINALS[name])(method))
+        _TREE_CALLBACKS.append(callback)
+    try:
+        yield
+    finally:
+        with _TREE_CALLBACKS_LOCK:
+            # By identity: the same callback may be active twice.
+            del _TREE_CALLBACKS[max(i for i, c in enumerate(_TREE_CALLBACKS) if c is callback)]
+            if not _TREE_CALLBACKS:
+                for name, method in _TREE_ORIGINALS.items():
+                    setattr(manager_class, name, method)
+                _TREE_ORIGINALS.clear()
+
+
+def _patched_tree_methods(originals: dict[str, Callable]) -> dict[str, Callable]:
+    """The manager's methods, telling each active hook what each call did."""
     state = _CallState()
 
     def _run(self, new_inputs, function_id):
@@ -652,9 +676,11 @@ def cudagraph_tree_hook(callback: Callable[[TreeCall], None]) -> Iterator[None]:
             state.depth = 0
             recorded = state.outcome == "record"
             compile_id = getattr(self, "id_to_compile_id", {}).get(function_id)
-            callback(TreeCall(state.outcome, state.graph_id,
-                              None if compile_id is None else str(compile_id),
-                              key if recorded else (), _pool_bytes(self) if recorded else None))
+            call = TreeCall(state.outcome, state.graph_id,
+                            None if compile_id is None else str(compile_id),
+                            key if recorded else (), _pool_bytes(self) if recorded else None)
+            for callback in tuple(_TREE_CALLBACKS):
+                callback(call)
 
     def record_function(self, *args, **kwargs):
         outputs = originals["record_function"](self, *args, **kwargs)
@@ -670,16 +696,8 @@ def cudagraph_tree_hook(callback: Callable[[TreeCall], None]) -> Iterator[None]:
         state.outcome = "warmup"
         return originals["run_eager"](self, *args, **kwargs)
 
-    patched = {"_run": _run, "record_function": record_function, "execute_node": execute_node,
-               "run_eager": run_eager}
-    with _TREE_HOOK_LOCK:
-        for name, method in patched.items():
-            setattr(manager_class, name, functools.wraps(originals[name])(method))
-        try:
-            yield
-        finally:
-            for name, method in originals.items():
-                setattr(manager_class, name, method)
+    return {"_run": _run, "record_function": record_function, "execute_node": execute_node,
+            "run_eager": run_eager}
 
 
 # -- collectives --

@@ -2,6 +2,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import threading
 
 import pytest
 import torch
@@ -233,13 +234,30 @@ def test_tracking_patches_cudagraph_trees_only_inside_the_block():
     handlers, level = list(logger.handlers), logger.level
     with track_cudagraphs() as outer:
         inside = _tree_methods()
-        with track_cudagraphs():
-            assert _tree_methods() != inside
+        with track_cudagraphs():  # nested: one patch serves both
+            assert _tree_methods() == inside
         assert _tree_methods() == inside != before
     assert _tree_methods() == before
     assert (logger.handlers, logger.level) == (handlers, level)
     assert outer.report() is outer.report()  # final: the same frozen report
     assert outer.report().calls is None
+
+
+def test_tracking_on_one_thread_does_not_hold_up_tracking_on_another():
+    before = _tree_methods()
+    entered = threading.Event()
+
+    def track_elsewhere():
+        with track_cudagraphs():
+            entered.set()
+
+    with track_cudagraphs():
+        worker = threading.Thread(target=track_elsewhere)
+        worker.start()
+        worker.join(timeout=60)
+        assert entered.is_set(), "the second thread waited for the first thread's block"
+        assert _tree_methods() != before  # still patched for the block that is open
+    assert _tree_methods() == before
 
 
 @pytest.mark.slow
