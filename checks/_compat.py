@@ -140,11 +140,42 @@ _BREAK_MESSAGE = re.compile(
 )
 
 
-# The callbacks of every graph_break_hook active on any thread, in the order entered. The method
-# is patched while the list is not empty; the lock guards both and is never held while dynamo or
-# the caller's code runs, so one thread's hook does not hold up another thread's.
-_BREAK_CALLBACKS: list[Callable[[BaseException, types.CodeType, int | None], None]] = []
-_BREAK_CALLBACKS_LOCK = threading.Lock()
+class _ActiveHooks:
+    """The callbacks of the hooks of one kind active on any thread, behind one patch of torch.
+
+    The first hook to enter installs the patch, the last to leave undoes it. The lock guards only
+    the list and the patch, never dynamo's or the caller's code, so one thread's hook does not hold
+    up another thread's; hooks nest, and every active callback sees every event.
+    """
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[..., None]] = []
+        self._undo: Callable[[], None] | None = None
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def active(self, callback: Callable[..., None], install: Callable[[], Callable[[], None]]
+               ) -> Iterator[None]:
+        """Keep `callback` active inside; `install()` patches torch and returns what undoes it."""
+        with self._lock:
+            if not self._callbacks:
+                self._undo = install()
+            self._callbacks.append(callback)
+        try:
+            yield
+        finally:
+            with self._lock:
+                # By identity, the latest first: the same callback may be active twice.
+                del self._callbacks[max(i for i, c in enumerate(self._callbacks) if c is callback)]
+                if not self._callbacks:
+                    self._undo()
+
+    def call(self, *args: Any) -> None:
+        for callback in tuple(self._callbacks):
+            callback(*args)
+
+
+_BREAK_HOOKS = _ActiveHooks()
 
 
 @dataclass(frozen=True)
@@ -166,18 +197,13 @@ def graph_break_hook(callback: Callable[[BaseException, types.CodeType, int | No
     any thread. The callback runs inside dynamo's compile and must not raise.
     """
     translator, original = _log_graph_break()
-    with _BREAK_CALLBACKS_LOCK:
-        if not _BREAK_CALLBACKS:
-            translator.log_graph_break = _dispatching_log_graph_break(original)
-        _BREAK_CALLBACKS.append(callback)
-    try:
+
+    def install() -> Callable[[], None]:
+        translator.log_graph_break = _dispatching_log_graph_break(original)
+        return lambda: setattr(translator, "log_graph_break", original)
+
+    with _BREAK_HOOKS.active(callback, install):
         yield
-    finally:
-        with _BREAK_CALLBACKS_LOCK:
-            # By identity: the same callback may be active twice.
-            del _BREAK_CALLBACKS[max(i for i, c in enumerate(_BREAK_CALLBACKS) if c is callback)]
-            if not _BREAK_CALLBACKS:
-                translator.log_graph_break = original
 
 
 def _log_graph_break() -> tuple[type, Callable]:
@@ -199,8 +225,7 @@ def _dispatching_log_graph_break(original: Callable) -> Callable:
         exc = signature.bind(self, *args, **kwargs).arguments["exc"]
         # dynamo logs an exception once; `logged` marks the ones it has already seen.
         if not getattr(exc, "logged", False):
-            for callback in tuple(_BREAK_CALLBACKS):
-                callback(exc, self.f_code, getattr(self, "lineno", None))
+            _BREAK_HOOKS.call(exc, self.f_code, getattr(self, "lineno", None))
         return original(self, *args, **kwargs)
 
     log_graph_break._fullgraph_original = original
@@ -548,12 +573,7 @@ __all__ += [
 ]
 
 _TREE_METHODS = ("_run", "record_function", "execute_node", "run_eager")
-# The callbacks of every cudagraph_tree_hook active on any thread, and the manager's methods as
-# they were before the first: patched while the list is not empty. As for graph breaks, the lock
-# guards only these, so one thread's hook does not hold up another's.
-_TREE_CALLBACKS: list[Callable[["TreeCall"], None]] = []
-_TREE_ORIGINALS: dict[str, Callable] = {}
-_TREE_CALLBACKS_LOCK = threading.Lock()
+_TREE_HOOKS = _ActiveHooks()
 
 
 @dataclass(frozen=True)
@@ -642,22 +662,20 @@ def cudagraph_tree_hook(callback: Callable[[TreeCall], None]) -> Iterator[None]:
     runs on the calling thread, outside cudagraph trees' capture lock, and must not raise.
     """
     manager_class = _tree_manager_class()
-    with _TREE_CALLBACKS_LOCK:
-        if not _TREE_CALLBACKS:
-            _TREE_ORIGINALS.update({name: getattr(manager_class, name) for name in _TREE_METHODS})
-            for name, method in _patched_tree_methods(dict(_TREE_ORIGINALS)).items():
-                setattr(manager_class, name, functools.wraps(_TREE_ORIGINALS[name])(method))
-        _TREE_CALLBACKS.append(callback)
-    try:
+
+    def install() -> Callable[[], None]:
+        originals = {name: getattr(manager_class, name) for name in _TREE_METHODS}
+        for name, method in _patched_tree_methods(originals).items():
+            setattr(manager_class, name, functools.wraps(originals[name])(method))
+
+        def undo() -> None:
+            for name, method in originals.items():
+                setattr(manager_class, name, method)
+
+        return undo
+
+    with _TREE_HOOKS.active(callback, install):
         yield
-    finally:
-        with _TREE_CALLBACKS_LOCK:
-            # By identity: the same callback may be active twice.
-            del _TREE_CALLBACKS[max(i for i, c in enumerate(_TREE_CALLBACKS) if c is callback)]
-            if not _TREE_CALLBACKS:
-                for name, method in _TREE_ORIGINALS.items():
-                    setattr(manager_class, name, method)
-                _TREE_ORIGINALS.clear()
 
 
 def _patched_tree_methods(originals: dict[str, Callable]) -> dict[str, Callable]:
@@ -679,8 +697,7 @@ def _patched_tree_methods(originals: dict[str, Callable]) -> dict[str, Callable]
             call = TreeCall(state.outcome, state.graph_id,
                             None if compile_id is None else str(compile_id),
                             key if recorded else (), _pool_bytes(self) if recorded else None)
-            for callback in tuple(_TREE_CALLBACKS):
-                callback(call)
+            _TREE_HOOKS.call(call)
 
     def record_function(self, *args, **kwargs):
         outputs = originals["record_function"](self, *args, **kwargs)
