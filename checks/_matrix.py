@@ -12,7 +12,7 @@ from torch import Tensor
 from . import _compat
 from .graph_breaks import GraphBreak
 
-__all__ = ["as_args", "backend_name", "break_lines", "describe", "function_name",
+__all__ = ["as_args", "backend_name", "break_lines", "describe", "function_name", "hint_for",
            "named_tensors"]
 
 
@@ -64,3 +64,7 @@ def break_lines(brk: GraphBreak) -> list[str]:
     return lines + ([f"  {why}"] if why else [])
 
 
+def hint_for(failed: tuple, hints: dict[str, str]) -> str:
+    """The hints for the kinds of problem the failed entries have, in the order `hints` lists them."""
+    kinds = {kind for entry in failed for kind in entry.problems}
+    return " ".join(hint for kind, hint in hints.items() if kind in kinds)

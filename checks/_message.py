@@ -14,7 +14,7 @@ import linecache
 import os
 from dataclasses import dataclass
 
-__all__ = ["Frame", "CheckFailure", "display_path", "format_failure"]
+__all__ = ["Frame", "CheckFailure", "check_msg", "display_path", "format_failure"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,12 @@ def display_path(path: str) -> str:
     except ValueError:  # another drive on Windows
         return path
     return path if relative.startswith("..") else relative
+
+
+def check_msg(checker: str, msg: object) -> None:
+    """The `msg` every assert_* takes, put before its message: a str or None."""
+    if msg is not None and not isinstance(msg, str):
+        raise TypeError(f"{checker}: msg must be a str or None, got {type(msg).__name__}")
 
 
 def format_failure(headline: str, entries: list[list[str]], hint: str | None = None,

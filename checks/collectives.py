@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 
 from . import _compat
-from ._message import CheckFailure, Frame, format_failure
+from ._message import CheckFailure, Frame, check_msg, format_failure
 from .graph_breaks import _OP_KINDS, GraphBreak, find_graph_breaks
 from .graph_breaks import _is_user_file as _is_user_source
 from .recompiles import track_compiles
@@ -729,8 +729,7 @@ def assert_collectives(report: CollectiveReport, *, expected: dict[str, int] | N
     _check_count("max_recompiles", max_recompiles)
     if not isinstance(same_graphs, bool):
         raise TypeError(f"assert_collectives: same_graphs must be a bool, got {same_graphs!r}")
-    if msg is not None and not isinstance(msg, str):
-        raise TypeError(f"assert_collectives: msg must be a str or None, got {type(msg).__name__}")
+    check_msg("assert_collectives", msg)
     problems = _problems(report, expected=expected, max_breaks=max_breaks,
                          max_recompiles=max_recompiles, same_graphs=same_graphs)
     if problems:

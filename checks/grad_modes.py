@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._matrix import (as_args, backend_name, break_lines, describe, function_name,
+from ._matrix import (as_args, backend_name, break_lines, describe, function_name, hint_for,
                       named_tensors)
 from .parity import exact_matmuls
-from ._message import CheckFailure, format_failure
+from ._message import CheckFailure, check_msg, format_failure
 from ._state import preserved_torch_state
 from .graph_breaks import GraphBreak
 from .parity import ParityError, assert_parity
@@ -157,8 +157,7 @@ def assert_grad_modes(fn: Callable, make_inputs: Callable[[], Any], *, msg: str 
                       **options: Any) -> GradModeReport:
     """Raise GradModeError if any mode fails; return the report. Takes grad_mode_matrix's options."""
     __tracebackhide__ = True
-    if msg is not None and not isinstance(msg, str):
-        raise TypeError(f"msg must be a str or None, got {type(msg).__name__}")
+    check_msg("assert_grad_modes", msg)
     report = grad_mode_matrix(fn, make_inputs, **options)
     if report.failed:
         raise GradModeError(_failure_message(report, msg), report)
@@ -334,7 +333,7 @@ def _failure_message(report: GradModeReport, msg: str | None) -> str:
                 f"{counted(report.max_compiles_per_mode, 'compile')} per mode, parity with eager)")
     entries = [[f"{result.mode}: {'; '.join(result.problems.values())}", *result.details]
                for result in report.failed]
-    return format_failure(headline, entries, _hint(report.failed), msg)
+    return format_failure(headline, entries, hint_for(report.failed, _HINTS), msg)
 
 
 _HINTS = {
@@ -350,11 +349,6 @@ _HINTS = {
                  "tensors.",
     "error": "The compiled call raised where eager did not: see the error.",
 }
-
-
-def _hint(failed: tuple[ModeResult, ...]) -> str:
-    kinds = dict.fromkeys(kind for result in failed for kind in result.problems)
-    return " ".join(_HINTS[kind] for kind in _HINTS if kind in kinds)
 
 
 def _compile_lines(event: CompileEvent) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from . import _compat
-from ._message import CheckFailure, Frame, format_failure
+from ._message import CheckFailure, Frame, check_msg, format_failure
 from ._state import preserved_torch_state
 
 __all__ = [
@@ -171,8 +171,7 @@ def assert_no_graph_breaks(fn: Callable, *args: Any, msg: str | None = None,
         raise TypeError(f"assert_no_graph_breaks: max_breaks must be an int, got {max_breaks!r}")
     if max_breaks < 0:
         raise ValueError(f"assert_no_graph_breaks: max_breaks must be >= 0, got {max_breaks}")
-    if msg is not None and not isinstance(msg, str):
-        raise TypeError(f"assert_no_graph_breaks: msg must be a str or None, got {type(msg).__name__}")
+    check_msg("assert_no_graph_breaks", msg)
     report = find_graph_breaks(fn, *args, backend=backend, **kwargs)
     if report.error is not None:
         if report.breaks and hasattr(report.error, "add_note"):  # Python 3.11+

@@ -36,10 +36,10 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import _compat
-from ._matrix import (as_args, backend_name, break_lines, describe, function_name,
+from ._matrix import (as_args, backend_name, break_lines, describe, function_name, hint_for,
                       named_tensors)
 from .parity import exact_matmuls
-from ._message import CheckFailure, format_failure
+from ._message import CheckFailure, check_msg, format_failure
 from ._state import preserved_torch_state
 from .graph_breaks import GraphBreak
 from .parity import ParityError, assert_parity
@@ -226,8 +226,7 @@ def assert_sdpa_safe(fn: Callable, make_inputs: Callable[[int, int], Any], *,
     Takes sdpa_matrix's options. Unavailable backends are listed in the report, not failed.
     """
     __tracebackhide__ = True
-    if msg is not None and not isinstance(msg, str):
-        raise TypeError(f"msg must be a str or None, got {type(msg).__name__}")
+    check_msg("assert_sdpa_safe", msg)
     report = sdpa_matrix(fn, make_inputs, **options)
     if report.failed:
         raise SdpaError(_failure_message(report, msg), report)
@@ -411,7 +410,7 @@ def _failure_message(report: SdpaReport, msg: str | None) -> str:
         headline += f"; unavailable here: {', '.join(report.unavailable)}"
     entries = [[f"{cell.backend} {cell.placement}: {'; '.join(cell.problems.values())}",
                 *cell.details] for cell in report.failed]
-    return format_failure(headline, entries, _hint(report.failed), msg)
+    return format_failure(headline, entries, hint_for(report.failed, _HINTS), msg)
 
 
 _HINTS = {
@@ -426,11 +425,6 @@ _HINTS = {
               "agree to within the dtype's tolerance when called alike.",
     "error": "The compiled call raised where eager did not: see the error.",
 }
-
-
-def _hint(failed: tuple[SdpaCell, ...]) -> str:
-    kinds = dict.fromkeys(kind for cell in failed for kind in cell.problems)
-    return " ".join(_HINTS[kind] for kind in _HINTS if kind in kinds)
 
 
 def _recompile_lines(event: CompileEvent) -> list[str]:
