@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     bench.add_argument("--coordinate-descent", action="store_true",
                        help="compile the decode graph with inductor's coordinate-descent tuning "
-                            "(slower compile)")
+                            "(slower compile; it decoded faster on an H100 and slower on an H200, "
+                            "see docs/performance.md)")
     bench.add_argument("--sdpa-backend", default="auto", choices=ATTENTION_BACKENDS,
                        help="forward's attention: an SDPA kernel, or flex (flex_attention skipping "
                             "unwritten cache blocks); default auto")
