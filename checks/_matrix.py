@@ -11,6 +11,7 @@ from torch import Tensor
 
 from . import _compat
 from .graph_breaks import GraphBreak
+from .graph_breaks import _backend_name as backend_name
 
 __all__ = ["as_args", "backend_name", "break_lines", "describe", "function_name", "hint_for",
            "named_tensors"]
@@ -25,10 +26,6 @@ def function_name(fn: Callable) -> str:
     if isinstance(fn, torch.nn.Module):
         return f"{type(fn).__qualname__}.forward"
     return getattr(fn, "__qualname__", None) or repr(fn)
-
-
-def backend_name(backend: str | Callable) -> str:
-    return backend if isinstance(backend, str) else getattr(backend, "__name__", repr(backend))
 
 
 def as_args(made: Any) -> tuple:

@@ -47,9 +47,9 @@ import torch.distributed as dist
 
 from . import _compat
 from ._message import CheckFailure, Frame, check_msg, format_failure
-from .graph_breaks import _OP_KINDS, GraphBreak, find_graph_breaks
+from .graph_breaks import _OP_KINDS, GraphBreak, _backend_name, _function_name, find_graph_breaks
 from .graph_breaks import _is_user_file as _is_user_source
-from .recompiles import track_compiles
+from .recompiles import check_count, counted, track_compiles
 
 __all__ = [
     "CapturedGraph",
@@ -233,16 +233,16 @@ def _rank_summary(rank: RankReport) -> str:
     ops = ", ".join(str(graph.ops) for graph in rank.graphs) or "no"
     captured = ", ".join(f"{kind} x{count}" for kind, count in rank.captured.items()) or "none"
     eager = sum(call.count for call in rank.uncaptured)
-    return (f"{_plural(len(rank.graphs), 'graph')} ({ops} ops); captured {captured}; "
-            f"{_plural(rank.graph_break_count, 'graph break')}; "
-            f"{_plural(eager, 'uncaptured collective')}; "
-            f"{_plural(len(rank.recompiles), 'recompile')}")
+    return (f"{counted(len(rank.graphs), 'graph')} ({ops} ops); captured {captured}; "
+            f"{counted(rank.graph_break_count, 'graph break')}; "
+            f"{counted(eager, 'uncaptured collective')}; "
+            f"{counted(len(rank.recompiles), 'recompile')}")
 
 
 def _where_run(report: CollectiveReport) -> str:
     if len(report.ranks) == 1 and report.world_size > 1:
         return f"rank {report.ranks[0].rank} of {report.world_size} ({report.process_group})"
-    return f"{_plural(report.world_size, 'rank')} ({report.process_group})"
+    return f"{counted(report.world_size, 'rank')} ({report.process_group})"
 
 
 # -- one rank, in this process ---------------------------------------------------------------------
@@ -352,7 +352,7 @@ def _check_rank(fn: Callable, args: tuple, kwargs: dict, *, backend: str | Calla
     graphs: list[CapturedGraph] = []
     runs = _Runs(progress)
     if progress is not None:
-        progress({"function": _name_of(fn)})
+        progress({"function": _function_name(fn)})
 
     def record(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
         graphs.append(_captured_graph(gm))
@@ -374,12 +374,6 @@ def _check_rank(fn: Callable, args: tuple, kwargs: dict, *, backend: str | Calla
         recompiles=tuple(_describe_recompile(event) for event in compiles.recompiles),
         sequence=tuple(runs.sequence), error=error, where=where, detail=detail)
     return found.function, report
-
-
-def _name_of(fn: Callable) -> str:
-    if isinstance(fn, torch.nn.Module):
-        return f"{type(fn).__qualname__}.forward"
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
 def _captured_graph(gm: torch.fx.GraphModule) -> CapturedGraph:
@@ -725,8 +719,8 @@ def assert_collectives(report: CollectiveReport, *, expected: dict[str, int] | N
         raise TypeError(f"assert_collectives: report must be a CollectiveReport, got "
                         f"{type(report).__name__}")
     _check_expected(expected)
-    _check_count("max_breaks", max_breaks)
-    _check_count("max_recompiles", max_recompiles)
+    check_count("assert_collectives: max_breaks", max_breaks)
+    check_count("assert_collectives: max_recompiles", max_recompiles)
     if not isinstance(same_graphs, bool):
         raise TypeError(f"assert_collectives: same_graphs must be a bool, got {same_graphs!r}")
     check_msg("assert_collectives", msg)
@@ -854,7 +848,7 @@ def _disagreement_lines(report: CollectiveReport, key: Callable[[RankReport], tu
         if key is _sequence_key:
             lines.append(f"{label}: {_kinds(ranks[0].sequence)}")
         else:
-            lines += [f"{label}: {_plural(len(ranks[0].graphs), 'graph')}",
+            lines += [f"{label}: {counted(len(ranks[0].graphs), 'graph')}",
                       *(f"  {_graph_line(graph)}" for graph in ranks[0].graphs)]
     return lines
 
@@ -921,9 +915,6 @@ def _check_backend(backend: Any) -> None:
         raise TypeError(f"backend must be a name or a callable, got {type(backend).__name__}")
 
 
-def _backend_name(backend: str | Callable) -> str:
-    return backend if isinstance(backend, str) else getattr(backend, "__name__", repr(backend))
-
 
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
@@ -931,12 +922,6 @@ def _check_positive_int(name: str, value: Any) -> None:
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
 
-
-def _check_count(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"assert_collectives: {name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"assert_collectives: {name} must be >= 0, got {value}")
 
 
 def _check_expected(expected: Any) -> None:
@@ -949,8 +934,4 @@ def _check_expected(expected: Any) -> None:
         if kind not in _compat.COLLECTIVE_KINDS:
             raise ValueError(f"assert_collectives: expected names an unknown collective {kind!r}; "
                              f"kinds are {sorted(_compat.COLLECTIVE_KINDS)}")
-        _check_count(f"expected[{kind!r}]", count)
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
+        check_count(f"assert_collectives: expected[{kind!r}]", count)
