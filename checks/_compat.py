@@ -196,9 +196,9 @@ def graph_break_hook(callback: Callable[[BaseException, types.CodeType, int | No
     Hooks nest and overlap across threads; each sees every break recorded while it is active, on
     any thread. The callback runs inside dynamo's compile and must not raise.
     """
-    translator, original = _log_graph_break()
-
     def install() -> Callable[[], None]:
+        # Only the first active hook installs, so the method found here is dynamo's own.
+        translator, original = _log_graph_break()
         translator.log_graph_break = _dispatching_log_graph_break(original)
         return lambda: setattr(translator, "log_graph_break", original)
 
@@ -207,11 +207,10 @@ def graph_break_hook(callback: Callable[[BaseException, types.CodeType, int | No
 
 
 def _log_graph_break() -> tuple[type, Callable]:
-    """The class that records graph breaks, and its unpatched log_graph_break(exc)."""
+    """The class that records graph breaks, and its log_graph_break(exc)."""
     symbolic_convert = getattr(torch._dynamo, "symbolic_convert", None)
     translator = getattr(symbolic_convert, "InstructionTranslatorBase", None)
     method = getattr(translator, "log_graph_break", None)
-    method = getattr(method, "_fullgraph_original", method)
     if method is None or "exc" not in inspect.signature(method).parameters:
         raise _missing("torch._dynamo.symbolic_convert.InstructionTranslatorBase.log_graph_break(exc)")
     return translator, method
@@ -228,7 +227,6 @@ def _dispatching_log_graph_break(original: Callable) -> Callable:
             _BREAK_HOOKS.call(exc, self.f_code, getattr(self, "lineno", None))
         return original(self, *args, **kwargs)
 
-    log_graph_break._fullgraph_original = original
     return log_graph_break
 
 
