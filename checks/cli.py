@@ -108,10 +108,15 @@ def _bench_args_error(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _on_cuda(args: argparse.Namespace) -> bool:
+def _device(args: argparse.Namespace) -> str:
+    """--device, or CUDA where there is one."""
     import torch
 
-    return (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _on_cuda(args: argparse.Namespace) -> bool:
+    return _device(args).startswith("cuda")
 
 
 def _launch_bench(nproc: int, argv: list[str]) -> int:
@@ -161,7 +166,7 @@ def _bench_on(args: argparse.Namespace, *, out: TextIO, tensor_parallel: bool) -
 
     from fullgraph.model.bench import copy_bandwidth, device_name
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(_device(args))
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     bandwidth = copy_bandwidth(device)
     ranks = f", {os.environ['WORLD_SIZE']} tensor-parallel ranks (figures per GPU)" if tensor_parallel else ""

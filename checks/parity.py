@@ -80,10 +80,8 @@ def assert_parity(
     dtype = actual.dtype if dtype is None else dtype
     if atol is None or rtol is None:
         table_atol, table_rtol = logit_tolerance(dtype, depth=depth)
-    else:
-        table_atol, table_rtol = atol, rtol
-    atol = table_atol if atol is None else atol
-    rtol = table_rtol if rtol is None else rtol
+        atol = table_atol if atol is None else atol
+        rtol = table_rtol if rtol is None else rtol
     try:
         torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol)
     except AssertionError as error:

@@ -84,9 +84,13 @@ def copy_bandwidth(device: torch.device, *, megabytes: int = 1024, repeats: int 
     return 2 * source.numel() / seconds / 1e9
 
 
+def _weight_bytes(params: dict[str, torch.Tensor], *, without: tuple[str, ...] = ()) -> int:
+    return sum(p.numel() * p.element_size() for name, p in params.items() if name not in without)
+
+
 def _bytes_per_token(params: dict[str, torch.Tensor], cfg: LlamaConfig, *, batch_size: int,
                      n_kv_heads: int, mean_context: float, dtype: torch.dtype) -> int:
-    weights = sum(p.numel() * p.element_size() for p in params.values())
+    weights = _weight_bytes(params)
     per_position = 2 * cfg.n_layers * n_kv_heads * cfg.head_dim * dtype.itemsize
     return int(weights + batch_size * mean_context * per_position)
 
@@ -261,8 +265,7 @@ class DecodeProfile:
 
 
 def _matmul_weight_bytes(params: dict[str, torch.Tensor]) -> int:
-    return sum(p.numel() * p.element_size() for name, p in params.items()
-               if name != "tok_embeddings.weight")
+    return _weight_bytes(params, without=("tok_embeddings.weight",))
 
 
 def profile_decode(
