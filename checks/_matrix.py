@@ -1,4 +1,5 @@
-"""What the SDPA and grad-mode matrices share: their arguments, and the lines of their entries."""
+"""What the SDPA and grad-mode matrices share: their arguments, and the lines of their entries;
+and the walk over the tensors in nested arguments, which the CUDA-graph checker uses too."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from .graph_breaks import GraphBreak
 from .graph_breaks import _backend_name as backend_name
 
 __all__ = ["as_args", "backend_name", "break_lines", "describe", "function_name", "hint_for",
-           "named_tensors"]
+           "named_tensors", "tensors_in"]
 
 
 def function_name(fn: Callable) -> str:
@@ -44,6 +45,11 @@ def named_tensors(path: str, value: Any) -> Iterator[tuple[str, Tensor]]:
         fields = getattr(value, "_fields", None)
         for index, item in enumerate(value):
             yield from named_tensors(f"{path}.{fields[index]}" if fields else f"{path}[{index}]", item)
+
+
+def tensors_in(value: Any) -> list[Tensor]:
+    """Every tensor in nested dicts, lists and tuples, in named_tensors' order."""
+    return [tensor for _, tensor in named_tensors("", value)]
 
 
 def describe(error: BaseException) -> str:

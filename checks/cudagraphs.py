@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from . import _compat
+from ._matrix import tensors_in
 from ._message import CheckFailure, Frame, format_failure
 from ._state import preserved_torch_state
 from .recompiles import _user_frame, calls_of, check_count, counted
@@ -357,8 +358,8 @@ class CudaGraphTracker:
     def _check_overwritten(self, args: tuple, outputs: Any) -> None:
         # The previous call's outputs are still referenced here, so the caching allocator cannot
         # have handed their memory out again: the same address means a replay wrote over them.
-        inputs = {t.untyped_storage().data_ptr() for t in _tensors(args)}
-        kept = [t for t in _tensors(outputs) if t.is_cuda]
+        inputs = {t.untyped_storage().data_ptr() for t in tensors_in(args)}
+        kept = [t for t in tensors_in(outputs) if t.is_cuda]
         pointers = {t.untyped_storage().data_ptr() for t in kept} - inputs - {0}
         if pointers & self._output_ptrs:
             self._overwritten += 1
@@ -403,20 +404,8 @@ def _function_name(fn: Callable) -> str:
     return getattr(target, "__qualname__", None) or type(target).__name__
 
 
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    """The tensors in arguments or outputs, through tuples, lists and dicts."""
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (tuple, list)):
-        for item in value:
-            yield from _tensors(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
-
-
 def _cuda_device(args: tuple) -> int | None:
-    return next((t.device.index for t in _tensors(args) if t.is_cuda), None)
+    return next((t.device.index for t in tensors_in(args) if t.is_cuda), None)
 
 
 def _check_options(fn: Any, inputs: Any, *, warmup: Any, dynamic: Any) -> None:

@@ -32,12 +32,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import _compat
 from ._matrix import (as_args, backend_name, break_lines, describe, function_name, hint_for,
-                      named_tensors)
+                      tensors_in)
 from .parity import exact_matmuls
 from ._message import CheckFailure, check_msg, format_failure
 from ._state import preserved_torch_state
@@ -359,7 +358,7 @@ def _parity(outputs: list[Any], references: list[Any], sizes: tuple[tuple[int, i
     """(largest difference over every size, the first failure's lines or [])."""
     max_diff = None
     for actual, expected, (batch, seq) in zip(outputs, references, sizes):
-        for got, want in zip(_tensors(actual), _tensors(expected)):
+        for got, want in zip(tensors_in(actual), tensors_in(expected)):
             at = f"at batch x seq {batch}x{seq}"
             if got.shape != want.shape:
                 return max_diff, [f"{at}: shape {tuple(got.shape)}, "
@@ -374,10 +373,6 @@ def _parity(outputs: list[Any], references: list[Any], sizes: tuple[tuple[int, i
                 details = [line.strip() for line in rest.splitlines()[1:] if line.strip()]
                 return max_diff, [f"{at}: {headline}", *details[:3]]
     return max_diff, []
-
-
-def _tensors(output: Any) -> list[Tensor]:
-    return [tensor for _, tensor in named_tensors("", output)]
 
 
 @contextlib.contextmanager
@@ -494,5 +489,5 @@ def _accepts(fn: Callable, keyword: str) -> bool:
 
 
 def _device_of(args: tuple) -> str:
-    tensor = next(iter(_tensors(list(args))), None)
+    tensor = next(iter(tensors_in(list(args))), None)
     return str(tensor.device) if tensor is not None else "cpu"
