@@ -8,9 +8,13 @@ function or context manager that raises a CheckFailure (an AssertionError) from 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 # Public name -> the module defining it, imported on first use: pytest imports this package
 # for the plugin wherever fullgraph is installed, and that must not cost a torch import.
+# No name may be a submodule's: importing fullgraph.checks.x sets the attribute x on this
+# package to the module, which then hides the export. The imports under TYPE_CHECKING say the
+# same for type checkers and IDEs; tests/checks/test_package.py keeps the two in step.
 _EXPORTS = {
     "CheckFailure": "_message",
     "Frame": "_message",
@@ -30,7 +34,7 @@ _EXPORTS = {
     "DimReport": "shapes",
     "dim_report": "shapes",
     "assert_dims": "shapes",
-    "shapes": "shapes",
+    "dim_sizes": "shapes",
     "sweep_shapes": "shapes",
     "GuardSet": "guards",
     "GuardDiff": "guards",
@@ -73,6 +77,65 @@ _EXPORTS = {
     "assert_parity": "parity",
     "exact_matmuls": "parity",
 }
+
+if TYPE_CHECKING:
+    from ._message import CheckFailure, Frame
+    from .collectives import (
+        CapturedGraph,
+        CollectiveError,
+        CollectiveReport,
+        RankReport,
+        UncapturedCollective,
+        assert_collectives,
+        find_collectives,
+        run_collective_check,
+    )
+    from .cudagraphs import (
+        CudaGraphError,
+        CudaGraphReport,
+        CudaGraphSkip,
+        CudaGraphTracker,
+        Recording,
+        assert_cudagraphs,
+        cudagraph_report,
+        track_cudagraphs,
+    )
+    from .grad_modes import (
+        GradModeError,
+        GradModeReport,
+        ModeResult,
+        assert_grad_modes,
+        grad_mode_matrix,
+    )
+    from .graph_breaks import (
+        GraphBreak,
+        GraphBreakError,
+        GraphBreakReport,
+        assert_no_graph_breaks,
+        find_graph_breaks,
+    )
+    from .guards import (
+        GuardDiff,
+        GuardSet,
+        UnstableGuard,
+        UnstableGuardError,
+        assert_no_unstable_guards,
+        diff_guards,
+        find_unstable_guards,
+        guards_of,
+    )
+    from .parity import LOGIT_TOLERANCES, ParityError, assert_parity, exact_matmuls, logit_tolerance
+    from .recompiles import (
+        CompileEvent,
+        CompileReport,
+        GuardFailure,
+        RecompileBudgetError,
+        assert_recompiles_at_most,
+        recompile_budget,
+        track_compiles,
+    )
+    from .sdpa import SDPA_BACKENDS, SdpaCell, SdpaError, SdpaReport, assert_sdpa_safe, sdpa_matrix
+    from .shapes import Dim, DimReport, assert_dims, dim_report, dim_sizes, sweep_shapes
 
 __all__ = list(_EXPORTS)
 

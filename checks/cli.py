@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import shlex
@@ -23,6 +24,9 @@ DETAIL_WIDTH = 64
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fullgraph", description=__doc__)
+    # The installed distribution's version: pyproject.toml is its one source.
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {importlib.metadata.version('fullgraph')}")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="run every check on the bundled reference Llama-2")
     check.add_argument("--config", default="tiny", choices=LlamaConfig.names())

@@ -30,7 +30,7 @@ from .guards import GuardSet, guards_of
 from .recompiles import (CompileEvent, CompileReport, RecompileBudgetError, check_count,
                          compiled_run, counted, failure_lines)
 
-__all__ = ["Dim", "DimResult", "DimReport", "dim_report", "assert_dims", "shapes", "sweep_shapes"]
+__all__ = ["Dim", "DimResult", "DimReport", "dim_report", "assert_dims", "dim_sizes", "sweep_shapes"]
 
 # An argument path as written in Python: tokens, cache.k, inputs[0], self.buffer
 _PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[\d+\]|\['[^']*'\])*")
@@ -406,20 +406,20 @@ def _dim_entry(result: DimResult) -> list[str]:
 
 # -- hypothesis --------------------------------------------------------------------------------
 
-def shapes(**dims: Any) -> Any:
+def dim_sizes(**dims: Any) -> Any:
     """A hypothesis strategy drawing {name: size} dicts.
 
-        shapes(batch=st.integers(1, 8), seq=st.integers(2, 256))
+        dim_sizes(batch=st.integers(1, 8), seq=st.integers(2, 256))
 
     Each keyword is a strategy for ints, or a fixed int.
     """
     try:
         from hypothesis import strategies as st
     except ImportError as error:
-        raise ImportError("shapes() needs hypothesis: pip install hypothesis") from error
+        raise ImportError("dim_sizes() needs hypothesis: pip install hypothesis") from error
     if not dims:
-        raise TypeError("shapes() needs at least one dimension, e.g. "
-                        "shapes(batch=st.integers(1, 8))")
+        raise TypeError("dim_sizes() needs at least one dimension, e.g. "
+                        "dim_sizes(batch=st.integers(1, 8))")
     drawn = {}
     for name, value in dims.items():
         if isinstance(value, int) and not isinstance(value, bool):
@@ -436,7 +436,7 @@ def sweep_shapes(fn: Callable, make_inputs: Callable[..., Any], sizes: Iterable[
                  dims: Sequence[Dim] = (), *, max_other_recompiles: int = 0,
                  mark_dynamic: Sequence[Dim | str] = (), dynamic: bool | None = None,
                  backend: Any = "eager", msg: str | None = None) -> DimReport:
-    """Call `fn` on `make_inputs(**size)` for each size (drawn by `shapes`), and `assert_dims`.
+    """Call `fn` on `make_inputs(**size)` for each size (drawn by `dim_sizes`), and `assert_dims`.
 
     make_inputs returns one call's arguments: a tuple, or a single tensor.
     """

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 import recompile_zoo as zoo
 from fullgraph.checks.recompiles import RecompileBudgetError, assert_recompiles_at_most
-from fullgraph.checks.shapes import Dim, assert_dims, dim_report, shapes, sweep_shapes
+from fullgraph.checks.shapes import Dim, assert_dims, dim_report, dim_sizes, sweep_shapes
 from fullgraph.model import LlamaConfig, forward, init_params, new_cache
 
 CFG = LlamaConfig.from_name("tiny")
@@ -36,7 +36,7 @@ def with_budget(dim, max_recompiles):
     return Dim(dim.name, *dim.at, max_recompiles=max_recompiles)
 
 
-lengths = st.lists(shapes(seq=st.integers(2, 256)), min_size=2, max_size=3,
+lengths = st.lists(dim_sizes(seq=st.integers(2, 256)), min_size=2, max_size=3,
                    unique_by=lambda size: size["seq"])
 
 
@@ -171,17 +171,17 @@ def test_assert_dims_misuse_names_the_argument(dims, options, error, match):
         assert_dims(zoo.rows_sum, [torch.ones(2, 3)], dims, **options)
 
 
-def test_shapes_draws_named_sizes_and_rejects_what_is_not_a_strategy():
+def test_dim_sizes_draws_named_sizes_and_rejects_what_is_not_a_strategy():
     @settings(max_examples=5)
-    @given(size=shapes(batch=st.integers(1, 8), seq=16))
+    @given(size=dim_sizes(batch=st.integers(1, 8), seq=16))
     def check(size):
         assert set(size) == {"batch", "seq"} and 1 <= size["batch"] <= 8 and size["seq"] == 16
 
     check()
     with pytest.raises(TypeError, match="batch must be a hypothesis strategy or an int"):
-        shapes(batch=[1, 2])
+        dim_sizes(batch=[1, 2])
     with pytest.raises(TypeError, match="needs at least one dimension"):
-        shapes()
+        dim_sizes()
     with pytest.raises(TypeError, match="got one dict"):
         sweep_shapes(zoo.rows_sum, lambda rows: torch.ones(rows, 2), {"rows": 2})
 
