@@ -1,16 +1,20 @@
-# Two entry points on a fresh machine: `make check` (the main job) and `make test` (the suite).
+# Two entry points on a fresh machine: `make check` (the main job) and `make test` (the lint, then
+# the suite).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: check test install clean
+.PHONY: check test lint install clean
 
 check: $(STAMP)
 	$(BIN)/fullgraph check
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -n auto
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 install: $(STAMP)
 
