@@ -10,7 +10,8 @@ names.
 
 An example whose first line names a file (`# example.py`) runs as that file, so the lines it
 prints are counted from the top of the block; any other runs as the page itself. An example that
-cannot run here (it needs a GPU or several processes) is marked `<!-- skip: next "why" -->`.
+cannot run here (it needs a GPU or several processes, or what it shows is what pytest prints
+running it) is marked `<!-- skip: next "why" -->`.
 Other fenced blocks (```sh, ```text, fragments with no output) are not run.
 """
 
