@@ -485,6 +485,7 @@ __all__ += [
     "compile_wrapper_code",
     "is_cudagraph_skip",
     "counter_hook",
+    "reset_dynamo",
     "entry_code",
     "non_default_dynamo_config",
 ]
@@ -580,6 +581,19 @@ def counter_hook(callback: Callable[[str, int], None]) -> Iterator[None]:
 
     with _COUNTER_HOOKS.active(callback, install):
         yield
+
+
+def reset_dynamo() -> None:
+    """torch.compiler.reset(), keeping the compile callbacks registered with
+    torch._dynamo.callback.on_compile_start / on_compile_end, which the reset drops."""
+    import torch._dynamo.callback as callback
+
+    handler = getattr(callback, "callback_handler", None)
+    kept = [list(getattr(handler, name, ())) for name in ("start_callbacks", "end_callbacks")]
+    torch.compiler.reset()
+    for name, callbacks in zip(("start_callbacks", "end_callbacks"), kept):
+        if hasattr(handler, name):
+            getattr(handler, name)[:] = callbacks
 
 
 def entry_code(entry: Any) -> types.CodeType | None:
