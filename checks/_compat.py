@@ -481,7 +481,6 @@ def compiled_target(obj: Any) -> Any:
 # and inductor add to their counters, and the skips' reasons from the warning inductor logs for each.
 __all__ += [
     "CUDAGRAPH_LOGGER",
-    "COUNTED_FIGURES",
     "compile_wrapper_code",
     "is_cudagraph_skip",
     "counter_hook",
@@ -530,7 +529,6 @@ def _counters() -> Any:
 # (log_cudagraph_skip_and_bump_counter) or not (a graph on a non-CUDA device).
 _COUNTED = {"stats": {"unique_graphs": "graphs"},
             "inductor": {"cudagraph_skips": "cudagraph_skips"}}
-COUNTED_FIGURES = tuple(figure for figures in _COUNTED.values() for figure in figures.values())
 _COUNTER_HOOKS = _ActiveHooks()
 
 
@@ -555,8 +553,8 @@ def _counted_figure(group: collections.Counter, key: str) -> str | None:
 
 @contextlib.contextmanager
 def counter_hook(callback: Callable[[str, int], None]) -> Iterator[None]:
-    """Call `callback(figure, increase)` each time torch adds to one of COUNTED_FIGURES, while
-    inside, on any thread.
+    """Call `callback(figure, increase)` each time torch adds to its count of graphs ("graphs")
+    or of CUDA-graph skips ("cudagraph_skips"), while inside, on any thread.
 
     Heard as torch counts, not read from its counters afterwards: suites built on
     torch._dynamo.test_case.TestCase clear the counters in setUp and tearDown, and a difference
