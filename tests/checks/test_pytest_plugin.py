@@ -1,9 +1,10 @@
 """The pytest plugin, run the way users run it: pytest in a subprocess, through the entry point.
 
 Each subprocess imports torch (seconds on a loaded machine), so each run covers many scenarios:
-one for the marker and the fixtures, one that watches, reports and writes a baseline, and one
-under `-n 2` that compares against it. Option errors and the plain run are checked in-process,
-where nothing compiles.
+one for the marker and the fixtures; one file run in order, reversed, under `-n 2` and with warm
+caches; one suite built on torch._dynamo.test_case.TestCase; one that watches, reports and writes
+a baseline, and one under `-n 2` that compares against it. Option errors and the plain run are
+checked in-process, where nothing compiles.
 """
 
 import json
