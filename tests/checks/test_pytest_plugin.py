@@ -249,6 +249,11 @@ def test_marked_runs_prints():
     torch.compile(prints, backend="eager")(torch.ones(3))
 
 
+@pytest.mark.fullgraph(fresh=True)  # whatever the ini option says
+def test_marked_fresh_runs_prints():
+    torch.compile(prints, backend="eager")(torch.ones(3))
+
+
 def test_unmarked_compiles_adds_for_1():
     compile_adds([1])
 
@@ -261,10 +266,12 @@ def test_marked_compiles_adds_for_2():
 
 # What each test gets run alone.
 VERDICTS = {"test_unmarked_compiles_prints": "PASSED", "test_marked_runs_prints": "FAILED",
-            "test_unmarked_compiles_adds_for_1": "PASSED", "test_marked_compiles_adds_for_2": "PASSED"}
+            "test_marked_fresh_runs_prints": "FAILED", "test_unmarked_compiles_adds_for_1": "PASSED",
+            "test_marked_compiles_adds_for_2": "PASSED"}
 COUNTS = {f"test_order.py::{name}": counts for name, counts in [
     ("test_unmarked_compiles_prints", {"graph_breaks": 1, "recompiles": 0}),
     ("test_marked_runs_prints", {"graph_breaks": 1, "recompiles": 0}),
+    ("test_marked_fresh_runs_prints", {"graph_breaks": 1, "recompiles": 0}),
     ("test_unmarked_compiles_adds_for_1", {"graph_breaks": 0, "recompiles": 0}),
     ("test_marked_compiles_adds_for_2", {"graph_breaks": 0, "recompiles": 0})]}
 
