@@ -7,6 +7,7 @@ never an AttributeError from deep inside a checker.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import inspect
@@ -476,14 +477,14 @@ def compiled_target(obj: Any) -> Any:
 
 # -- the process-wide recorder (watch) --
 # watch() records every compile in a block without knowing which call started it: a graph break's
-# eager frames are taken up to torch.compile's wrapper, the graphs and CUDA-graph skips from
-# dynamo's and inductor's counters, and the skips' reasons from the warning inductor logs for each.
+# eager frames are taken up to torch.compile's wrapper, the graphs and CUDA-graph skips as dynamo
+# and inductor add to their counters, and the skips' reasons from the warning inductor logs for each.
 __all__ += [
     "CUDAGRAPH_LOGGER",
     "compile_wrapper_code",
     "is_cudagraph_skip",
-    "cudagraph_skip_count",
-    "unique_graph_count",
+    "counter_hook",
+    "reset_dynamo",
     "entry_code",
     "non_default_dynamo_config",
 ]
@@ -517,20 +518,80 @@ def _counters() -> Any:
     import torch._dynamo.utils as utils
 
     counters = getattr(utils, "counters", None)
-    if counters is None:
-        raise _missing("torch._dynamo.utils.counters")
+    if not isinstance(counters, collections.defaultdict):
+        raise _missing("torch._dynamo.utils.counters (a defaultdict of Counters)")
     return counters
 
 
-def cudagraph_skip_count() -> int:
-    """Every CUDA-graph skip inductor has counted in this process, logged or not (a graph on a
-    non-CUDA device is skipped without a message)."""
-    return _counters()["inductor"]["cudagraph_skips"]
+# The figures counter_hook reports, by the counter torch adds to: {group: {name: figure}} in
+# torch._dynamo.utils.counters. unique_graphs goes up once for each FX graph dynamo hands to a
+# backend; cudagraph_skips once for each graph inductor compiles without CUDA graphs, logged
+# (log_cudagraph_skip_and_bump_counter) or not (a graph on a non-CUDA device).
+_COUNTED = {"stats": {"unique_graphs": "graphs"},
+            "inductor": {"cudagraph_skips": "cudagraph_skips"}}
+_COUNTER_HOOKS = _ActiveHooks()
 
 
-def unique_graph_count() -> int:
-    """Every FX graph dynamo has handed to a backend in this process."""
-    return _counters()["stats"]["unique_graphs"]
+class _HeardCounter(collections.Counter):
+    """A group of torch's counters that tells the active counter hooks of each increase of a
+    counted figure; a copy of it (torch copies groups to diff them) tells nobody."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        figure = _counted_figure(self, key)
+        increase = value - self[key] if figure is not None else 0
+        super().__setitem__(key, value)
+        if increase > 0:
+            _COUNTER_HOOKS.call(figure, increase)
+
+
+def _counted_figure(group: collections.Counter, key: str) -> str | None:
+    for name, figures in _COUNTED.items():
+        if key in figures and _counters().get(name) is group:
+            return figures[key]
+    return None
+
+
+@contextlib.contextmanager
+def counter_hook(callback: Callable[[str, int], None]) -> Iterator[None]:
+    """Call `callback(figure, increase)` each time torch adds to its count of graphs ("graphs")
+    or of CUDA-graph skips ("cudagraph_skips"), while inside, on any thread.
+
+    Heard as torch counts, not read from its counters afterwards: suites built on
+    torch._dynamo.test_case.TestCase clear the counters in setUp and tearDown, and a difference
+    of readings would lose what was counted before a clear. While a hook is active every group of
+    torch._dynamo.utils.counters, those a clear makes anew included, is a _HeardCounter; the last
+    hook to leave puts plain Counters back, holding the same counts.
+    """
+    def install() -> Callable[[], None]:
+        counters = _counters()
+        factory = counters.default_factory
+        counters.default_factory = _HeardCounter
+        for name in _COUNTED:
+            counters[name] = _HeardCounter(counters[name])
+
+        def undo() -> None:
+            counters.default_factory = factory
+            for name, group in list(counters.items()):
+                if type(group) is _HeardCounter:
+                    counters[name] = collections.Counter(group)
+
+        return undo
+
+    with _COUNTER_HOOKS.active(callback, install):
+        yield
+
+
+def reset_dynamo() -> None:
+    """torch.compiler.reset(), keeping the compile callbacks registered with
+    torch._dynamo.callback.on_compile_start / on_compile_end, which the reset drops."""
+    import torch._dynamo.callback as callback
+
+    handler = getattr(callback, "callback_handler", None)
+    kept = [list(getattr(handler, name, ())) for name in ("start_callbacks", "end_callbacks")]
+    torch.compiler.reset()
+    for name, callbacks in zip(("start_callbacks", "end_callbacks"), kept):
+        if hasattr(handler, name):
+            getattr(handler, name)[:] = callbacks
 
 
 def entry_code(entry: Any) -> types.CodeType | None:

@@ -16,7 +16,11 @@ carries the marker or an option asks for them.
 
 Only a test's call phase is watched. A session fixture compiles once, in whichever test sets it
 up first: counting fixtures would make a test's numbers depend on test order and on the xdist
-worker it ran on.
+worker it ran on. For the same reason a watched test starts from a fresh dynamo: the call phase
+begins with torch.compiler.reset(), or dynamo would run what an earlier test compiled without
+tracing it again, and the test would see none of its breaks. The `fullgraph_fresh` ini option
+(for the run) and the marker's `fresh` (for one test) turn that off, for suites that rely on warm
+caches and accept numbers that depend on order.
 
 Under pytest-xdist each worker watches its own tests and puts what it saw on the call phase's
 TestReport as an extra attribute, which pytest serialises with the report; the controller reads
@@ -54,9 +58,11 @@ __all__ = [
 
 MARKER = "fullgraph"
 COUNTS = ("graph_breaks", "recompiles")  # what a baseline holds for each test
-_MARKER_HELP = (f"{MARKER}(max_graph_breaks=0, max_recompiles=None): watch every compile in the "
-                "test and fail past either limit (recompiles are counted per function); a "
-                "recompile-limit fallback to eager always fails")
+_MARKER_HELP = (f"{MARKER}(max_graph_breaks=0, max_recompiles=None, fresh=None): reset dynamo "
+                "as the test starts (fresh=None: as the fullgraph_fresh ini option says), watch "
+                "every compile in the test and fail past either limit (recompiles are counted "
+                "per function); a recompile-limit fallback to eager always fails")
+_FRESH_INI = "fullgraph_fresh"
 _LIMITS = pytest.StashKey["Limits"]()
 _WATCHED = pytest.StashKey[Any]()
 _REPORT_ATTRIBUTE = "fullgraph"  # the TestReport attribute that carries a test's record
@@ -76,22 +82,27 @@ def compile_tracker():
 @pytest.fixture
 def fresh_dynamo():
     """torch.compiler.reset() before and after the test: it compiles from scratch, and leaves
-    nothing compiled for the next test."""
-    import torch
+    nothing compiled for the next test. Compile callbacks the suite registered are kept."""
+    from ._compat import reset_dynamo
 
-    torch.compiler.reset()
+    reset_dynamo()
     yield
-    torch.compiler.reset()
+    reset_dynamo()
 
 
 # -- the marker ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Limits:
-    """A marked test's limits; max_recompiles None means no budget (limit hits still fail)."""
+    """A marked test's limits; max_recompiles None means no budget (limit hits still fail).
+
+    fresh: whether dynamo is reset as the test starts; None leaves it to the fullgraph_fresh ini
+    option (true unless set).
+    """
 
     max_graph_breaks: int = 0
     max_recompiles: int | None = None
+    fresh: bool | None = None
 
 
 def marker_limits(marker: pytest.Mark) -> Limits:
@@ -105,7 +116,12 @@ def marker_limits(marker: pytest.Mark) -> Limits:
         raise TypeError(f"@pytest.mark.{MARKER} got unknown keyword argument(s) "
                         f"{', '.join(unknown)}; it takes {', '.join(known)}")
     for name, value in marker.kwargs.items():
-        if value is None and name == "max_recompiles":
+        if value is None and name in ("max_recompiles", "fresh"):
+            continue
+        if name == "fresh":
+            if not isinstance(value, bool):
+                raise TypeError(f"@pytest.mark.{MARKER}: fresh must be True, False or None, "
+                                f"got {value!r}")
             continue
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"@pytest.mark.{MARKER}: {name} must be an int, got {value!r}")
@@ -157,6 +173,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--fullgraph-update-baseline", action="store_true", default=False,
                     help="write the counts of the tests that ran into the --fullgraph-baseline "
                          "FILE instead of comparing (other tests' entries are kept)")
+    parser.addini(_FRESH_INI, type="bool", default=True,
+                  help="reset dynamo as each watched test starts, so that its graph breaks and "
+                       "recompiles do not depend on what earlier tests compiled (default true; "
+                       "a marker's fresh=True or False wins)")
 
 
 @dataclass(frozen=True)
@@ -187,7 +207,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("--fullgraph-update-baseline needs --fullgraph-baseline=FILE")
     if not options.any:
         return
-    config.pluginmanager.register(_Watcher(every_test=True, report=options.report is not None),
+    config.pluginmanager.register(_Watcher(every_test=True, report=options.report is not None,
+                                           fresh=config.getini(_FRESH_INI)),
                                   "fullgraph-watcher")
     if not _is_xdist_worker(config):
         run = _Run(config, options)
@@ -201,7 +222,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if config.pluginmanager.has_plugin("fullgraph-watcher"):
         return
     if any(item.get_closest_marker(MARKER) is not None for item in items):
-        config.pluginmanager.register(_Watcher(every_test=False, report=False), "fullgraph-watcher")
+        config.pluginmanager.register(_Watcher(every_test=False, report=False,
+                                               fresh=config.getini(_FRESH_INI)),
+                                      "fullgraph-watcher")
 
 
 def _is_xdist_worker(config: pytest.Config) -> bool:
@@ -211,11 +234,15 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
 # -- watching each test (in the process that runs it) -------------------------------------------
 
 class _Watcher:
-    """Watches the call phase of marked tests, or of every test; enforces the marker's limits."""
+    """Watches the call phase of marked tests, or of every test; enforces the marker's limits.
 
-    def __init__(self, *, every_test: bool, report: bool) -> None:
+    `fresh`: the fullgraph_fresh ini option, for tests whose marker does not say.
+    """
+
+    def __init__(self, *, every_test: bool, report: bool, fresh: bool) -> None:
         self.every_test = every_test
         self.report = report
+        self.fresh = fresh
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -233,14 +260,22 @@ class _Watcher:
         limits = item.stash.get(_LIMITS, None)
         if limits is None and not self.every_test:
             return (yield)
+        from ._compat import reset_dynamo
         from .watch import watch
 
+        if self._starts_fresh(limits):
+            # Dynamo runs what an earlier test compiled without tracing it again: that code's
+            # breaks and recompiles would be charged to whichever test compiled it first.
+            reset_dynamo()
         with watch() as watched:
             item.stash[_WATCHED] = (watched, time.time())
             result = yield
         if limits is not None:
             _enforce(limits, watched, item.name)
         return result
+
+    def _starts_fresh(self, limits: Limits | None) -> bool:
+        return self.fresh if limits is None or limits.fresh is None else limits.fresh
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):

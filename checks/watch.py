@@ -9,9 +9,11 @@
 The checkers compile one function and reset dynamo around it; watch() compiles nothing and resets
 nothing. It listens while arbitrary code runs (a script, a test, a training loop) and sees what
 that code's own torch.compile calls do: the graph breaks where dynamo records them, the compiles
-and recompiles through track_compiles(), the graphs dynamo hands to its backend, and the CUDA-graph
-skips inductor counts. Breaks and compiles happen when a function is compiled: a function compiled
-before the block and not compiled again inside it shows nothing here.
+and recompiles through track_compiles(), and the graphs dynamo hands to its backend and the
+CUDA-graph skips inductor counts, each heard as torch counts it, so code that clears torch's
+counters (torch._dynamo.test_case.TestCase does, around each test) loses nothing here. Breaks and
+compiles happen when a function is compiled: a function compiled before the block and not
+compiled again inside it shows nothing here.
 """
 
 from __future__ import annotations
@@ -66,10 +68,10 @@ class Watch:
 
     def __init__(self) -> None:
         self._breaks = _BreakRecorder()
-        self._skips = _SkipRecorder()
+        self._heard = _HeardCounts()
+        self._skips = _SkipRecorder(self._heard)
         self._compile_report: CompileReport | None = None
         self._metrics = _MetricsReader()
-        self._graphs_before = 0
         self._final: dict[str, Any] | None = None
 
     @property
@@ -104,8 +106,7 @@ class Watch:
     @property
     def graph_count(self) -> int:
         """Graphs dynamo handed to a backend inside the block (a frame with no tensor op makes none)."""
-        return self._final_or("graph_count",
-                              lambda: max(0, _compat.unique_graph_count() - self._graphs_before))
+        return self._final_or("graph_count", lambda: self._heard["graphs"])
 
     @property
     def dynamo_config(self) -> dict[str, Any]:
@@ -142,9 +143,7 @@ class Watch:
 
     def _start(self, report: CompileReport) -> None:
         self._compile_report = report
-        self._graphs_before = _compat.unique_graph_count()
         self._metrics.start()
-        self._skips.start()
 
     def _freeze(self) -> None:
         # Read while the metrics store is still widened and the config still the block's.
@@ -172,7 +171,8 @@ def watch() -> Iterator[Watch]:
     logging.getLogger(_compat.CUDAGRAPH_LOGGER)
     seen = Watch()
     with preserved_torch_state(), track_compiles() as report, \
-            _compat.graph_break_hook(seen._breaks.record), seen._skips.attached():
+            _compat.graph_break_hook(seen._breaks.record), _compat.counter_hook(seen._heard.add), \
+            seen._skips.attached():
         seen._start(report)
         try:
             yield seen
@@ -252,28 +252,41 @@ def _depth(frames: tuple[Frame, ...], code: types.CodeType) -> int:
     return -1
 
 
-# -- CUDA-graph skips -------------------------------------------------------------------------
+# -- graphs and CUDA-graph skips -------------------------------------------------------------
+
+class _HeardCounts:
+    """What counter_hook heard inside the block, by figure (graphs, cudagraph_skips)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter = Counter()
+
+    def add(self, figure: str, increase: int) -> None:
+        with self._lock:
+            self._counts[figure] += increase
+
+    def __getitem__(self, figure: str) -> int:
+        with self._lock:
+            return self._counts[figure]
+
 
 class _SkipRecorder(logging.Handler):
-    """Hears inductor's "skipping cudagraphs due to ..." warnings and reads its skip counter."""
+    """Hears inductor's "skipping cudagraphs due to ..." warnings; the count is the heard one."""
 
     _fullgraph = True  # _state strips handlers so marked from loggers created while inside
 
-    def __init__(self) -> None:
+    def __init__(self, heard: _HeardCounts) -> None:
         super().__init__(logging.DEBUG)
         self._messages: list[str] = []
-        self._count_before = 0
-
-    def start(self) -> None:
-        self._count_before = _compat.cudagraph_skip_count()
+        self._heard = heard
 
     def emit(self, record: logging.LogRecord) -> None:
         if _compat.is_cudagraph_skip(record):
             self._messages.append(record.getMessage())
 
     def count(self) -> int:
-        # torch only ever adds to the counter; a block that clears it counts what it logged.
-        return max(len(self._messages), _compat.cudagraph_skip_count() - self._count_before)
+        # inductor counts every skip it logs; the larger number still wins if that ever changes.
+        return max(len(self._messages), self._heard["cudagraph_skips"])
 
     def messages(self) -> tuple[str, ...]:
         messages = tuple(self._messages)

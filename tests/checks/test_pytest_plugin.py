@@ -1,9 +1,10 @@
 """The pytest plugin, run the way users run it: pytest in a subprocess, through the entry point.
 
 Each subprocess imports torch (seconds on a loaded machine), so each run covers many scenarios:
-one for the marker and the fixtures, one that watches, reports and writes a baseline, and one
-under `-n 2` that compares against it. Option errors and the plain run are checked in-process,
-where nothing compiles.
+one for the marker and the fixtures; one file run in order, reversed, under `-n 2` and with warm
+caches; one suite built on torch._dynamo.test_case.TestCase; one that watches, reports and writes
+a baseline, and one under `-n 2` that compares against it. Option errors and the plain run are
+checked in-process, where nothing compiles.
 """
 
 import json
@@ -78,6 +79,8 @@ import torch
 from functions import compile_adds, prints
 
 pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+COMPILES_STARTED = []
+torch._dynamo.callback.on_compile_start(COMPILES_STARTED.append)
 
 
 def test_plugin_is_loaded_without_the_compiler():
@@ -135,6 +138,29 @@ def test_fresh_dynamo_resets_before_the_test(compile_tracker):
     # The test above compiled adds for two values; after the reset it compiles once again.
     compile_adds([2])
     assert [event.kind for event in compile_tracker.events] == ["compile"]
+
+
+@pytest.fixture
+def warm_prints():
+    torch.compile(prints, backend="eager")(torch.ones(3))
+
+
+@pytest.mark.fullgraph
+def test_what_the_setup_compiled_is_traced_again(warm_prints):
+    torch.compile(prints, backend="eager")(torch.ones(3))
+
+
+@pytest.mark.fullgraph(fresh=False)
+def test_fresh_false_runs_what_the_setup_compiled(warm_prints):
+    torch.compile(prints, backend="eager")(torch.ones(3))
+
+
+@pytest.mark.fullgraph
+def test_resets_keep_the_compile_callbacks():
+    # Registered on import, before the fixture's and the marker's resets of every test.
+    COMPILES_STARTED.clear()
+    compile_adds([1])
+    assert len(COMPILES_STARTED) == 1
 '''
 
 
@@ -142,7 +168,7 @@ def test_marker_fails_past_its_limits_and_fixtures_track_and_reset(pytester):
     pytester.makepyfile(functions=FUNCTIONS, test_marked=MARKED_TESTS)
     pytester.makeconftest(MARKED_CONFTEST)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--strict-markers", "-rfE")
-    result.assert_outcomes(passed=5, failed=3, errors=2)
+    result.assert_outcomes(passed=7, failed=4, errors=2)
     result.stdout.fnmatch_lines([
         "E   fullgraph.checks.graph_breaks.GraphBreakError: "
         "1 graph break in test_breaks_the_graph (limit 0)",
@@ -167,18 +193,22 @@ def test_marker_fails_past_its_limits_and_fixtures_track_and_reset(pytester):
     result.stdout.fnmatch_lines([
         "*_ ERROR at setup of test_unknown_keywords _*",
         "E   TypeError: @pytest.mark.fullgraph got unknown keyword argument(s) max_breaks, "
-        "strict; it takes max_graph_breaks, max_recompiles",
+        "strict; it takes max_graph_breaks, max_recompiles, fresh",
         "*_ ERROR at setup of test_not_an_int _*",
         "E   TypeError: @pytest.mark.fullgraph: max_recompiles must be an int, got '1'",
     ])
+    result.stdout.fnmatch_lines(["E   fullgraph.checks.graph_breaks.GraphBreakError: "
+                                 "1 graph break in test_what_the_setup_compiled_is_traced_again *"])
     result.stdout.no_fnmatch_line("*test_one_break_allowed*")
     result.stdout.no_fnmatch_line("*test_recompiles_without_a_budget*")
+    result.stdout.no_fnmatch_line("*test_fresh_false_runs_what_the_setup_compiled*")
 
 
 @pytest.mark.parametrize(("kwargs", "error"), [
     ({"max_graph_breaks": -1}, "max_graph_breaks must be >= 0, got -1"),
     ({"max_graph_breaks": True}, "max_graph_breaks must be an int, got True"),
     ({"max_recompiles": 1.0}, "max_recompiles must be an int, got 1.0"),
+    ({"fresh": 1}, "fresh must be True, False or None, got 1"),
 ])
 def test_marker_values_are_checked_by_name(kwargs, error):
     with pytest.raises((TypeError, ValueError), match=error):
@@ -188,6 +218,137 @@ def test_marker_values_are_checked_by_name(kwargs, error):
 def test_marker_takes_keywords_only():
     with pytest.raises(TypeError, match=r"keyword arguments only, got \(0,\)"):
         marker_limits(pytest.mark.fullgraph(0).mark)
+
+
+# -- the same verdicts and counts in any test order -----------------------------------------------
+
+ORDER_CONFTEST = '''
+def pytest_addoption(parser):
+    parser.addoption("--reverse", action="store_true")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--reverse"):
+        items.reverse()
+'''
+
+ORDER_TESTS = '''
+import pytest
+import torch
+
+from functions import compile_adds, prints
+
+
+def test_unmarked_compiles_prints():
+    torch.compile(prints, backend="eager")(torch.ones(3))
+
+
+@pytest.mark.fullgraph
+def test_marked_runs_prints():
+    # In this order dynamo has prints' code cached: a warm cache would hide the break.
+    torch.compile(prints, backend="eager")(torch.ones(3))
+
+
+@pytest.mark.fullgraph(fresh=True)  # whatever the ini option says
+def test_marked_fresh_runs_prints():
+    torch.compile(prints, backend="eager")(torch.ones(3))
+
+
+def test_unmarked_compiles_adds_for_1():
+    compile_adds([1])
+
+
+@pytest.mark.fullgraph(max_recompiles=0)
+def test_marked_compiles_adds_for_2():
+    # In this order a warm cache would make it recompile adds, guarded on n == 1.
+    compile_adds([2])
+'''
+
+# What each test gets run alone.
+VERDICTS = {"test_unmarked_compiles_prints": "PASSED", "test_marked_runs_prints": "FAILED",
+            "test_marked_fresh_runs_prints": "FAILED", "test_unmarked_compiles_adds_for_1": "PASSED",
+            "test_marked_compiles_adds_for_2": "PASSED"}
+COUNTS = {f"test_order.py::{name}": counts for name, counts in [
+    ("test_unmarked_compiles_prints", {"graph_breaks": 1, "recompiles": 0}),
+    ("test_marked_runs_prints", {"graph_breaks": 1, "recompiles": 0}),
+    ("test_marked_fresh_runs_prints", {"graph_breaks": 1, "recompiles": 0}),
+    ("test_unmarked_compiles_adds_for_1", {"graph_breaks": 0, "recompiles": 0}),
+    ("test_marked_compiles_adds_for_2", {"graph_breaks": 0, "recompiles": 0})]}
+
+
+def verdicts(result) -> dict[str, str]:
+    """{test name: PASSED or FAILED}, from the -rA summary (the same under xdist)."""
+    found = [re.match(r"(PASSED|FAILED|ERROR) \S+::(\w+)", line) for line in result.outlines]
+    return {match[2]: match[1] for match in found if match}
+
+
+def test_verdicts_and_counts_do_not_depend_on_test_order_or_worker(pytester):
+    pytester.makepyfile(functions=FUNCTIONS, test_order=ORDER_TESTS)
+    pytester.makeconftest(ORDER_CONFTEST)
+
+    def run(*args):
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly",
+                                             "-rA", *args)
+
+    # Every test watched, for its counts: in file order, reversed and on two workers.
+    runs = {"forward": run("--fullgraph-report=forward.json"),
+            "reversed": run("--reverse", "--fullgraph-report=reversed.json"),
+            "workers": run("-n", "2", "--fullgraph-report=workers.json")}
+    assert {name: verdicts(result) for name, result in runs.items()} == dict.fromkeys(runs, VERDICTS)
+    for name in runs:
+        assert json.loads((pytester.path / f"{name}.json").read_text())["tests"] == COUNTS, name
+
+    # The marker alone, with the opt-out: every cache stays warm, and the verdicts are this
+    # order's.
+    warm = run("-o", "fullgraph_fresh=false")
+    assert verdicts(warm) == {**VERDICTS, "test_marked_runs_prints": "PASSED",
+                              "test_marked_compiles_adds_for_2": "FAILED"}
+
+
+# -- a suite that clears torch's counters ---------------------------------------------------------
+
+TESTCASE_TESTS = '''
+import torch
+from torch._dynamo.test_case import TestCase
+
+from functions import compile_adds, prints
+
+
+def skips_cudagraphs(gm, example_inputs):
+    # What inductor does for a graph on a non-CUDA device under mode="reduce-overhead".
+    torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] += 1
+    return gm.forward
+
+
+def doubles(x):
+    return x * 2
+
+
+class TestCompiles(TestCase):  # reset() and counters.clear() in setUp and in tearDown
+    def test_prints(self):
+        torch.compile(prints, backend="eager")(torch.ones(3))
+
+    def test_recompiles(self):
+        compile_adds([1, 2])
+
+    def test_skips_cudagraphs(self):
+        torch.compile(doubles, backend=skips_cudagraphs)(torch.ones(3))
+'''
+
+
+def test_a_suite_that_clears_torch_counters_gets_its_graphs_counted(pytester):
+    pytester.makepyfile(functions=FUNCTIONS, test_testcase=TESTCASE_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--fullgraph-report=run.json")
+    result.assert_outcomes(passed=3)
+    report = json.loads((pytester.path / "run.json").read_text())
+    summary = {name: report["summary"][name] for name in (
+        "graph_count", "graph_breaks", "compiles", "recompiles", "limit_hits", "cudagraph_skips")}
+    # prints: a graph either side of the print, the second in the resume function dynamo
+    # compiles; adds: one per compile; doubles: one.
+    assert summary == {"graph_count": 5, "graph_breaks": 1, "compiles": 5, "recompiles": 1,
+                       "limit_hits": 0, "cudagraph_skips": 1}
+    assert report["cudagraph_skips"] == [
+        "1 more skipped without a logged reason (inductor skips graphs on a non-CUDA device this way)"]
 
 
 # -- watching a whole suite, its report and its baseline -------------------------------------------
@@ -388,7 +549,8 @@ def test_help_lists_every_option_in_one_group(pytester):
         "  --fullgraph-update-baseline*",
     ], consecutive=False)
     markers = pytester.runpytest("--markers")
-    markers.stdout.fnmatch_lines(["@pytest.mark.fullgraph(max_graph_breaks=0, max_recompiles=None):*"])
+    markers.stdout.fnmatch_lines(
+        ["@pytest.mark.fullgraph(max_graph_breaks=0, max_recompiles=None, fresh=None):*"])
 
 
 def test_increases_compare_each_count_and_treat_new_tests_as_zero():

@@ -1,3 +1,4 @@
+import collections
 import contextlib
 import json
 import logging
@@ -115,6 +116,37 @@ def test_hears_cudagraph_skips_logged_or_only_counted():
     assert seen.cudagraph_skips[0] == "skipping cudagraphs due to mutated inputs (1 instances)"
     assert seen.cudagraph_skips[1].startswith("1 more skipped without a logged reason")
     assert logger.handlers == handlers
+
+
+def _skipping_backend(gm, example_inputs):
+    # As inductor does for a graph on a non-CUDA device under mode="reduce-overhead".
+    torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] += 1
+    return gm.forward
+
+
+def test_counts_graphs_and_skips_when_torch_counters_are_cleared():
+    # torch._dynamo.test_case.TestCase clears the counters in setUp and tearDown.
+    counters = torch._dynamo.utils.counters
+    with watch() as seen:
+        compiled(zoo.prints)(torch.ones(2))  # a graph either side of the print
+        counters.clear()
+        torch.compile(zoo.clean, backend=_skipping_backend)(torch.ones(2))
+        counters.clear()
+    assert (seen.graph_count, seen.cudagraph_skip_count) == (3, 1)
+    assert seen.summary()["graph_count"] == 3
+
+
+def test_leaves_torch_counters_plain_and_counting():
+    counters = torch._dynamo.utils.counters
+    with watch():
+        with watch() as inner:
+            compiled(zoo.clean)(torch.ones(2))
+        counters.clear()
+    assert inner.graph_count == 1
+    assert counters.default_factory is collections.Counter
+    assert all(type(group) is collections.Counter for group in counters.values())
+    compiled(zoo.clean)(torch.ones(3))
+    assert counters["stats"]["unique_graphs"] == 1
 
 
 def _torch_state():
