@@ -5,7 +5,11 @@ Every graph dynamo caches for a code object sits behind guards: checks on the ca
 function compiled twice, the difference between the two graphs' guards is the reason:
 
     >>> diff_guards(0, 1, of=fn).summary()
-    "x.size()[1]: 3 -> 4"
+    "x.size()[1]: 3 -> 4  (the guard that failed)"
+
+Guards are compared by what they check: dynamo names some globals anew in each compile (the
+builtins dict as `__builtins_dict___0`, then `__builtins_dict___2`), and a guard that only moved
+to another name is no difference.
 
 A guard on a value that changes on every call (a step counter kept on an nn.Module, a Python int
 argument used as a loop bound) recompiles on every call until the recompile limit, then silently
