@@ -6,7 +6,8 @@ tests/data/guard_failures/ (one recording per torch version), nothing else.
 
 Two kinds of text:
   - guard code, as a cache entry's guard manager lists it: `check_tensor(L['x'], ...)`,
-    `L['n'] == 1`, `___check_obj_id(G['__builtins_dict___0']['len'], 9001)`, `2 <= L['x'].size()[0]`;
+    `L['n'] == 1`, `___check_obj_id(G['__builtins_dict___0']['len'], 9001)`,
+    `2 <= L['x'].size()[0]`;
   - guard-failure reasons, as the `recompiles` log artifact and compilation metrics word them:
     `0/0: tensor 'x' size mismatch at index 0. expected 2, actual 3`, `0/1: 2 <= x.size()[0] <= 11`.
 

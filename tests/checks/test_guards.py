@@ -60,7 +60,8 @@ def _compile_twice(first, second, fn=zoo.scale, **options):
 
 def test_diff_guards_answers_why_a_shape_change_compiled_twice():
     compiled = _compile_twice(torch.ones(2), torch.ones(3), dynamic=False)
-    assert diff_guards(0, 1, of=compiled).summary() == "x.size()[0]: 2 -> 3  (the guard that failed)"
+    assert diff_guards(0, 1, of=compiled).summary() == ("x.size()[0]: 2 -> 3  "
+                                                        "(the guard that failed)")
 
 
 def test_diff_guards_answers_why_a_dtype_change_compiled_twice():

@@ -1,4 +1,4 @@
-"""Record the guard-failure text this torch prints, one case per guard kind, into torch-<version>.json.
+"""Record what this torch prints for each kind of guard failure, into torch-<version>.json.
 
 tests/checks/test_guard_failures.py parses every recorded file, so a CI run on one torch still
 checks every supported torch's wording. The script imports torch alone (never fullgraph): it
