@@ -185,12 +185,12 @@ def diff_guards(a: GuardSet | int, b: GuardSet | int, *, of: Any = None) -> Guar
             raise TypeError(f"{name} must be a GuardSet, or an int index with of=; "
                             f"got {type(value).__name__}")
     before, after = _facts(a.guards), _facts(b.guards)
-    failed = _failed_source(a, b)
+    failure = _failure(a, b)
     changes, categories = [], {}
     for key in dict.fromkeys([*before, *after]):
         (old, old_category), (new, new_category) = before.get(key, _NONE), after.get(key, _NONE)
         if old != new:
-            changes.append(GuardChange(key, old, new, failed is not None and _names(key, failed)))
+            changes.append(GuardChange(key, old, new, failure is not None and _names(key, failure)))
             categories[key] = old_category or new_category
     # sort is stable: within a rank, the guards keep dynamo's order.
     changes.sort(key=lambda change: (not change.failed, _CATEGORY_RANK[categories[change.source]],
@@ -204,14 +204,14 @@ _NONE = (None, None)  # no such guard: no value, no category
 _CATEGORY_RANK = {_guard_text.TENSOR: 0, _guard_text.VALUE: 1, _guard_text.OTHER: 2}
 
 
-def _failed_source(a: GuardSet, b: GuardSet) -> str | None:
-    """The source of the guard of `a` that the call compiling `b` failed, where torch said so.
+def _failure(a: GuardSet, b: GuardSet) -> GuardFailure | None:
+    """The guard of `a` that the call compiling `b` failed, where torch said so.
 
     torch records the failure of the newest graph when it compiles another: about `a` only when
     `a` was that graph.
     """
     failure = parse_guard_failure(b.reason) if b.reason else None
-    return failure.source if failure is not None and failure.entry == a.compile_id else None
+    return failure if failure is not None and failure.entry == a.compile_id else None
 
 
 def _pick(sets: list[GuardSet], index: Any, name: str) -> GuardSet:
@@ -232,11 +232,22 @@ def _facts(guards: Iterable[str]) -> dict[str, tuple[str, str]]:
     return facts
 
 
-def _names(key: str, source: str) -> bool:
-    """Whether the fact `key` is about the failed guard's `source`: `x.size()[0]` is named by
-    itself and by `2 <= x.size()[0]`, `act` by `id(act)`, `grad_mode` by `global grad_mode`."""
-    return key in {source, f"id({source})", f"type({source})", f"len({source})",
-                   f"global {source}"} or _guard_text.mentions_size(key, source)
+# How the fact a failed guard checked is keyed, by the failure's kind; sizes and strides also by
+# every relation that mentions them.
+_FACT_OF_FAILURE = {"id": "id({})", "type": "type({})", "length": "len({})",
+                    "grad_mode": "global {}", "global_state": "global {}", "device": "{}"}
+
+
+def _names(key: str, failure: GuardFailure) -> bool:
+    """Whether the fact `key` is what the failed guard checked: `x.size()[0]` is named by itself
+    and by `2 <= x.size()[0]`, an id guard on `act` by `id(act)`, grad mode by
+    `global grad_mode`."""
+    source = failure.source
+    if failure.kind == "device":  # dynamo guards the device through the dispatch keys
+        return key in {source, source.removesuffix(".device") + ".dispatch_keys"}
+    if failure.kind in {"size", "stride"}:
+        return key == source or _guard_text.mentions_size(key, source)
+    return key == _FACT_OF_FAILURE.get(failure.kind, "{}").format(source)
 
 
 # -- unstable guards -----------------------------------------------------------------------------

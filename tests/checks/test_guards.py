@@ -117,13 +117,23 @@ def test_differences_come_in_order_of_likely_cause():
     b = GuardSet("0/1", ("L['cfg'].depth == 3",
                          "check_tensor(L['x'], Tensor, DispatchKeySet(CPU), torch.float32, "
                          "device=None, requires_grad=False, size=[4], stride=[1])",
-                         "L['mode'] == 'slow'"),
+                         "L['mode'] == 'slow'",
+                         "___check_type_id(L['mode'], 5), type=<class 'str'>"),
                  reason="0/0: mode == 'fast'  # if mode == 'fast':  # m.py:3 in f")
-    assert [change.source for change in diff_guards(a, b).changes] == [
+    changes = diff_guards(a, b).changes
+    assert [change.source for change in changes] == [
         "mode",  # the guard torch says failed
         "x.size()[0]",  # tensor guards
-        "cfg.depth",  # values
+        "cfg.depth", "type(mode)",  # values and types, a changed value before a new guard
         "not hasattr(cfg, 'extra')"]  # the rest
+    assert [change.failed for change in changes] == [True, False, False, False, False]
+
+
+def test_a_device_change_marks_the_dispatch_keys_dynamo_guards_it_by():
+    _compile_twice(torch.ones(2), torch.ones(2, device="meta"))
+    (change,) = diff_guards(0, 1, of=zoo.scale).changes
+    assert (change.source, change.failed) == ("x.dispatch_keys", True)
+    assert change.after.startswith("DispatchKeySet(Meta")
 
 
 def test_a_real_recompile_lists_the_failed_tensor_guard_before_the_changed_value():
