@@ -346,6 +346,7 @@ __all__ += [
     "cache_entries",
     "entry_compile_id",
     "entry_guards",
+    "recompiling_locals",
     "compiled_target",
 ]
 
@@ -353,6 +354,8 @@ __all__ += [
 # when both are on.
 RECOMPILES_LOGGERS = ("torch._dynamo.guards.__recompiles", "torch._dynamo.guards.__recompiles_verbose")
 CONVERT_FRAME_LOGGER = "torch._dynamo.convert_frame"
+# The function in torch._dynamo.guards that logs the reasons, its `frame` the call that failed.
+_LOG_REASONS_FUNCTION = "get_and_maybe_log_recompilation_reasons"
 # The gb_type of the Unsupported that convert_frame raises when a code object reaches the limit.
 _RECOMPILE_LIMIT_GB_TYPE = "Dynamo recompile limit exceeded"
 
@@ -464,6 +467,20 @@ def entry_guards(entry: Any) -> list[str]:
                    for guard in (epilogue() if epilogue is not None else [])
                    for part in guard.verbose_code_parts()]
     return [*parts, *shape_parts]
+
+
+def recompiling_locals() -> dict[str, Any] | None:
+    """The local variables of the call dynamo is logging recompile reasons for, or None.
+
+    Read from the stack while the `recompiles` artifact is emitted: torch's reasons name a size
+    guard's bounds but not the size the call had, and the call's frame holds it.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == _LOG_REASONS_FUNCTION:
+            return getattr(frame.f_locals.get("frame"), "f_locals", None)
+        frame = frame.f_back
+    return None
 
 
 def compiled_target(obj: Any) -> Any:

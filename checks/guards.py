@@ -5,7 +5,11 @@ Every graph dynamo caches for a code object sits behind guards: checks on the ca
 function compiled twice, the difference between the two graphs' guards is the reason:
 
     >>> diff_guards(0, 1, of=fn).summary()
-    "x.size()[1]: 3 -> 4"
+    "x.size()[1]: 3 -> 4  (the guard that failed)"
+
+Guards are compared by what they check: dynamo names some globals anew in each compile (the
+builtins dict as `__builtins_dict___0`, then `__builtins_dict___2`), and a guard that only moved
+to another name is no difference.
 
 A guard on a value that changes on every call (a step counter kept on an nn.Module, a Python int
 argument used as a loop bound) recompiles on every call until the recompile limit, then silently
@@ -14,18 +18,18 @@ runs eagerly; `find_unstable_guards` calls a function a few times and names such
 
 from __future__ import annotations
 
-import json
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from . import _compat
+from . import _compat, _guard_text
 from ._message import CheckFailure, Frame, format_failure
-from .recompiles import VALUE_KINDS, CompileReport, GuardFailure, compiled_run, counted
+from .recompiles import (VALUE_KINDS, CompileReport, GuardFailure, compiled_run, counted,
+                         parse_guard_failure)
 
 __all__ = [
     "GuardSet",
@@ -50,13 +54,16 @@ class GuardSet:
 
     compile_id: str
     guards: tuple[str, ...]  # guard code as dynamo prints it, L['x'] for argument x
+    # torch's reason for compiling this graph: the guard of the newest older graph that the call
+    # failed. None for a first compile, or once torch no longer holds the compile's metrics.
+    reason: str | None = None
 
     def __str__(self) -> str:
         return "\n".join([f"cache entry {self.compile_id}: {len(self.guards)} guards",
                           *(f"  {guard}" for guard in self.guards)])
 
     def to_dict(self) -> dict:
-        return {"compile_id": self.compile_id, "guards": list(self.guards)}
+        return {"compile_id": self.compile_id, "guards": list(self.guards), "reason": self.reason}
 
 
 def guards_of(obj: Any) -> list[GuardSet]:
@@ -65,10 +72,28 @@ def guards_of(obj: Any) -> list[GuardSet]:
     obj: a function, a bound method or an nn.Module (whose forward is looked up), compiled or
     not; what counts is the code object, which is where dynamo keeps its cache.
     """
-    entries = _compat.cache_entries(_code_of(obj))
-    sets = [GuardSet(_compat.entry_compile_id(entry), tuple(_compat.entry_guards(entry)))
-            for entry in entries]
+    code = _code_of(obj)
+    reasons = _recompile_reasons(code)
+    sets = []
+    for entry in _compat.cache_entries(code):
+        compile_id = _compat.entry_compile_id(entry)
+        sets.append(GuardSet(compile_id, tuple(_compat.entry_guards(entry)),
+                             reasons.get(compile_id)))
     return sorted(sets, key=lambda guard_set: _compile_order(guard_set.compile_id))
+
+
+def _recompile_reasons(code: Any) -> dict[str, str]:
+    """compile id -> torch's recompile reason, for the compiles of `code` torch still holds.
+
+    Compile ids start again after a reset, so the newest compile of this code under an id wins:
+    the cache entries alive now are newer than any compile before the reset.
+    """
+    reasons = {}
+    for metrics in _compat.compilation_metrics():
+        if (metrics.co_name, metrics.co_filename, metrics.co_firstlineno) == (
+                code.co_name, code.co_filename, code.co_firstlineno) and metrics.compile_id:
+            reasons[metrics.compile_id] = metrics.recompile_reason
+    return {compile_id: reason for compile_id, reason in reasons.items() if reason}
 
 
 def _code_of(obj: Any) -> Any:
@@ -91,14 +116,19 @@ def _compile_order(compile_id: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class GuardChange:
-    """One guarded fact that differs: `x.size()[1]` was 3, is 4. None: no such guard."""
+    """One guarded fact that differs: `x.size()[1]` was 3, is 4. None: no such guard.
+
+    failed: this is the guard torch says the call failed, the reason the second graph exists.
+    """
 
     source: str
     before: str | None
     after: str | None
+    failed: bool = False
 
     def __str__(self) -> str:
-        return f"{self.source}: {_shown(self.before)} -> {_shown(self.after)}"
+        mark = "  (the guard that failed)" if self.failed else ""
+        return f"{self.source}: {_shown(self.before)} -> {_shown(self.after)}{mark}"
 
 
 def _shown(value: str | None) -> str:
@@ -107,11 +137,13 @@ def _shown(value: str | None) -> str:
 
 @dataclass(frozen=True)
 class GuardDiff:
-    """What the guards of two compiled graphs disagree on."""
+    """What the guards of two compiled graphs disagree on, most likely cause of the recompile
+    first, and how many guards they share."""
 
     a: str  # compile ids
     b: str
     changes: tuple[GuardChange, ...]
+    shared: int = 0  # guards both graphs have, alike once dynamo's per-compile names are set aside
 
     def summary(self, *, limit: int = 3) -> str:
         """The answer to "why did it compile twice", on one line."""
@@ -122,13 +154,14 @@ class GuardDiff:
         return f"{shown}; and {more} more" if more > 0 else shown
 
     def __str__(self) -> str:
-        heading = f"guards of {self.a} -> {self.b}: {counted(len(self.changes), 'difference')}"
+        heading = (f"guards of {self.a} -> {self.b}: {counted(len(self.changes), 'difference')}, "
+                   f"{counted(self.shared, 'guard')} the same")
         return "\n".join([heading, *(f"  {change}" for change in self.changes)])
 
     def to_dict(self) -> dict:
-        return {"a": self.a, "b": self.b,
-                "changes": [{"source": c.source, "before": c.before, "after": c.after}
-                            for c in self.changes]}
+        return {"a": self.a, "b": self.b, "shared": self.shared,
+                "changes": [{"source": c.source, "before": c.before, "after": c.after,
+                             "failed": c.failed} for c in self.changes]}
 
 
 def diff_guards(a: GuardSet | int, b: GuardSet | int, *, of: Any = None) -> GuardDiff:
@@ -136,6 +169,13 @@ def diff_guards(a: GuardSet | int, b: GuardSet | int, *, of: Any = None) -> Guar
 
     Either two GuardSets (from `guards_of`), or two indices into `guards_of(of)`, in compile
     order: `diff_guards(0, 1, of=fn)` compares fn's first and second graph.
+
+    Guards are compared by what they check: a global dynamo names anew in each compile
+    (`__builtins_dict___0`, then `__builtins_dict___2`) is one global. The differences come in
+    the order they likely caused the recompile: the guard torch says the call failed, then
+    tensor guards (sizes, strides, dtype, device, relations between sizes), then values, types,
+    ids, lengths and global state, then the rest; within each, changed values before guards only
+    one graph has.
     """
     if of is not None:
         sets = guards_of(of)
@@ -145,11 +185,33 @@ def diff_guards(a: GuardSet | int, b: GuardSet | int, *, of: Any = None) -> Guar
             raise TypeError(f"{name} must be a GuardSet, or an int index with of=; "
                             f"got {type(value).__name__}")
     before, after = _facts(a.guards), _facts(b.guards)
-    changes = [GuardChange(_readable(key), before.get(key), after.get(key))
-               for key in dict.fromkeys([*before, *after]) if before.get(key) != after.get(key)]
-    # A value that changed says more than a guard that came or went: list those first.
-    changes.sort(key=lambda change: change.before is None or change.after is None)
-    return GuardDiff(a.compile_id, b.compile_id, tuple(changes))
+    failure = _failure(a, b)
+    changes, categories = [], {}
+    for key in dict.fromkeys([*before, *after]):
+        (old, old_category), (new, new_category) = before.get(key, _NONE), after.get(key, _NONE)
+        if old != new:
+            changes.append(GuardChange(key, old, new, failure is not None and _names(key, failure)))
+            categories[key] = old_category or new_category
+    # sort is stable: within a rank, the guards keep dynamo's order.
+    changes.sort(key=lambda change: (not change.failed, _CATEGORY_RANK[categories[change.source]],
+                                     change.before is None or change.after is None))
+    shared = sum((Counter(map(_guard_text.normalised, a.guards))
+                  & Counter(map(_guard_text.normalised, b.guards))).values())
+    return GuardDiff(a.compile_id, b.compile_id, tuple(changes), shared)
+
+
+_NONE = (None, None)  # no such guard: no value, no category
+_CATEGORY_RANK = {_guard_text.TENSOR: 0, _guard_text.VALUE: 1, _guard_text.OTHER: 2}
+
+
+def _failure(a: GuardSet, b: GuardSet) -> GuardFailure | None:
+    """The guard of `a` that the call compiling `b` failed, where torch said so.
+
+    torch records the failure of the newest graph when it compiles another: about `a` only when
+    `a` was that graph.
+    """
+    failure = parse_guard_failure(b.reason) if b.reason else None
+    return failure if failure is not None and failure.entry == a.compile_id else None
 
 
 def _pick(sets: list[GuardSet], index: Any, name: str) -> GuardSet:
@@ -160,58 +222,32 @@ def _pick(sets: list[GuardSet], index: Any, name: str) -> GuardSet:
     return sets[index]
 
 
-_CHECK_TENSOR = re.compile(
-    r"check_tensor\((?P<source>.+?), (?P<type>\w+), (?P<keys>DispatchKeySet\(.*?\)), "
-    r"(?P<dtype>[\w.]+), device=(?P<device>[^,]+), requires_grad=(?P<requires_grad>\w+), "
-    r"size=\[(?P<size>.*?)\], stride=\[(?P<stride>.*?)\]\)")
-_GLOBAL_STATE = re.compile(r"___check_global_state\(\) against (?P<state>\{.*\})")
-_OBJECT_ID = re.compile(r"___check_(?P<what>obj|type)_id\((?P<source>.+), (?P<id>\d+)\)"
-                        r"(?:, type=(?P<type>.*))?")
-_EQUALS = re.compile(r"(?P<source>.+?) == (?P<value>.+)")
-_SIZE_TERM = re.compile(r"\.(?:size|stride)\(\)\[\d+\]")
-
-
-def _facts(guards: Iterable[str]) -> dict[str, str]:
-    """Each guard as (what it checks, the value it wants), so two graphs' guards line up."""
-    facts: dict[str, str] = {}
+def _facts(guards: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """Each guard as {what it checks: (the value it wants, its category)}, so two graphs' guards
+    line up."""
+    facts: dict[str, tuple[str, str]] = {}
     for guard in guards:
-        for key, value in _guard_facts(guard):
-            facts.setdefault(key, value)
+        for key, value, category in _guard_text.guard_facts(guard):
+            facts.setdefault(key, (value, category))
     return facts
 
 
-def _guard_facts(guard: str) -> list[tuple[str, str]]:
-    tensor = _CHECK_TENSOR.fullmatch(guard)
-    if tensor:
-        source = tensor["source"]
-        facts = [(f"{source}.{field}", tensor[field])
-                 for field in ("dtype", "device", "requires_grad")]
-        facts.append((f"{source}.dispatch_keys", tensor["keys"]))
-        for field in ("size", "stride"):
-            values = tensor[field].split(", ") if tensor[field] else []  # [] for a scalar
-            for index, value in enumerate(values):
-                facts.append((f"{source}.{field}()[{index}]",
-                              "dynamic" if value == "None" else value))
-        return facts
-    state = _GLOBAL_STATE.fullmatch(guard)
-    if state:
-        return [(f"global {name}", json.dumps(value))
-                for name, value in json.loads(state["state"]).items()]
-    obj = _OBJECT_ID.fullmatch(guard)
-    if obj:
-        if obj["what"] == "type":
-            return [(f"type({obj['source']})", obj["type"] or f"type id {obj['id']}")]
-        return [(f"id({obj['source']})", f"id {obj['id']}")]
-    equals = _EQUALS.fullmatch(guard)
-    if equals and not _SIZE_TERM.search(guard):
-        return [(equals["source"], equals["value"])]
-    # A relation between sizes ("2 <= L['x'].size()[0]") or anything else: present or not.
-    return [(guard, "guarded")]
+# How the fact a failed guard checked is keyed, by the failure's kind; sizes and strides also by
+# every relation that mentions them.
+_FACT_OF_FAILURE = {"id": "id({})", "type": "type({})", "length": "len({})",
+                    "grad_mode": "global {}", "global_state": "global {}", "device": "{}"}
 
 
-def _readable(key: str) -> str:
-    """L['x'].size()[1] -> x.size()[1], as torch's recompile messages write it."""
-    return re.sub(r"L\[\s*['\"](.*?)['\"]\s*\]", r"\1", key)
+def _names(key: str, failure: GuardFailure) -> bool:
+    """Whether the fact `key` is what the failed guard checked: `x.size()[0]` is named by itself
+    and by `2 <= x.size()[0]`, an id guard on `act` by `id(act)`, grad mode by
+    `global grad_mode`."""
+    source = failure.source
+    if failure.kind == "device":  # dynamo guards the device through the dispatch keys
+        return key in {source, source.removesuffix(".device") + ".dispatch_keys"}
+    if failure.kind in {"size", "stride"}:
+        return key == source or _guard_text.mentions_size(key, source)
+    return key == _FACT_OF_FAILURE.get(failure.kind, "{}").format(source)
 
 
 # -- unstable guards -----------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from . import _compat, _state
+from . import _compat, _guard_text, _state
 from ._message import CheckFailure, Frame, format_failure
 
 __all__ = [
@@ -72,7 +72,10 @@ class GuardFailure:
     """Why one cached graph rejected a call: the first of its guards that failed.
 
     kind: size, stride, ndim, dtype, device, dispatch_keys, requires_grad, grad_mode,
-    global_state, value, id, type, length, backend, aliasing or other.
+    global_state, value, id, type, length, dict_keys, backend, aliasing or other.
+    A size guard with bounds (`2 <= x.size()[0] <= 11`) has the size as its source and the
+    bounds as expected (`>= 2 and <= 11`). Sources are normalised: a global dynamo names anew in
+    each compile (`__builtins_dict___N`, ...) reads the same in every compile.
     """
 
     entry: str  # compile id of the cache entry whose guard failed, e.g. "0/1"
@@ -119,123 +122,35 @@ class GuardFailure:
                 "text": self.text}
 
 
-# "<entry>: <reason>", the entry a compile id such as 0/1 (or !0/0/1 under compiled autograd).
-_REASON_HEAD = re.compile(r"(?P<entry>!?\d+(?:/\d+)+(?:_\d+)?): (?P<body>.*)", re.S)
-# dynamo pads the guard code to 60 columns and appends "  # <user line>  # <file:line> in <fn>".
-_COMMENT = re.compile(r"\s{2,}#\s")
-_STACK_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<function>\S+)')
-_COMMENTED_FRAME = re.compile(r"#\s(?P<file>[^#\s]+):(?P<line>\d+) in (?P<function>[\w<>]+)")
-_HINT = re.compile(r"\(HINT: (?P<hint>.*)\)\s*$")
-_SIZE_EXPR = re.compile(r"[\w.\[\]'\"()]+?\.(?:size|stride)\(\)\[\d+\]")
-_RELATION = re.compile(r"(?P<lhs>.+?) (?P<op><=|>=|==|!=|<|>) (?P<rhs>.+)")
-_FLIP = {"<=": ">=", ">=": "<=", "<": ">", ">": "<", "==": "==", "!=": "!="}
+def parse_guard_failure(reason: str, *, scope: dict[str, Any] | None = None) -> GuardFailure:
+    """A GuardFailure from one reason as torch words it: `0/0: tensor 'x' size mismatch ...`.
 
-_TENSOR_CHECKS: list[tuple[str, re.Pattern]] = [
-    ("size", re.compile(r"size mismatch at index (?P<index>\d+)\. expected (?P<expected>\S+), "
-                        r"actual (?P<actual>\S+)")),
-    ("stride", re.compile(r"stride mismatch at index (?P<index>\d+)\. expected (?P<expected>\S+), "
-                          r"actual (?P<actual>\S+)")),
-    ("dtype", re.compile(r"dtype mismatch\. expected (?P<expected>\S+), actual (?P<actual>\S+)")),
-    ("requires_grad", re.compile(r"requires_grad mismatch\. "
-                                 r"expected requires_grad=(?P<expected>\d)")),
-    ("ndim", re.compile(r"rank mismatch\. expected (?P<expected>\d+), actual (?P<actual>\d+)")),
-    ("device", re.compile(r"dispatch key set mismatch\. "
-                          r"expected DispatchKeySet\((?P<expected>[^,)]*)"
-                          r".*actual DispatchKeySet\((?P<actual>[^,)]*)")),
-]
-_TENSOR_SUFFIX = {"size": ".size()[{index}]", "stride": ".stride()[{index}]", "dtype": ".dtype",
-                  "requires_grad": ".requires_grad", "ndim": ".dim()", "device": ".device"}
-
-_OBJECT_CHECKS: list[tuple[str, re.Pattern]] = [
-    ("global_state", re.compile(r"GLOBAL_STATE changed: (?P<source>.*)")),
-    ("id", re.compile(r"___check_obj_id\((?P<source>.+), (?P<expected>\d+)\)")),
-    ("type", re.compile(r"___check_type_id\((?P<source>.+), \d+\)(?:, type=(?P<expected>.*))?")),
-    ("length", re.compile(r"len\((?P<source>.+)\) == (?P<expected>\d+)")),
-    ("backend", re.compile(r"(?P<source>BACKEND_MATCH) failure")),
-    ("aliasing", re.compile(r"(?P<source>Duplicate tensors? found.*)")),
-]
-
-
-def parse_guard_failure(reason: str) -> GuardFailure:
-    """A GuardFailure from one reason as torch words it: `0/0: tensor 'x' size mismatch ...`."""
-    head = _REASON_HEAD.match(reason)
-    entry, body = (head["entry"], head["body"]) if head else ("?", reason)
-    first, _, rest = body.partition("\n")
-    expression, comment = _split_comment(first)
-    kind, source, expected, actual = _classify(expression)
+    scope: the local variables of the call that failed the guard, where known; a size guard's
+    actual value is read from them, since torch's text gives only the bounds.
+    """
+    entry, expression, comment, rest = _guard_text.split_reason(reason)
+    kind, source, expected, actual = _guard_text.classify_failure(expression)
+    if actual is None and kind in {"size", "stride"} and scope is not None:
+        value = _guard_text.size_value(source, scope)
+        actual = None if value is None else str(value)
     return GuardFailure(entry=entry, kind=kind, source=source, expected=expected, actual=actual,
-                        where=_user_frame(rest) or _commented_frame(comment), note=_note(comment),
-                        text=reason)
-
-
-def _split_comment(line: str) -> tuple[str, str]:
-    """(guard code, dynamo's comment after it) of a reason's first line."""
-    parts = _COMMENT.split(line, maxsplit=1)
-    return parts[0].strip(), parts[1] if len(parts) > 1 else ""
-
-
-def _classify(expression: str) -> tuple[str, str, str | None, str | None]:
-    """(kind, source, expected, actual) of one guard's failure text."""
-    tensor = re.match(r"tensor '(?P<name>.+?)' (?P<what>.*)", expression)
-    if tensor:
-        return _classify_tensor(tensor["name"], tensor["what"])
-    if "device index mismatch" in expression:
-        return "device", "device index", None, None
-    for kind, pattern in _OBJECT_CHECKS:
-        match = pattern.match(expression)
-        if match:
-            source = match["source"].strip()
-            if kind == "global_state" and "grad_mode" in source:
-                kind = "grad_mode"
-            return kind, source, match.groupdict().get("expected"), None
-    relation = _RELATION.fullmatch(expression)
-    if relation and _SIZE_EXPR.search(expression):
-        return _classify_shape(relation)
-    if relation and relation["op"] == "==":
-        return "value", relation["lhs"], relation["rhs"], None
-    return "other", expression, None, None
-
-
-def _classify_tensor(name: str, what: str) -> tuple[str, str, str | None, str | None]:
-    for kind, pattern in _TENSOR_CHECKS:
-        match = pattern.match(what)
-        if not match:
-            continue
-        source = name + _TENSOR_SUFFIX[kind].format(index=match.groupdict().get("index"))
-        expected, actual = match["expected"], match.groupdict().get("actual")
-        if kind == "requires_grad":
-            expected, actual = str(expected == "1"), str(expected != "1")
-        if kind == "device" and expected == actual:
-            kind = "dispatch_keys"
-        return kind, source, expected, actual
-    return "other", name, None, None
-
-
-def _classify_shape(relation: re.Match) -> tuple[str, str, str | None, str | None]:
-    # "2 <= x.size()[0]" reads as: x.size()[0] expected >= 2. Put the size on the left.
-    lhs, op, rhs = relation["lhs"], relation["op"], relation["rhs"]
-    if not _SIZE_EXPR.fullmatch(lhs) and _SIZE_EXPR.fullmatch(rhs):
-        lhs, op, rhs = rhs, _FLIP[op], lhs
-    kind = "stride" if ".stride()" in lhs else "size"
-    return kind, lhs, rhs if op == "==" else f"{op} {rhs}", None
+                        where=_user_frame(rest) or _commented_frame(comment),
+                        note=_guard_text.note_of(comment), text=reason)
 
 
 def _user_frame(stack_text: str) -> Frame | None:
     """The innermost frame outside torch in a "User stack trace:" block."""
-    frames = [match for match in _STACK_FRAME.finditer(stack_text)
-              if not os.path.abspath(match["file"]).startswith(_TORCH_DIR)]
-    if not frames:
-        return None
-    last = frames[-1]
-    return Frame.at(last["file"], int(last["line"]), last["function"])
+    frames = [frame for frame in _guard_text.stack_frames(stack_text)
+              if not os.path.abspath(frame[0]).startswith(_TORCH_DIR)]
+    return Frame.at(*frames[-1]) if frames else None
 
 
 def _commented_frame(comment: str) -> Frame | None:
     """The frame in dynamo's comment ("# <code>  # tests/m.py:40 in fn"), for guards that come
     without a user stack (symbolic-shape guards)."""
-    match = _COMMENTED_FRAME.search(comment)
-    path = _unshortened(match["file"]) if match else None
-    return Frame.at(path, int(match["line"]), match["function"]) if path else None
+    found = _guard_text.commented_frame(comment)
+    path = _unshortened(found[0]) if found else None
+    return Frame.at(path, found[1], found[2]) if path else None
 
 
 def _unshortened(short: str) -> str | None:
@@ -254,28 +169,11 @@ def _unshortened(short: str) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def _note(comment: str) -> str:
-    if "0/1 specialization" in comment:
-        return ("sizes 0 and 1 are always specialised: a dynamic dimension that sees 0 or 1 "
-                "compiles a graph of its own")
-    hint = _HINT.search(comment)
-    return hint["hint"] if hint else ""
-
-
-def failures_from_log(message: str) -> list[GuardFailure]:
+def failures_from_log(message: str, *, scope: dict[str, Any] | None = None
+                      ) -> list[GuardFailure]:
     """The GuardFailures listed in one `recompiles` (or `recompiles_verbose`) log message."""
-    _, _, listed = message.partition("triggered by the following guard failure(s):\n")
-    reasons: list[str] = []
-    for line in listed.splitlines():
-        line = line[4:] if line.startswith("    ") else line
-        if not line.startswith("- "):  # the verbose form's "guard 0 failures:" headings
-            continue
-        item = line[2:]
-        if _REASON_HEAD.match(item):
-            reasons.append(item)
-        elif reasons:
-            reasons[-1] += "\n" + item.strip()
-    return [parse_guard_failure(reason) for reason in reasons]
+    return [parse_guard_failure(reason, scope=scope)
+            for reason in _guard_text.log_reasons(message)]
 
 
 # -- compile events and the report ---------------------------------------------------------------
@@ -363,10 +261,11 @@ def failure_lines(failures: Iterable[GuardFailure], *, limit: int = 6) -> list[s
     installed it and torch's hint under it."""
     grouped: dict[tuple, list[GuardFailure]] = {}
     for failure in failures:
-        grouped.setdefault((failure.kind, failure.source, failure.where), []).append(failure)
+        grouped.setdefault((failure.kind, failure.source), []).append(failure)
     lines = []
     for same in list(grouped.values())[:limit]:
-        first = same[0]
+        # One guard installed by one line, though a guard read without a user stack may say less.
+        first = next((failure for failure in same if failure.where is not None), same[0])
         by_values: dict[str, list[str]] = {}
         for failure in same:
             by_values.setdefault(failure.values(), []).append(failure.entry)
@@ -397,7 +296,7 @@ class _Collector(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self._reasons: dict[str, deque[str]] = defaultdict(deque)
+        self._reasons: dict[str, deque[list[GuardFailure]]] = defaultdict(deque)
         self._limit_warnings: dict[str, re.Match] = {}
         # Identity tells new metrics from old ones; holding the old ones keeps their ids unique.
         self._old = _compat.compilation_metrics()
@@ -410,7 +309,10 @@ class _Collector(logging.Handler):
         compile_id = _compat.current_compile_id() or "?"
         message = record.getMessage()
         if record.name in _compat.RECOMPILES_LOGGERS:
-            self._reasons[compile_id].append(message)
+            # Parsed now, while the call that failed the guards is still on the stack: a size
+            # guard's actual value is read from its locals.
+            self._reasons[compile_id].append(
+                failures_from_log(message, scope=_compat.recompiling_locals()))
         else:
             match = _LIMIT_WARNING.search(message)
             if match:
@@ -443,7 +345,7 @@ class _Collector(logging.Handler):
             metrics.fail_type, metrics.fail_reason)
         reasons = self._reasons.get(compile_id)
         if reasons:
-            failures = failures_from_log(reasons.popleft())
+            failures = reasons.popleft()
         elif metrics.recompile_reason:
             failures = [parse_guard_failure(metrics.recompile_reason)]
         else:

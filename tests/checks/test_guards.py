@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import recompile_zoo as zoo
-from fullgraph.checks.guards import (UnstableGuardError, assert_no_unstable_guards,
+from fullgraph.checks.guards import (GuardSet, UnstableGuardError, assert_no_unstable_guards,
                                      diff_guards, find_unstable_guards, guards_of)
 from fullgraph.model import forward, new_cache
 
@@ -60,7 +60,8 @@ def _compile_twice(first, second, fn=zoo.scale, **options):
 
 def test_diff_guards_answers_why_a_shape_change_compiled_twice():
     compiled = _compile_twice(torch.ones(2), torch.ones(3), dynamic=False)
-    assert diff_guards(0, 1, of=compiled).summary() == "x.size()[0]: 2 -> 3"
+    assert diff_guards(0, 1, of=compiled).summary() == ("x.size()[0]: 2 -> 3  "
+                                                        "(the guard that failed)")
 
 
 def test_diff_guards_answers_why_a_dtype_change_compiled_twice():
@@ -75,7 +76,8 @@ def test_diff_guards_answers_why_no_grad_compiled_again():
     compiled(torch.ones(2))
     with torch.no_grad():
         compiled(torch.ones(2))
-    assert diff_guards(0, -1, of=zoo.scale).summary() == "global grad_mode: true -> false"
+    assert diff_guards(0, -1, of=zoo.scale).summary() == ("global grad_mode: true -> false  "
+                                                          "(the guard that failed)")
 
 
 def test_diff_guards_of_an_int_argument_and_of_a_dynamic_dimension():
@@ -88,6 +90,62 @@ def test_diff_guards_of_an_int_argument_and_of_a_dynamic_dimension():
     diff = diff_guards(0, 1, of=zoo.rows_sum)
     assert "x.size()[0]: 2 -> dynamic" in str(diff)
     assert "2 <= x.size()[0]: (no guard) -> guarded" in str(diff)
+
+
+def test_a_guard_that_only_moved_to_another_global_name_is_no_difference():
+    # The forms torch writes: the builtins dict under a per-compile counter, a global installed by
+    # id with the compiling frame's number, an OrderedDict lookup as older torch wrote it.
+    a = GuardSet("0/0", ("___check_obj_id(G['__builtins_dict___0']['len'], 9001)",
+                         "___check_obj_id(G['___stream_cpu_140001_c0'], 140001)",
+                         "___check_type_id(___odict_getitem(L['self']._modules, 'proj'), 77)",
+                         "L['n'] == 1"))
+    b = GuardSet("0/1", ("___check_obj_id(G['__builtins_dict___2']['len'], 9001)",
+                         "___check_obj_id(G['___stream_cpu_140001_c1'], 140001)",
+                         "___check_type_id(L['self']._modules['proj'], 77)",
+                         "L['n'] == 2"))
+    diff = diff_guards(a, b)
+    assert [str(change) for change in diff.changes] == ["n: 1 -> 2"]
+    assert diff.shared == 3
+    assert str(diff) == "guards of 0/0 -> 0/1: 1 difference, 3 guards the same\n  n: 1 -> 2"
+
+
+def test_differences_come_in_order_of_likely_cause():
+    a = GuardSet("0/0", ("not hasattr(L['cfg'], 'extra')", "L['cfg'].depth == 2",
+                         "check_tensor(L['x'], Tensor, DispatchKeySet(CPU), torch.float32, "
+                         "device=None, requires_grad=False, size=[2], stride=[1])",
+                         "L['mode'] == 'fast'"))
+    b = GuardSet("0/1", ("L['cfg'].depth == 3",
+                         "check_tensor(L['x'], Tensor, DispatchKeySet(CPU), torch.float32, "
+                         "device=None, requires_grad=False, size=[4], stride=[1])",
+                         "L['mode'] == 'slow'",
+                         "___check_type_id(L['mode'], 5), type=<class 'str'>"),
+                 reason="0/0: mode == 'fast'  # if mode == 'fast':  # m.py:3 in f")
+    changes = diff_guards(a, b).changes
+    assert [change.source for change in changes] == [
+        "mode",  # the guard torch says failed
+        "x.size()[0]",  # tensor guards
+        "cfg.depth", "type(mode)",  # values and types, a changed value before a new guard
+        "not hasattr(cfg, 'extra')"]  # the rest
+    assert [change.failed for change in changes] == [True, False, False, False, False]
+
+
+def test_a_device_change_marks_the_dispatch_keys_dynamo_guards_it_by():
+    _compile_twice(torch.ones(2), torch.ones(2, device="meta"))
+    (change,) = diff_guards(0, 1, of=zoo.scale).changes
+    assert (change.source, change.failed) == ("x.dispatch_keys", True)
+    assert change.after.startswith("DispatchKeySet(Meta")
+
+
+def test_a_real_recompile_lists_the_failed_tensor_guard_before_the_changed_value():
+    compiled = torch.compile(zoo.repeat_add, backend="eager")
+    compiled(torch.ones(2), 1)
+    compiled(torch.ones(2, dtype=torch.float64), 2)
+    diff = diff_guards(*guards_of(compiled))
+    # A value that changed comes before a guard only the second graph has.
+    assert [(change.source, change.failed) for change in diff.changes] == [
+        ("x.dtype", True), ("times", False), ("type(times)", False)]
+    assert diff.to_dict()["changes"][0]["failed"] is True
+    assert guards_of(compiled)[1].reason.startswith("0/0: tensor 'x' dtype mismatch")
 
 
 def test_diff_of_identical_guards_says_so():

@@ -7,8 +7,9 @@ import torch
 import recompile_zoo as zoo
 from fullgraph.checks import _compat, _state
 from fullgraph.checks.recompiles import (GuardFailure, RecompileBudgetError,
-                                         assert_recompiles_at_most, failures_from_log,
-                                         parse_guard_failure, recompile_budget, track_compiles)
+                                         assert_recompiles_at_most, failure_lines,
+                                         failures_from_log, parse_guard_failure,
+                                         recompile_budget, track_compiles)
 
 ZOO = zoo.SOURCE.name
 
@@ -108,6 +109,33 @@ def test_a_shape_change_with_dynamic_false_recompiles_for_every_size():
                                                                        "2", "3")
     assert re.search(rf"1\. .*{at('scale')} in scale: recompile #2 \(compile 0/2\)",
                      str(failure.value))
+
+
+def test_a_size_outside_both_bounds_is_reported_with_the_bounds_and_the_size_it_had():
+    first = torch.ones(3, 4)
+    torch._dynamo.mark_dynamic(first, 0, min=2, max=11)
+    compiled = torch.compile(zoo.rows_sum, backend="eager")
+    with track_compiles() as report:
+        compiled(first)
+        compiled(torch.ones(12, 4))
+    guard = only_recompile(report).failures[0]
+    assert guard.describe() == "size guard on x.size()[0]: expected >= 2 and <= 11, actual 12"
+    assert guard.where.lineno == zoo.line_of("rows-sum") + 1
+
+
+def test_a_size_below_a_dynamic_dimension_s_bound_is_reported_with_the_size_it_had():
+    report = assert_recompiles_at_most(zoo.rows_sum, [torch.ones(n, 4) for n in (2, 3, 1)], 2)
+    guard = report.recompiles[-1].failures[0]
+    assert guard.describe() == "size guard on x.size()[0]: expected >= 2, actual 1"
+    assert guard.note.startswith("sizes 0 and 1 are always specialised")
+
+
+def test_one_guard_failing_under_per_compile_global_names_is_one_line():
+    failures = [parse_guard_failure(f"0/{entry}: ___check_obj_id(G['__builtins_dict___{name}']"
+                                    f"['len'], 9001)") for entry, name in ((1, 2), (0, 0))]
+    assert failures[0].source == failures[1].source == "G['__builtins_dict__']['len']"
+    assert failure_lines(failures) == [
+        "id guard on G['__builtins_dict__']['len']: expected 9001 (entry 0/1, 0/0)"]
 
 
 def test_the_recompile_limit_fallback_fails_any_budget():
