@@ -484,6 +484,7 @@ __all__ += [
     "is_cudagraph_skip",
     "cudagraph_skip_count",
     "unique_graph_count",
+    "dynamo_counters",
     "entry_code",
     "non_default_dynamo_config",
 ]
@@ -513,7 +514,9 @@ def is_cudagraph_skip(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING and record.funcName == _CUDAGRAPH_SKIP_FUNCTION
 
 
-def _counters() -> Any:
+def dynamo_counters() -> Any:
+    """torch._dynamo.utils.counters: a defaultdict of Counters ("stats", "inductor", "graph_break",
+    ...) that every compile adds to and only the user clears; torch.compiler.reset leaves it."""
     import torch._dynamo.utils as utils
 
     counters = getattr(utils, "counters", None)
@@ -525,12 +528,12 @@ def _counters() -> Any:
 def cudagraph_skip_count() -> int:
     """Every CUDA-graph skip inductor has counted in this process, logged or not (a graph on a
     non-CUDA device is skipped without a message)."""
-    return _counters()["inductor"]["cudagraph_skips"]
+    return dynamo_counters()["inductor"]["cudagraph_skips"]
 
 
 def unique_graph_count() -> int:
     """Every FX graph dynamo has handed to a backend in this process."""
-    return _counters()["stats"]["unique_graphs"]
+    return dynamo_counters()["stats"]["unique_graphs"]
 
 
 def entry_code(entry: Any) -> types.CodeType | None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import itertools
 import logging
 import os
 import re
@@ -40,6 +41,7 @@ from typing import Any
 import torch
 
 from . import _compat, _state
+from ._args import check_backend
 from ._message import CheckFailure, Frame, format_failure
 
 __all__ = [
@@ -631,47 +633,45 @@ def _raise_if_over(report: CompileReport, max_recompiles: int, *, per_function: 
 def calls_of(inputs: Iterable[Any]) -> Iterator[tuple]:
     """Each input as positional arguments: a tuple is the arguments, anything else the only one.
 
-    Checked now, iterated lazily: a generator of inputs is not held in memory all at once.
+    Checked now, the first input taken now (so an empty iterable is refused before any work),
+    the rest iterated lazily: a generator of inputs is not held in memory all at once.
     """
     # A tensor is iterable too, by rows: almost certainly one call meant as [x].
     if isinstance(inputs, torch.Tensor) or not isinstance(inputs, Iterable):
         raise TypeError(f"inputs must be an iterable of calls (each a tuple of arguments or a "
                         f"single tensor), got {type(inputs).__name__}; for one call pass [x]")
-    return _calls(inputs)
-
-
-def _calls(inputs: Iterable[Any]) -> Iterator[tuple]:
-    count = 0
-    for item in inputs:
-        count += 1
-        yield item if isinstance(item, tuple) else (item,)
-    if count == 0:
+    items = iter(inputs)
+    first = next(items, _NO_INPUT)
+    if first is _NO_INPUT:
         raise ValueError("inputs is empty: there is nothing to call")
+    return (item if isinstance(item, tuple) else (item,) for item in itertools.chain([first], items))
 
 
-def check_compile_options(dynamic: Any, backend: Any) -> None:
+_NO_INPUT = object()
+
+
+def check_compile_options(checker: str, dynamic: Any, backend: Any) -> None:
     if dynamic is not None and not isinstance(dynamic, bool):
-        raise TypeError(f"dynamic must be None, True or False, got {dynamic!r}")
-    if not (isinstance(backend, str) or callable(backend)):
-        raise TypeError(f"backend must be a backend name or a callable, got {backend!r}")
+        raise TypeError(f"{checker}: dynamic must be None, True or False, got {dynamic!r}")
+    check_backend(checker, backend)
 
 
 @contextlib.contextmanager
-def compiled_run(fn: Callable, inputs: Iterable[Any], *, dynamic: bool | None, backend: Any,
-                 before_call: Callable[[tuple], None] | None = None
+def compiled_run(checker: str, fn: Callable, inputs: Iterable[Any], *, dynamic: bool | None,
+                 backend: Any, before_call: Callable[[tuple], None] | None = None
                  ) -> Iterator[tuple[CompileReport, Callable]]:
     """Reset dynamo, compile `fn`, call it on every input while tracking; yield the report and
     the compiled function (whose guards can be read until the block ends).
 
-    Dynamo is reset again on exit, so nothing compiled here stays attached to fn's code. A
-    function already wrapped by torch.compile is unwrapped, so these options apply.
+    Dynamo is reset again on exit, so nothing compiled here stays attached to fn's code, and
+    torch's counters are put back as they were. The arguments are checked before the first
+    reset. A function already wrapped by torch.compile is unwrapped, so these options apply.
     """
     if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    check_compile_options(dynamic, backend)
+        raise TypeError(f"{checker}: fn must be callable, got {type(fn).__name__}")
+    check_compile_options(checker, dynamic, backend)
     calls = calls_of(inputs)
-    torch.compiler.reset()
-    try:
+    with _state.fresh_dynamo():
         compiled = torch.compile(_compat.compiled_target(fn), dynamic=dynamic, backend=backend)
         with track_compiles() as report:
             for args in calls:
@@ -679,8 +679,6 @@ def compiled_run(fn: Callable, inputs: Iterable[Any], *, dynamic: bool | None, b
                     before_call(args)
                 compiled(*args)
         yield report, compiled
-    finally:
-        torch.compiler.reset()
 
 
 def assert_recompiles_at_most(fn: Callable, inputs: Iterable[Any], max_recompiles: int, *,
@@ -693,7 +691,8 @@ def assert_recompiles_at_most(fn: Callable, inputs: Iterable[Any], max_recompile
     """
     __tracebackhide__ = True
     check_count("max_recompiles", max_recompiles)
-    with compiled_run(fn, inputs, dynamic=dynamic, backend=backend) as (report, _):
+    with compiled_run("assert_recompiles_at_most", fn, inputs, dynamic=dynamic,
+                      backend=backend) as (report, _):
         pass
     _raise_if_over(report, max_recompiles, per_function=True, msg=msg)
     return report
