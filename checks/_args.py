@@ -11,18 +11,23 @@ from typing import Any
 
 from . import _compat
 
-__all__ = ["check_backend"]
+__all__ = ["check_backend", "prefixed"]
 
 
-def check_backend(checker: str, backend: Any, *, argument: str = "backend") -> None:
+def prefixed(checker: str | None, argument: str) -> str:
+    """`checker: argument`, how an error names the argument of the function the user called."""
+    return argument if checker is None else f"{checker}: {argument}"
+
+
+def check_backend(checker: str | None, backend: Any, *, argument: str = "backend") -> None:
     """A torch.compile backend: a name torch knows (ValueError listing them) or a callable.
 
     The message starts `<checker>: <argument> must be`, the argument as the caller spelled it.
     """
+    named = prefixed(checker, argument)
     if isinstance(backend, str):
         known = _compat.backend_names()
         if backend not in known:
-            raise ValueError(f"{checker}: {argument} must be one of {known}, got {backend!r}")
+            raise ValueError(f"{named} must be one of {known}, got {backend!r}")
     elif not callable(backend):
-        raise TypeError(f"{checker}: {argument} must be a backend name or a callable, "
-                        f"got {type(backend).__name__}")
+        raise TypeError(f"{named} must be a backend name or a callable, got {type(backend).__name__}")

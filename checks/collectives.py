@@ -257,8 +257,8 @@ def find_collectives(fn: Callable, *args: Any, world_size: int | None = None, ra
     communicating, so values are wrong but graphs are a real rank's. None: use the process group
     already initialised (a fake one you created, or a real one: this rank only).
 
-    Dynamo is reset before and after, and torch's config, stance and logging are left as found.
-    An exception from the call is kept in the report (status "failed"), not raised.
+    Dynamo is reset before and after, and torch's config, stance, logging and counters are left
+    as found. An exception from the call is kept in the report (status "failed"), not raised.
     """
     check_backend("find_collectives", backend)
     if world_size is None:

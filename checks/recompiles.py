@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from . import _compat, _state
-from ._args import check_backend
+from ._args import check_backend, prefixed
 from ._message import CheckFailure, Frame, format_failure
 
 __all__ = [
@@ -650,25 +650,27 @@ def calls_of(inputs: Iterable[Any]) -> Iterator[tuple]:
 _NO_INPUT = object()
 
 
-def check_compile_options(checker: str, dynamic: Any, backend: Any) -> None:
+def check_compile_options(checker: str | None, dynamic: Any, backend: Any) -> None:
     if dynamic is not None and not isinstance(dynamic, bool):
-        raise TypeError(f"{checker}: dynamic must be None, True or False, got {dynamic!r}")
+        raise TypeError(f"{prefixed(checker, 'dynamic')} must be None, True or False, "
+                        f"got {dynamic!r}")
     check_backend(checker, backend)
 
 
 @contextlib.contextmanager
-def compiled_run(checker: str, fn: Callable, inputs: Iterable[Any], *, dynamic: bool | None,
-                 backend: Any, before_call: Callable[[tuple], None] | None = None
+def compiled_run(fn: Callable, inputs: Iterable[Any], *, dynamic: bool | None, backend: Any,
+                 before_call: Callable[[tuple], None] | None = None, checker: str | None = None
                  ) -> Iterator[tuple[CompileReport, Callable]]:
     """Reset dynamo, compile `fn`, call it on every input while tracking; yield the report and
     the compiled function (whose guards can be read until the block ends).
 
     Dynamo is reset again on exit, so nothing compiled here stays attached to fn's code, and
     torch's counters are put back as they were. The arguments are checked before the first
-    reset. A function already wrapped by torch.compile is unwrapped, so these options apply.
+    reset; `checker`, the public function called, heads their errors. A function already wrapped
+    by torch.compile is unwrapped, so these options apply.
     """
     if not callable(fn):
-        raise TypeError(f"{checker}: fn must be callable, got {type(fn).__name__}")
+        raise TypeError(f"{prefixed(checker, 'fn')} must be callable, got {type(fn).__name__}")
     check_compile_options(checker, dynamic, backend)
     calls = calls_of(inputs)
     with _state.fresh_dynamo():
@@ -691,8 +693,8 @@ def assert_recompiles_at_most(fn: Callable, inputs: Iterable[Any], max_recompile
     """
     __tracebackhide__ = True
     check_count("max_recompiles", max_recompiles)
-    with compiled_run("assert_recompiles_at_most", fn, inputs, dynamic=dynamic,
-                      backend=backend) as (report, _):
+    with compiled_run(fn, inputs, dynamic=dynamic, backend=backend,
+                      checker="assert_recompiles_at_most") as (report, _):
         pass
     _raise_if_over(report, max_recompiles, per_function=True, msg=msg)
     return report

@@ -151,8 +151,8 @@ def dim_report(fn: Callable, inputs: Iterable[Any], dims: Sequence[Dim], *,
     dims = _checked_dims(dims)
     marked = _marked(mark_dynamic, dims)
     recorder = _SizeRecorder(fn, dims, marked)
-    with compiled_run("dim_report", fn, inputs, dynamic=dynamic, backend=backend,
-                      before_call=recorder) as (report, compiled):
+    with compiled_run(fn, inputs, dynamic=dynamic, backend=backend, before_call=recorder,
+                      checker="dim_report") as (report, compiled):
         graphs = guards_of(compiled)
     return _dim_report(report, dims, recorder, graphs)
 
