@@ -633,21 +633,22 @@ def _raise_if_over(report: CompileReport, max_recompiles: int, *, per_function: 
 def calls_of(inputs: Iterable[Any]) -> Iterator[tuple]:
     """Each input as positional arguments: a tuple is the arguments, anything else the only one.
 
-    Checked now, the first input taken now (so an empty iterable is refused before any work),
-    the rest iterated lazily: a generator of inputs is not held in memory all at once.
+    Checked now, iterated lazily: a generator of inputs is not held in memory all at once.
     """
     # A tensor is iterable too, by rows: almost certainly one call meant as [x].
     if isinstance(inputs, torch.Tensor) or not isinstance(inputs, Iterable):
         raise TypeError(f"inputs must be an iterable of calls (each a tuple of arguments or a "
                         f"single tensor), got {type(inputs).__name__}; for one call pass [x]")
-    items = iter(inputs)
-    first = next(items, _NO_INPUT)
-    if first is _NO_INPUT:
+    return _calls(inputs)
+
+
+def _calls(inputs: Iterable[Any]) -> Iterator[tuple]:
+    count = 0
+    for item in inputs:
+        count += 1
+        yield item if isinstance(item, tuple) else (item,)
+    if count == 0:
         raise ValueError("inputs is empty: there is nothing to call")
-    return (item if isinstance(item, tuple) else (item,) for item in itertools.chain([first], items))
-
-
-_NO_INPUT = object()
 
 
 def check_compile_options(checker: str | None, dynamic: Any, backend: Any) -> None:
@@ -673,10 +674,11 @@ def compiled_run(fn: Callable, inputs: Iterable[Any], *, dynamic: bool | None, b
         raise TypeError(f"{prefixed(checker, 'fn')} must be callable, got {type(fn).__name__}")
     check_compile_options(checker, dynamic, backend)
     calls = calls_of(inputs)
+    first = next(calls)  # now, so that empty inputs are refused before the reset
     with _state.fresh_dynamo():
         compiled = torch.compile(_compat.compiled_target(fn), dynamic=dynamic, backend=backend)
         with track_compiles() as report:
-            for args in calls:
+            for args in itertools.chain([first], calls):
                 if before_call is not None:
                     before_call(args)
                 compiled(*args)
