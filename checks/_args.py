@@ -30,4 +30,5 @@ def check_backend(checker: str | None, backend: Any, *, argument: str = "backend
         if backend not in known:
             raise ValueError(f"{named} must be one of {known}, got {backend!r}")
     elif not callable(backend):
-        raise TypeError(f"{named} must be a backend name or a callable, got {type(backend).__name__}")
+        raise TypeError(f"{named} must be a backend name or a callable, "
+                        f"got {type(backend).__name__}")

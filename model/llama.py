@@ -196,7 +196,8 @@ def block(
     return h + (ffn if all_reduce is None else all_reduce(ffn))
 
 
-def _check_ids(tokens: Tensor, input_pos: Tensor, *, cfg: LlamaConfig, cache: KVCache | None) -> None:
+def _check_ids(tokens: Tensor, input_pos: Tensor, *, cfg: LlamaConfig,
+               cache: KVCache | None) -> None:
     """Token ids and cache positions that torch would reject deep inside with an index error.
 
     dtypes are checked always (free while tracing); values only in eager mode, at the cost of
