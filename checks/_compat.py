@@ -502,6 +502,7 @@ __all__ += [
     "is_cudagraph_skip",
     "counter_hook",
     "reset_dynamo",
+    "dynamo_counters",
     "entry_code",
     "non_default_dynamo_config",
 ]
@@ -531,7 +532,9 @@ def is_cudagraph_skip(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING and record.funcName == _CUDAGRAPH_SKIP_FUNCTION
 
 
-def _counters() -> Any:
+def dynamo_counters() -> Any:
+    """torch._dynamo.utils.counters: a defaultdict of Counters ("stats", "inductor", "graph_break",
+    ...) that every compile adds to and only the user clears; torch.compiler.reset leaves it."""
     import torch._dynamo.utils as utils
 
     counters = getattr(utils, "counters", None)

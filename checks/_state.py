@@ -1,7 +1,8 @@
 """Leave torch's global state exactly as it was found, pass or fail.
 
 Checkers run inside other projects' suites and under pytest-xdist: one that leaves a logging
-handler, a config flag or a stance behind changes every test after it.
+handler, a config flag, a stance or its own compiles in torch's counters behind changes every test
+after it.
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import torch
+
 from . import _compat
 
-__all__ = ["preserved_torch_state"]
+__all__ = ["preserved_torch_state", "fresh_dynamo"]
 
 
 @dataclass
@@ -69,3 +73,32 @@ def _restore_config(config, saved: dict) -> None:
         for key, value in saved.items():
             if current.get(key) != value:
                 setattr(config, key, value)
+
+
+@contextlib.contextmanager
+def fresh_dynamo() -> Iterator[None]:
+    """Reset dynamo before and after the block, and put torch's counters back as they were.
+
+    The block compiles from scratch and leaves nothing compiled behind; its compiles leave no
+    trace in torch._dynamo.utils.counters, which a user's test may assert on. The reset also
+    drops the compile callbacks registered with torch._dynamo.callback (torch does that on
+    every reset); they are not restored. Check arguments before entering: a refused call
+    should cost the user nothing.
+    """
+    counters = _compat.dynamo_counters()
+    saved = {key: Counter(values) for key, values in counters.items()}
+    torch.compiler.reset()
+    try:
+        yield
+    finally:
+        torch.compiler.reset()
+        _restore_counters(counters, saved)
+
+
+def _restore_counters(counters: dict[str, Counter], saved: dict[str, Counter]) -> None:
+    # In place, key by key: tests hold the dict and its Counters (`from ... import counters`).
+    for key in [key for key in counters if key not in saved]:
+        del counters[key]
+    for key, values in saved.items():
+        counters[key].clear()
+        counters[key].update(values)

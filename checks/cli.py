@@ -14,6 +14,7 @@ from typing import TextIO
 from fullgraph.model import LlamaConfig
 from fullgraph.model.llama import ATTENTION_BACKENDS
 
+from ._args import check_backend
 from .env import format_environment
 
 __all__ = ["main"]
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench_args_error(args: argparse.Namespace) -> str | None:
     """What is wrong with the arguments, checked once before any rank starts; None if nothing."""
+    if args.device is not None and (error := _device_error(args.device)):
+        return error
     if args.prompt_len < 1 or args.new_tokens < 2 or min(args.batch) < 1:
         return "--prompt-len and --batch must be >= 1, --new-tokens >= 2"
     if args.nproc < 1:
@@ -109,6 +112,21 @@ def _bench_args_error(args: argparse.Namespace) -> str | None:
         return f"--max-ms-per-token must be > 0, got {args.max_ms_per_token}"
     if args.min_share is not None and not 0 < args.min_share <= 1:
         return f"--min-share must be in (0, 1], got {args.min_share}"
+    return None
+
+
+def _device_error(device: str) -> str | None:
+    """What is wrong with --device: not a device torch knows, or a CUDA one torch cannot see."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:  # torch lists the device types it knows
+        return f"--device {device!r} is not a device: {error}"
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {device}: CUDA was asked for, but torch sees no CUDA device"
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        return f"--device {device}: torch sees {torch.cuda.device_count()} CUDA devices"
     return None
 
 
@@ -289,6 +307,14 @@ def _check(args: argparse.Namespace, *, command: str, out: TextIO) -> int:
     from .suite import build_target, run_checks  # imports the model and torch's compiler stack
 
     if args.output and _output_format("check", args.output, None) is None:
+        return 2
+    if error := _device_error(args.device):
+        print(f"fullgraph check: {error}", file=sys.stderr)
+        return 2
+    try:  # up front: an unknown backend would fail one row after a minute of the others
+        check_backend("fullgraph check", args.backend, argument="--backend")
+    except ValueError as error:
+        print(error, file=sys.stderr)
         return 2
     start = time.perf_counter()
     try:

@@ -46,6 +46,7 @@ import torch
 import torch.distributed as dist
 
 from . import _compat
+from ._args import check_backend
 from ._message import CheckFailure, Frame, check_msg, format_failure
 from .graph_breaks import _OP_KINDS, GraphBreak, _backend_name, _function_name, find_graph_breaks
 from .graph_breaks import _is_user_file as _is_user_source
@@ -256,10 +257,10 @@ def find_collectives(fn: Callable, *args: Any, world_size: int | None = None, ra
     communicating, so values are wrong but graphs are a real rank's. None: use the process group
     already initialised (a fake one you created, or a real one: this rank only).
 
-    Dynamo is reset before and after, and torch's config, stance and logging are left as found.
-    An exception from the call is kept in the report (status "failed"), not raised.
+    Dynamo is reset before and after, and torch's config, stance, logging and counters are left
+    as found. An exception from the call is kept in the report (status "failed"), not raised.
     """
-    _check_backend(backend)
+    check_backend("find_collectives", backend)
     if world_size is None:
         if not dist.is_available() or not dist.is_initialized():
             raise ValueError("find_collectives: world_size is None but no process group is "
@@ -459,7 +460,7 @@ def run_collective_check(target: str | Callable, *, world_size: int = 2,
     if not isinstance(backend, str):
         raise TypeError("run_collective_check: backend must be a backend name (ranks are other "
                         f"processes), got {type(backend).__name__}")
-    _check_backend(backend)
+    check_backend("run_collective_check", backend)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"run_collective_check: timeout must be a number, got {timeout!r}")
     if timeout <= 0:
@@ -905,16 +906,6 @@ def _rank_label(ranks: list[int]) -> str:
 
 
 # -- argument checks -------------------------------------------------------------------------------
-
-def _check_backend(backend: Any) -> None:
-    if isinstance(backend, str):
-        known = _compat.backend_names()
-        if backend not in known:
-            raise ValueError(f"backend must be one of {known}, got {backend!r}")
-    elif not callable(backend):
-        raise TypeError(f"backend must be a name or a callable, got {type(backend).__name__}")
-
-
 
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int):

@@ -32,7 +32,7 @@ from ._matrix import (as_args, backend_name, break_lines, describe, function_nam
                       named_tensors)
 from .parity import exact_matmuls
 from ._message import CheckFailure, check_msg, format_failure
-from ._state import preserved_torch_state
+from ._state import fresh_dynamo, preserved_torch_state
 from .graph_breaks import GraphBreak
 from .parity import ParityError, assert_parity
 from .recompiles import CompileEvent, check_compile_options, check_count, counted, failure_lines
@@ -130,7 +130,7 @@ def grad_mode_matrix(fn: Callable, make_inputs: Callable[[], Any], *,
     """
     name = function_name(fn)
     modes = _check_modes(modes)
-    check_compile_options(None, backend)
+    check_compile_options("grad_mode_matrix", None, backend)
     check_count("max_breaks", max_breaks)
     check_count("max_compiles_per_mode", max_compiles_per_mode)
     if not callable(make_inputs):
@@ -196,8 +196,7 @@ def _compiled_runs(fn: Callable, args: tuple, modes: tuple[str, ...],
                    leaves: list[tuple[str, Tensor]], backend: str | Callable
                    ) -> dict[str, _CompiledRuns]:
     runs: dict[str, _CompiledRuns] = {}
-    torch.compiler.reset()
-    try:
+    with fresh_dynamo():
         compiled = torch.compile(fn, backend=backend)
         for _ in range(_ROUNDS):
             for mode in modes:
@@ -211,8 +210,6 @@ def _compiled_runs(fn: Callable, args: tuple, modes: tuple[str, ...],
                     runs[mode] = _CompiledRuns(outcome, [], [])
                 runs[mode].breaks.extend(seen.graph_breaks)
                 runs[mode].compiles.extend(seen.compiles)
-    finally:
-        torch.compiler.reset()
     return runs
 
 

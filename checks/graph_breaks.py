@@ -21,8 +21,9 @@ from typing import Any
 import torch
 
 from . import _compat
+from ._args import check_backend
 from ._message import CheckFailure, Frame, check_msg, format_failure
-from ._state import preserved_torch_state
+from ._state import fresh_dynamo, preserved_torch_state
 
 __all__ = [
     "GraphBreak",
@@ -123,9 +124,9 @@ def find_graph_breaks(fn: Callable, *args: Any, backend: str | Callable = "eager
     and report every graph break.
 
     Dynamo is reset before and after, so earlier compiles neither hide breaks nor outlive the
-    check, and torch's config, stance and logging are left as they were. The stance is "default"
-    during the call, so a "force_eager" stance cannot make a broken function look clean. An
-    exception from the call is kept in the report's `error`, not raised.
+    check, and torch's config, stance, logging and counters are left as they were. The stance is
+    "default" during the call, so a "force_eager" stance cannot make a broken function look
+    clean. An exception from the call is kept in the report's `error`, not raised.
     """
     name = _function_name(fn)
     compiler = _compiler(backend)
@@ -143,15 +144,12 @@ def find_graph_breaks(fn: Callable, *args: Any, backend: str | Callable = "eager
         events.append(_break_event(exc, code, lineno, above))
 
     output = error = None
-    with preserved_torch_state(), _compat.graph_break_hook(record_break):
-        torch.compiler.reset()
+    with preserved_torch_state(), fresh_dynamo(), _compat.graph_break_hook(record_break):
         torch.compiler.set_stance("default")
         try:
             output = _call_compiled(torch.compile(fn, backend=record_graph), args, kwargs)
         except Exception as exc:  # kept in the report, so the breaks seen before it are too
             error = exc
-        finally:
-            torch.compiler.reset()
     breaks = _unique(_graph_break(*event) for event in events)
     return GraphBreakReport(name, _backend_name(backend), breaks, tuple(ops_per_graph),
                             output=output, error=error)
@@ -308,15 +306,8 @@ def _entry(brk: GraphBreak, *, url: bool = False) -> list[str]:
 
 
 def _compiler(backend: str | Callable) -> Callable:
-    if isinstance(backend, str):
-        known = _compat.backend_names()
-        if backend not in known:
-            raise ValueError(f"find_graph_breaks: backend must be one of {known}, got {backend!r}")
-        return _compat.lookup_backend(backend)
-    if callable(backend):
-        return backend
-    raise TypeError("find_graph_breaks: backend must be a name or a callable, "
-                    f"got {type(backend).__name__}")
+    check_backend("find_graph_breaks", backend)
+    return _compat.lookup_backend(backend) if isinstance(backend, str) else backend
 
 
 def _function_name(fn: Callable) -> str:

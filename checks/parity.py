@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from ._message import CheckFailure
+from ._message import CheckFailure, check_msg
 
 __all__ = ["LOGIT_TOLERANCES", "TABLE_DEPTH", "ParityError", "assert_parity", "exact_matmuls", "logit_tolerance"]
 
@@ -77,6 +77,8 @@ def assert_parity(
     it went through (see logit_tolerance); atol and rtol override the table.
     """
     __tracebackhide__ = True
+    _check_arguments(actual, expected, dtype=dtype, atol=atol, rtol=rtol)
+    check_msg("assert_parity", msg)
     dtype = actual.dtype if dtype is None else dtype
     if atol is None or rtol is None:
         table_atol, table_rtol = logit_tolerance(dtype, depth=depth)
@@ -88,3 +90,19 @@ def assert_parity(
         headline = f"parity failed at {dtype} (atol={atol:g}, rtol={rtol:g})"
         text = f"{headline}\n{error}"
         raise ParityError(f"{msg}\n\n{text}" if msg else text) from None
+
+
+def _check_arguments(actual: object, expected: object, *, dtype: object, atol: object,
+                     rtol: object) -> None:
+    for name, value in (("actual", actual), ("expected", expected)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"assert_parity: {name} must be a Tensor, got {type(value).__name__}")
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"assert_parity: dtype must be a torch.dtype or None, got {dtype!r}")
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"assert_parity: {name} must be a number or None, got {value!r}")
+        if not value >= 0:  # NaN too: no difference would ever be within it
+            raise ValueError(f"assert_parity: {name} must be >= 0, got {value!r}")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import itertools
 import logging
 import os
 import re
@@ -40,6 +41,7 @@ from typing import Any
 import torch
 
 from . import _compat, _guard_text, _state
+from ._args import check_backend, prefixed
 from ._message import CheckFailure, Frame, format_failure
 
 __all__ = [
@@ -551,38 +553,38 @@ def _calls(inputs: Iterable[Any]) -> Iterator[tuple]:
         raise ValueError("inputs is empty: there is nothing to call")
 
 
-def check_compile_options(dynamic: Any, backend: Any) -> None:
+def check_compile_options(checker: str | None, dynamic: Any, backend: Any) -> None:
     if dynamic is not None and not isinstance(dynamic, bool):
-        raise TypeError(f"dynamic must be None, True or False, got {dynamic!r}")
-    if not (isinstance(backend, str) or callable(backend)):
-        raise TypeError(f"backend must be a backend name or a callable, got {backend!r}")
+        raise TypeError(f"{prefixed(checker, 'dynamic')} must be None, True or False, "
+                        f"got {dynamic!r}")
+    check_backend(checker, backend)
 
 
 @contextlib.contextmanager
 def compiled_run(fn: Callable, inputs: Iterable[Any], *, dynamic: bool | None, backend: Any,
-                 before_call: Callable[[tuple], None] | None = None
+                 before_call: Callable[[tuple], None] | None = None, checker: str | None = None
                  ) -> Iterator[tuple[CompileReport, Callable]]:
     """Reset dynamo, compile `fn`, call it on every input while tracking; yield the report and
     the compiled function (whose guards can be read until the block ends).
 
-    Dynamo is reset again on exit, so nothing compiled here stays attached to fn's code. A
-    function already wrapped by torch.compile is unwrapped, so these options apply.
+    Dynamo is reset again on exit, so nothing compiled here stays attached to fn's code, and
+    torch's counters are put back as they were. The arguments are checked before the first
+    reset; `checker`, the public function called, heads their errors. A function already wrapped
+    by torch.compile is unwrapped, so these options apply.
     """
     if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    check_compile_options(dynamic, backend)
+        raise TypeError(f"{prefixed(checker, 'fn')} must be callable, got {type(fn).__name__}")
+    check_compile_options(checker, dynamic, backend)
     calls = calls_of(inputs)
-    torch.compiler.reset()
-    try:
+    first = next(calls)  # now, so that empty inputs are refused before the reset
+    with _state.fresh_dynamo():
         compiled = torch.compile(_compat.compiled_target(fn), dynamic=dynamic, backend=backend)
         with track_compiles() as report:
-            for args in calls:
+            for args in itertools.chain([first], calls):
                 if before_call is not None:
                     before_call(args)
                 compiled(*args)
         yield report, compiled
-    finally:
-        torch.compiler.reset()
 
 
 def assert_recompiles_at_most(fn: Callable, inputs: Iterable[Any], max_recompiles: int, *,
@@ -595,7 +597,8 @@ def assert_recompiles_at_most(fn: Callable, inputs: Iterable[Any], max_recompile
     """
     __tracebackhide__ = True
     check_count("max_recompiles", max_recompiles)
-    with compiled_run(fn, inputs, dynamic=dynamic, backend=backend) as (report, _):
+    with compiled_run(fn, inputs, dynamic=dynamic, backend=backend,
+                      checker="assert_recompiles_at_most") as (report, _):
         pass
     _raise_if_over(report, max_recompiles, per_function=True, msg=msg)
     return report

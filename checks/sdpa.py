@@ -39,7 +39,7 @@ from ._matrix import (as_args, backend_name, break_lines, describe, function_nam
                       tensors_in)
 from .parity import exact_matmuls
 from ._message import CheckFailure, check_msg, format_failure
-from ._state import preserved_torch_state
+from ._state import fresh_dynamo, preserved_torch_state
 from .graph_breaks import GraphBreak
 from .parity import ParityError, assert_parity
 from .recompiles import (CompileEvent, check_compile_options, check_count, counted, failure_lines,
@@ -195,7 +195,7 @@ def sdpa_matrix(fn: Callable, make_inputs: Callable[[int, int], Any], *,
     backends = _check_backends(backends)
     placements = _check_placements(placements, fn, keyword)
     sizes = _check_sizes(sizes)
-    check_compile_options(dynamic, backend)
+    check_compile_options("sdpa_matrix", dynamic, backend)
     check_count("max_breaks", max_breaks)
     if max_recompiles is None:
         max_recompiles = _expected_recompiles(sizes, dynamic)
@@ -317,8 +317,7 @@ class _Run:
         outputs: list[Any] = []
         kernels: tuple[str, ...] = ()
         error = None
-        torch.compiler.reset()
-        try:
+        with fresh_dynamo():
             compiled = torch.compile(self.fn, backend=self.backend, dynamic=self.dynamic)
             with watch() as seen:
                 try:
@@ -326,8 +325,6 @@ class _Run:
                     kernels = _kernels_of(lambda: compiled(*self.inputs[0], **kwargs))
                 except Exception as exc:  # the cell's failure, reported with what it saw so far
                     error = describe(exc)
-        finally:
-            torch.compiler.reset()
         return outputs, seen, kernels, error
 
 

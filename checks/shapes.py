@@ -151,8 +151,8 @@ def dim_report(fn: Callable, inputs: Iterable[Any], dims: Sequence[Dim], *,
     dims = _checked_dims(dims)
     marked = _marked(mark_dynamic, dims)
     recorder = _SizeRecorder(fn, dims, marked)
-    with compiled_run(fn, inputs, dynamic=dynamic, backend=backend,
-                      before_call=recorder) as (report, compiled):
+    with compiled_run(fn, inputs, dynamic=dynamic, backend=backend, before_call=recorder,
+                      checker="dim_report") as (report, compiled):
         graphs = guards_of(compiled)
     return _dim_report(report, dims, recorder, graphs)
 
@@ -214,6 +214,13 @@ class _SizeRecorder:
         self._signature = inspect.signature(called)
         self._dims, self._marked = dims, marked
         self.sizes: dict[str, list[int]] = {dim.name: [] for dim in dims}
+        # Checked now, before dynamo is reset: a Dim naming no argument is refused at no cost.
+        for dim in dims:
+            for path, _ in dim.at:
+                root = _root(path)
+                if root not in self._signature.parameters and not self._self_is(root):
+                    raise ValueError(f"Dim {dim.name!r}: {root!r} is not an argument of "
+                                     f"{self._name()}{self._signature}")
 
     def __call__(self, args: tuple) -> None:
         try:
@@ -233,15 +240,19 @@ class _SizeRecorder:
                 if dim in self._marked:
                     torch._dynamo.mark_dynamic(tensor, axis)
 
+    def _self_is(self, root: str) -> bool:
+        """Whether `root` is the `self` of a bound method or module, which no call passes."""
+        return root == "self" and (hasattr(self._fn, "__self__")
+                                   or isinstance(self._fn, torch.nn.Module))
+
     def _resolve(self, arguments: Mapping[str, Any], path: str, dim: Dim) -> torch.Tensor:
-        root = re.match(r"[A-Za-z_]\w*", path)[0]
+        root = _root(path)
         if root in arguments:
             value = arguments[root]
-        elif root == "self" and (hasattr(self._fn, "__self__")
-                                 or isinstance(self._fn, torch.nn.Module)):
+        elif self._self_is(root):
             value = getattr(self._fn, "__self__", self._fn)
         else:
-            raise ValueError(f"Dim {dim.name!r}: {root!r} is not an argument of "
+            raise ValueError(f"Dim {dim.name!r}: an input does not pass {root!r} to "
                              f"{self._name()}{self._signature}")
         for step in _PATH_STEP.finditer(path, len(root)):
             if step["attr"] is not None:
@@ -260,10 +271,15 @@ class _SizeRecorder:
     def aliases(self, path: str) -> list[str]:
         """The names dynamo may give an argument path: `tokens`, or `args[1]` where dynamo
         compiled a wrapper taking *args (a function decorated with torch.no_grad, say)."""
-        root = re.match(r"[A-Za-z_]\w*", path)[0]
+        root = _root(path)
         rest = path[len(root):]
         names = list(self._signature.parameters)
         return [path, f"args[{names.index(root)}]{rest}"] if root in names else [path]
+
+
+def _root(path: str) -> str:
+    """The argument an argument path starts at: `cache` for "cache.k[0]"."""
+    return re.match(r"[A-Za-z_]\w*", path)[0]
 
 
 # -- what each dimension cost ------------------------------------------------------------------

@@ -196,6 +196,31 @@ def block(
     return h + (ffn if all_reduce is None else all_reduce(ffn))
 
 
+def _check_ids(tokens: Tensor, input_pos: Tensor, *, cfg: LlamaConfig,
+               cache: KVCache | None) -> None:
+    """Token ids and cache positions that torch would reject deep inside with an index error.
+
+    dtypes are checked always (free while tracing); values only in eager mode, at the cost of
+    one host sync: read under torch.compile they would break the graph or sync every step.
+    """
+    if tokens.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"tokens must hold integer token ids (int64 or int32), got {tokens.dtype}")
+    if cache is not None and input_pos.dtype != torch.int64:
+        raise TypeError(f"input_pos must be int64 to index the cache, got {input_pos.dtype}")
+    if torch.compiler.is_compiling() or tokens.numel() == 0:
+        return
+    bounds = [*torch.aminmax(tokens)]
+    if cache is not None:
+        bounds += torch.aminmax(input_pos)
+    lowest, highest, *positions = torch.stack(bounds).tolist()
+    if lowest < 0 or highest >= cfg.vocab_size:
+        raise ValueError(f"tokens: ids must be in [0, vocab_size={cfg.vocab_size}), "
+                         f"got ids from {lowest} to {highest}")
+    if positions and (positions[0] < 0 or positions[1] >= cache.max_seq_len):
+        raise ValueError(f"input_pos: positions must be in [0, the cache's "
+                         f"max_seq_len={cache.max_seq_len}), got {positions[0]} to {positions[1]}")
+
+
 def forward(
     params: dict[str, Tensor],
     tokens: Tensor,
@@ -220,6 +245,7 @@ def forward(
         raise ValueError(f"cache holds {cache.batch_size} sequences but tokens has {tokens.shape[0]}")
     if input_pos is None:
         input_pos = torch.arange(tokens.shape[1], device=tokens.device)
+    _check_ids(tokens, input_pos, cfg=cfg, cache=cache)
     cos, sin = rope_tables(input_pos, head_dim=cfg.head_dim, theta=cfg.rope_theta)
     x = F.embedding(tokens, params["tok_embeddings.weight"])  # (B, S, E)
     for layer in range(cfg.n_layers):

@@ -69,6 +69,12 @@ def init_params(
     On device="meta" nothing is allocated; `materialize_params` fills the tensors in later, on
     the device they will live on, so 70B shapes never pass through host memory.
     """
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"init_params: dtype must be a torch.dtype, got {dtype!r}")
+    if not dtype.is_floating_point:
+        # Random normal weights rounded to integers (or bools) would be mostly zeros.
+        raise ValueError(f"init_params: dtype must be a floating-point dtype such as "
+                         f"torch.bfloat16, got {dtype}")
     params = {name: torch.empty(shape, dtype=dtype, device="meta")
               for name, shape in param_shapes(cfg).items()}
     if torch.device(device).type == "meta":

@@ -23,9 +23,31 @@ def test_unknown_config_is_rejected_by_name(capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="asserts the message for a machine without CUDA")
-def test_cuda_without_a_gpu_is_a_clear_error(capsys):
-    assert main(["check", "--device", "cuda"]) == 2
-    assert "device: CUDA was asked for, but torch sees no CUDA device" in capsys.readouterr().err
+@pytest.mark.parametrize("command", ["check", "bench"])
+def test_cuda_without_a_gpu_is_a_clear_error(capsys, command):
+    assert main([command, "--device", "cuda"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (f"fullgraph {command}: --device cuda: CUDA was asked for, but torch "
+                            f"sees no CUDA device\n")
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize("command", ["check", "bench"])
+def test_an_unknown_device_is_one_line_naming_it(capsys, command):
+    assert main([command, "--device", "nope"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"fullgraph {command}: --device 'nope' is not a device: "
+                                   f"Expected one of cpu, cuda")
+    assert captured.err.count("\n") == 1 and captured.out == ""
+
+
+def test_an_unknown_backend_is_refused_before_any_check_runs(capsys):
+    assert main(["check", "--backend", "nope"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("fullgraph check: --backend must be one of [")
+    assert "'eager'" in captured.err and "'inductor'" in captured.err
+    assert captured.err.endswith("], got 'nope'\n") and captured.err.count("\n") == 1
+    assert captured.out == ""
 
 
 @pytest.mark.slow

@@ -291,7 +291,7 @@ def test_fn_must_be_callable():
 def test_an_unknown_backend_is_named():
     with pytest.raises(ValueError, match="backend must be one of .*, got 'nope'"):
         find_graph_breaks(zoo.clean, torch.randn(2), backend="nope")
-    with pytest.raises(TypeError, match="backend must be a name or a callable, got int"):
+    with pytest.raises(TypeError, match="backend must be a backend name or a callable, got int"):
         find_graph_breaks(zoo.clean, torch.randn(2), backend=3)
 
 

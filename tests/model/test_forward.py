@@ -115,6 +115,42 @@ def test_bad_arguments_are_named(tiny_cfg, tiny_params):
         forward(tiny_params, tokens, cfg=tiny_cfg, cache=new_cache(tiny_cfg, batch_size=1))
 
 
+@pytest.mark.parametrize("bad_id", [256, 1000, -1])
+def test_a_token_id_outside_the_vocabulary_is_named_with_vocab_size(tiny_cfg, tiny_params, bad_id):
+    tokens = _tokens(tiny_cfg, 2, 4)
+    tokens[1, 2] = bad_id
+    lowest, highest = (bad_id, r"\d+") if bad_id < 0 else (r"\d+", bad_id)
+    with pytest.raises(ValueError, match=rf"tokens: ids must be in \[0, vocab_size=256\), "
+                                         rf"got ids from {lowest} to {highest}$"):
+        forward(tiny_params, tokens, cfg=tiny_cfg)
+
+
+def test_float_tokens_are_named(tiny_cfg, tiny_params):
+    with pytest.raises(TypeError, match="tokens must hold integer token ids .*, got torch.float32"):
+        forward(tiny_params, _tokens(tiny_cfg, 2, 4).float(), cfg=tiny_cfg)
+
+
+def test_a_position_past_the_cache_is_named_with_its_max_seq_len(tiny_cfg, tiny_params):
+    cache = new_cache(tiny_cfg, batch_size=2, max_seq_len=8)
+    tokens = _tokens(tiny_cfg, 2, 1)
+    forward(tiny_params, tokens, cfg=tiny_cfg, cache=cache, input_pos=torch.tensor([7]))
+    with pytest.raises(ValueError, match=r"input_pos: positions must be in \[0, the cache's "
+                                         r"max_seq_len=8\), got 8 to 8"):
+        forward(tiny_params, tokens, cfg=tiny_cfg, cache=cache, input_pos=torch.tensor([8]))
+    # Without input_pos the positions are 0..S-1: a prompt longer than the cache.
+    with pytest.raises(ValueError, match=r"max_seq_len=8\), got 0 to 8"):
+        forward(tiny_params, _tokens(tiny_cfg, 2, 9), cfg=tiny_cfg, cache=cache)
+    with pytest.raises(TypeError, match="input_pos must be int64 to index the cache, got torch.int32"):
+        forward(tiny_params, tokens, cfg=tiny_cfg, cache=cache,
+                input_pos=torch.tensor([3], dtype=torch.int32))
+
+
+def test_int32_tokens_are_accepted(tiny_cfg, tiny_params):
+    tokens = _tokens(tiny_cfg, 2, 4)
+    torch.testing.assert_close(forward(tiny_params, tokens.int(), cfg=tiny_cfg),
+                               forward(tiny_params, tokens, cfg=tiny_cfg))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_low_precision_logits_within_the_documented_tolerance(tiny_cfg, dtype, seed):

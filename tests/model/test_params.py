@@ -95,3 +95,12 @@ def test_fusing_twice_names_the_missing_weights(tiny_cfg, tiny_params):
     with pytest.raises(ValueError, match=r"params lack layers\.0\.attention\.wq\.weight, "
                                          r"layers\.0\.attention\.wk\.weight.*already fused"):
         fuse_projections_(tiny_params, tiny_cfg)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.bool])
+def test_a_non_floating_dtype_is_refused(tiny_cfg, dtype):
+    with pytest.raises(ValueError, match=f"init_params: dtype must be a floating-point dtype .*, "
+                                         f"got {dtype}"):
+        init_params(tiny_cfg, dtype=dtype)
+    with pytest.raises(TypeError, match="init_params: dtype must be a torch.dtype, got 'float32'"):
+        init_params(tiny_cfg, dtype="float32")
