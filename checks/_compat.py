@@ -566,7 +566,7 @@ class _HeardCounter(collections.Counter):
 
 def _counted_figure(group: collections.Counter, key: str) -> str | None:
     for name, figures in _COUNTED.items():
-        if key in figures and _counters().get(name) is group:
+        if key in figures and dynamo_counters().get(name) is group:
             return figures[key]
     return None
 
@@ -583,7 +583,7 @@ def counter_hook(callback: Callable[[str, int], None]) -> Iterator[None]:
     hook to leave puts plain Counters back, holding the same counts.
     """
     def install() -> Callable[[], None]:
-        counters = _counters()
+        counters = dynamo_counters()
         factory = counters.default_factory
         counters.default_factory = _HeardCounter
         for name in _COUNTED:
@@ -851,7 +851,7 @@ def op_name(target: Any) -> str | None:
     return getattr(target, "_qualified_op_name", None)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kind_of_name(name: str) -> str | None:
     namespace, _, op = name.partition("::")
     if namespace not in _COLLECTIVE_NAMESPACES or op in _NOT_COLLECTIVES:

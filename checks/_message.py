@@ -27,7 +27,7 @@ class Frame:
     line: str = ""
 
     @classmethod
-    def at(cls, filename: str, lineno: int, function: str) -> "Frame":
+    def at(cls, filename: str, lineno: int, function: str) -> Frame:
         return cls(filename, lineno, function, linecache.getline(filename, lineno).strip())
 
     def location(self) -> str:

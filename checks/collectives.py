@@ -103,7 +103,7 @@ class CapturedGraph:
                 "signature": self.signature}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CapturedGraph":
+    def from_dict(cls, data: dict) -> CapturedGraph:
         sites = tuple(Frame(**site) if site else None for site in data["sites"])
         return cls(data["compile_id"], data["ops"], tuple(data["collectives"]), sites,
                    data["signature"])
@@ -124,7 +124,7 @@ class UncapturedCollective:
                 "frame": self.frame.to_dict() if self.frame else None}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "UncapturedCollective":
+    def from_dict(cls, data: dict) -> UncapturedCollective:
         frame = Frame(**data["frame"]) if data["frame"] else None
         return cls(data["kind"], data["op"], frame, data["count"])
 
@@ -171,7 +171,7 @@ class RankReport:
                 "where": self.where.to_dict() if self.where else None, "detail": self.detail}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RankReport":
+    def from_dict(cls, data: dict) -> RankReport:
         return cls(
             rank=data["rank"], status=data["status"],
             graphs=tuple(CapturedGraph.from_dict(graph) for graph in data["graphs"]),

@@ -28,13 +28,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._matrix import (as_args, backend_name, break_lines, describe, function_name, hint_for,
-                      named_tensors)
-from .parity import exact_matmuls
+from ._matrix import (
+    as_args,
+    backend_name,
+    break_lines,
+    describe,
+    function_name,
+    hint_for,
+    named_tensors,
+)
 from ._message import CheckFailure, check_msg, format_failure
 from ._state import fresh_dynamo, preserved_torch_state
 from .graph_breaks import GraphBreak
-from .parity import ParityError, assert_parity
+from .parity import ParityError, assert_parity, exact_matmuls
 from .recompiles import CompileEvent, check_compile_options, check_count, counted, failure_lines
 from .watch import watch
 

@@ -28,8 +28,14 @@ import torch
 
 from . import _compat, _guard_text
 from ._message import CheckFailure, Frame, format_failure
-from .recompiles import (VALUE_KINDS, CompileReport, GuardFailure, compiled_run, counted,
-                         parse_guard_failure)
+from .recompiles import (
+    VALUE_KINDS,
+    CompileReport,
+    GuardFailure,
+    compiled_run,
+    counted,
+    parse_guard_failure,
+)
 
 __all__ = [
     "GuardSet",

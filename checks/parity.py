@@ -15,7 +15,8 @@ from torch import Tensor
 
 from ._message import CheckFailure, check_msg
 
-__all__ = ["LOGIT_TOLERANCES", "TABLE_DEPTH", "ParityError", "assert_parity", "exact_matmuls", "logit_tolerance"]
+__all__ = ["LOGIT_TOLERANCES", "TABLE_DEPTH", "ParityError", "assert_parity", "exact_matmuls",
+           "logit_tolerance"]
 
 # dtype -> (atol, rtol) for logits of magnitude about 1-10. fp32 assumes
 # torch.set_float32_matmul_precision("highest"); TF32 matmuls need the bf16-like row.

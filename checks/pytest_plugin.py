@@ -133,8 +133,8 @@ def marker_limits(marker: pytest.Mark) -> Limits:
 def _enforce(limits: Limits, watched: Any, test: str) -> None:
     """Raise GraphBreakError or RecompileBudgetError (the first that applies, with both messages)."""
     __tracebackhide__ = True
-    from .graph_breaks import GraphBreakError, _entry
     from ._message import format_failure
+    from .graph_breaks import GraphBreakError, _entry
     from .recompiles import RecompileBudgetError, budget_message, counted, over_budget
 
     failures = []

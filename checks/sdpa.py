@@ -35,15 +35,27 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import _compat
-from ._matrix import (as_args, backend_name, break_lines, describe, function_name, hint_for,
-                      tensors_in)
-from .parity import exact_matmuls
+from ._matrix import (
+    as_args,
+    backend_name,
+    break_lines,
+    describe,
+    function_name,
+    hint_for,
+    tensors_in,
+)
 from ._message import CheckFailure, check_msg, format_failure
 from ._state import fresh_dynamo, preserved_torch_state
 from .graph_breaks import GraphBreak
-from .parity import ParityError, assert_parity
-from .recompiles import (CompileEvent, check_compile_options, check_count, counted, failure_lines,
-                         over_budget)
+from .parity import ParityError, assert_parity, exact_matmuls
+from .recompiles import (
+    CompileEvent,
+    check_compile_options,
+    check_count,
+    counted,
+    failure_lines,
+    over_budget,
+)
 from .watch import Watch, watch
 
 __all__ = ["SDPA_BACKENDS", "PLACEMENTS", "SdpaCell", "SdpaReport", "SdpaError", "sdpa_matrix",

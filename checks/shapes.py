@@ -27,8 +27,15 @@ import torch
 from . import _compat
 from ._message import format_failure
 from .guards import GuardSet, guards_of
-from .recompiles import (CompileEvent, CompileReport, RecompileBudgetError, check_count,
-                         compiled_run, counted, failure_lines)
+from .recompiles import (
+    CompileEvent,
+    CompileReport,
+    RecompileBudgetError,
+    check_count,
+    compiled_run,
+    counted,
+    failure_lines,
+)
 
 __all__ = ["Dim", "DimResult", "DimReport", "dim_report", "assert_dims", "dim_sizes", "sweep_shapes"]
 

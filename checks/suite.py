@@ -14,8 +14,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fullgraph.model import (KVCache, LlamaConfig, ReferenceLlama, check_params, forward, generate,
-                             init_params, new_cache)
+from fullgraph.model import (
+    KVCache,
+    LlamaConfig,
+    ReferenceLlama,
+    check_params,
+    forward,
+    generate,
+    init_params,
+    new_cache,
+)
 from fullgraph.model.generate import _step_functions, decode_step
 from fullgraph.model.tensor_parallel import fake_process_group, make_all_reduce, shard_params
 
@@ -24,8 +32,8 @@ from .collectives import assert_collectives, find_collectives
 from .cudagraphs import assert_cudagraphs
 from .grad_modes import assert_grad_modes
 from .graph_breaks import assert_no_graph_breaks
-from .parity import assert_parity, exact_matmuls, logit_tolerance
 from .guards import assert_no_unstable_guards
+from .parity import assert_parity, exact_matmuls, logit_tolerance
 from .recompiles import assert_recompiles_at_most, recompile_budget
 from .sdpa import assert_sdpa_safe
 

@@ -9,7 +9,7 @@ positions, so no padding mask is needed and results match generating each prompt
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -12,7 +12,7 @@ shapes rather than the config, so a tensor-parallel shard of the params runs thr
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -22,7 +22,13 @@ import torch.distributed as dist
 from .config import LlamaConfig
 from .generate import generate
 from .params import fuse_projections_
-from .tensor_parallel import backend_for, init_shard, launch_ranks, make_all_reduce, teardown_process_group
+from .tensor_parallel import (
+    backend_for,
+    init_shard,
+    launch_ranks,
+    make_all_reduce,
+    teardown_process_group,
+)
 
 __all__ = ["main"]
 

@@ -7,10 +7,18 @@ import threading
 import pytest
 import torch
 
-from fullgraph.checks import (CudaGraphError, CudaGraphReport, CudaGraphSkip, Recording,
-                              assert_cudagraphs, cudagraph_report, cudagraphs, suite,
-                              track_cudagraphs)
-from fullgraph.checks import _compat
+from fullgraph.checks import (
+    CudaGraphError,
+    CudaGraphReport,
+    CudaGraphSkip,
+    Recording,
+    _compat,
+    assert_cudagraphs,
+    cudagraph_report,
+    cudagraphs,
+    suite,
+    track_cudagraphs,
+)
 from fullgraph.checks._message import Frame
 from fullgraph.model import forward, generate, init_params, new_cache
 from fullgraph.model.generate import _step_functions, decode_step

@@ -13,18 +13,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import zoo
 from fullgraph.checks import (
     CheckFailure,
     GraphBreakError,
     GraphBreakReport,
+    _compat,
     assert_no_graph_breaks,
     find_graph_breaks,
 )
-from fullgraph.checks import _compat
 from fullgraph.checks._message import display_path
 from fullgraph.model import forward, new_cache
-
-import zoo
 
 BUILTIN = "Failed to trace builtin operator"
 ITEM = "Unsupported Tensor.item() call with capture_scalar_outputs=False"

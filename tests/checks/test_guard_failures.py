@@ -14,6 +14,7 @@ import torch
 
 from fullgraph.checks.recompiles import failures_from_log, parse_guard_failure
 
+
 class Containing(str):
     """Equal to any str that contains it: a value whose other parts (an id) vary from run to run."""
 

@@ -2,8 +2,14 @@ import pytest
 import torch
 
 import recompile_zoo as zoo
-from fullgraph.checks.guards import (GuardSet, UnstableGuardError, assert_no_unstable_guards,
-                                     diff_guards, find_unstable_guards, guards_of)
+from fullgraph.checks.guards import (
+    GuardSet,
+    UnstableGuardError,
+    assert_no_unstable_guards,
+    diff_guards,
+    find_unstable_guards,
+    guards_of,
+)
 from fullgraph.model import forward, new_cache
 
 ZOO = zoo.SOURCE.name

@@ -6,10 +6,16 @@ import torch
 
 import recompile_zoo as zoo
 from fullgraph.checks import _compat, _state
-from fullgraph.checks.recompiles import (GuardFailure, RecompileBudgetError,
-                                         assert_recompiles_at_most, failure_lines,
-                                         failures_from_log, parse_guard_failure,
-                                         recompile_budget, track_compiles)
+from fullgraph.checks.recompiles import (
+    GuardFailure,
+    RecompileBudgetError,
+    assert_recompiles_at_most,
+    failure_lines,
+    failures_from_log,
+    parse_guard_failure,
+    recompile_budget,
+    track_compiles,
+)
 
 ZOO = zoo.SOURCE.name
 

@@ -8,8 +8,17 @@ import pytest
 import torch
 
 import zoo
-from fullgraph.checks.report import (SCHEMA_VERSION, CheckReport, Report, format_for_path, render,
-                                     render_html, render_json, render_markdown, write_report)
+from fullgraph.checks.report import (
+    SCHEMA_VERSION,
+    CheckReport,
+    Report,
+    format_for_path,
+    render,
+    render_html,
+    render_json,
+    render_markdown,
+    write_report,
+)
 from fullgraph.checks.suite import CheckResult
 from fullgraph.checks.watch import watch
 

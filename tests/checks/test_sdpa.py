@@ -7,11 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-
-from fullgraph.checks import SDPA_BACKENDS, SdpaError, assert_sdpa_safe, sdpa_matrix
-from fullgraph.checks import suite
-from fullgraph.model import LlamaConfig, forward, init_params
 from torch_versions import per_torch
+
+from fullgraph.checks import SDPA_BACKENDS, SdpaError, assert_sdpa_safe, sdpa_matrix, suite
+from fullgraph.model import LlamaConfig, forward, init_params
 
 
 def make_qkv(batch, seq):

@@ -12,9 +12,19 @@ from torch._dynamo.utils import counters
 
 import recompile_zoo
 import zoo
-from fullgraph.checks import (Dim, assert_dims, assert_grad_modes, assert_no_graph_breaks,
-                              assert_recompiles_at_most, assert_sdpa_safe, find_collectives,
-                              find_graph_breaks, grad_mode_matrix, sdpa_matrix, sweep_shapes)
+from fullgraph.checks import (
+    Dim,
+    assert_dims,
+    assert_grad_modes,
+    assert_no_graph_breaks,
+    assert_recompiles_at_most,
+    assert_sdpa_safe,
+    find_collectives,
+    find_graph_breaks,
+    grad_mode_matrix,
+    sdpa_matrix,
+    sweep_shapes,
+)
 
 
 def make_qkv(batch, seq):

@@ -1,9 +1,9 @@
 import pytest
 import torch
+from torch_versions import per_torch
 
 from fullgraph.checks import suite
 from fullgraph.checks.parity import LOGIT_TOLERANCES
-from torch_versions import per_torch
 
 
 @pytest.fixture(scope="module")

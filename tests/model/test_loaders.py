@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-import safetensors.torch
 from safetensors.torch import save_file
 
 from fullgraph.model import (

@@ -18,15 +18,20 @@ import importlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from unittest import mock
 
 import torch
 import torch.distributed as dist
 
 from fullgraph.model import LlamaConfig, forward, generate, init_params
-from fullgraph.model.tensor_parallel import backend_for, make_all_reduce, shard_params, teardown_process_group
+from fullgraph.model.tensor_parallel import (
+    backend_for,
+    make_all_reduce,
+    shard_params,
+    teardown_process_group,
+)
 
 # The package re-exports the function under the module's name.
 generate_module = importlib.import_module("fullgraph.model.generate")
