@@ -304,8 +304,8 @@ def profile_decode(
     by_kernel: dict[str, float] = {}
     for event in profiler.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
-            ms = event.time_range.elapsed_us() / 1e3 / steps
-            by_kernel[event.name] = by_kernel.get(event.name, 0.0) + ms
+            event_ms = event.time_range.elapsed_us() / 1e3 / steps
+            by_kernel[event.name] = by_kernel.get(event.name, 0.0) + event_ms
     by_category: dict[str, float] = {}
     for name, ms in by_kernel.items():
         by_category[_category(name)] = by_category.get(_category(name), 0.0) + ms
