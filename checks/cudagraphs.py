@@ -39,7 +39,7 @@ from ._matrix import tensors_in
 from ._message import CheckFailure, Frame, format_failure
 from ._state import preserved_torch_state
 from .recompiles import _user_frame, calls_of, check_count, counted
-from .watch import _SkipRecorder
+from .watch import SkipRecorder
 
 __all__ = [
     "Recording",
@@ -281,7 +281,7 @@ def _status(recordings: int, skips: int) -> str:
 
 # -- collecting ----------------------------------------------------------------------------------
 
-class _Skips(_SkipRecorder):
+class _Skips(SkipRecorder):
     """watch()'s skip recorder, with the logged messages and the unlogged count kept apart."""
 
     def logged(self) -> tuple[str, ...]:
@@ -340,7 +340,6 @@ class CudaGraphTracker:
             self._tree_calls.append((call, self._call))
 
     def _start(self) -> None:
-        self._skips.start()
         if not torch.cuda.is_available():
             return
         self._pool_at_start = _compat.cudagraph_pool_bytes(self._device)

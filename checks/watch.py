@@ -69,7 +69,7 @@ class Watch:
     def __init__(self) -> None:
         self._breaks = _BreakRecorder()
         self._heard = _HeardCounts()
-        self._skips = _SkipRecorder(self._heard)
+        self._skips = SkipRecorder()
         self._compile_report: CompileReport | None = None
         self._metrics = _MetricsReader()
         self._final: dict[str, Any] | None = None
@@ -270,15 +270,16 @@ class _HeardCounts:
             return self._counts[figure]
 
 
-class _SkipRecorder(logging.Handler):
-    """Hears inductor's "skipping cudagraphs due to ..." warnings; the count is the heard one."""
+class SkipRecorder(logging.Handler):
+    """Hears inductor's "skipping cudagraphs due to ..." warnings, and counts skips as torch counts
+    them (the logged ones and those on a non-CUDA device, which inductor skips without a word)."""
 
     _fullgraph = True  # _state strips handlers so marked from loggers created while inside
 
-    def __init__(self, heard: _HeardCounts) -> None:
+    def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self._messages: list[str] = []
-        self._heard = heard
+        self._heard = _HeardCounts()
 
     def emit(self, record: logging.LogRecord) -> None:
         if _compat.is_cudagraph_skip(record):
@@ -305,7 +306,8 @@ class _SkipRecorder(logging.Handler):
             logger.setLevel(logging.WARNING)
         logger.addHandler(self)
         try:
-            yield
+            with _compat.counter_hook(self._heard.add):
+                yield
         finally:
             logger.removeHandler(self)
 
