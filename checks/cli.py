@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--profile", action="store_true",
                        help="CUDA only: break a compiled decode step down by kernel category")
     bench.add_argument("--nproc", type=int, default=1,
-                       help="tensor-parallel ranks, one per GPU; launches torchrun itself (default: 1)")
+                       help="tensor-parallel ranks, one per GPU; launches them itself (default: 1)")
     bench.add_argument("--max-ms-per-token", type=float, metavar="MS",
                        help="exit 1 if a compiled run's decode takes longer than MS per token")
     bench.add_argument("--min-share", type=float, metavar="SHARE",
@@ -120,15 +120,10 @@ def _on_cuda(args: argparse.Namespace) -> bool:
 
 
 def _launch_bench(nproc: int, argv: list[str]) -> int:
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from fullgraph.model.launch import launch_ranks
 
-    from fullgraph.model.tensor_parallel import launch_ranks
-
-    try:
-        launch_ranks("fullgraph.checks.cli", nproc, argv)
-    except ChildFailedError:  # torchrun has logged which rank and how; rank 0 printed why
-        return 1
-    return 0
+    # 1 if a rank failed: rank 0 printed why, the launcher which rank and how.
+    return launch_ranks("fullgraph.checks.cli", nproc, argv)
 
 
 def _bench(args: argparse.Namespace, *, out: TextIO) -> int:
@@ -138,11 +133,13 @@ def _bench(args: argparse.Namespace, *, out: TextIO) -> int:
 
 
 def _bench_rank(args: argparse.Namespace, *, out: TextIO) -> int:
-    """One tensor-parallel rank under torchrun: its own GPU, its shard, and rank 0 prints."""
+    """One tensor-parallel rank (launched by --nproc or torchrun): its own GPU, its shard, and
+    rank 0 prints."""
     import torch
     import torch.distributed as dist
 
-    from fullgraph.model.tensor_parallel import backend_for, teardown_process_group
+    from fullgraph.model.launch import teardown_process_group
+    from fullgraph.model.tensor_parallel import backend_for
 
     cuda = _on_cuda(args)
     device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cuda else "cpu")
