@@ -34,14 +34,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="also write the results as Markdown, JSON or HTML (.md, .json, .html)")
     report = commands.add_parser(
         "report", help="run a program and report what torch.compile did in it",
-        usage="fullgraph report [-o PATH] [--format {md,json,html}] -- TARGET",
-        description="Run TARGET and report every graph break, recompile and CUDA-graph skip in "
-                    "it. TARGET is `script.py [args]`, `-m module [args]` or `module:function` "
-                    "(called with no arguments). Exits with TARGET's exit code.")
+        usage="fullgraph report [-o PATH] [--format {md,json,html}] [--timeout SECONDS] -- TARGET",
+        description="Run TARGET in a child process and report every graph break, recompile and "
+                    "CUDA-graph skip in it, even if a signal kills it. TARGET is `script.py "
+                    "[args]`, `-m module [args]` or `module:function` (called with no arguments). "
+                    "Exits with TARGET's exit code: 128 + N if signal N killed it, 124 at the "
+                    "timeout.")
     report.add_argument("-o", "--output", metavar="PATH",
                         help="write the report here (default: Markdown on stdout)")
     report.add_argument("--format", choices=["md", "json", "html"],
                         help="default: from the extension of PATH, else md")
+    report.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="stop TARGET after SECONDS, reporting where it was (default: none)")
     report.add_argument("target", nargs=argparse.REMAINDER, metavar="TARGET")
     commands.add_parser("env", help="print the environment block")
     bench = commands.add_parser("bench", help="decode speed against the memory-bandwidth limit")
@@ -254,28 +258,29 @@ def _output_format(command: str, path: str | None, format: str | None) -> str | 
 
 
 def _report(args: argparse.Namespace, *, command: str, out: TextIO) -> int:
-    from ._target import TargetError, load_target, run_target
-    from .report import Report, render, write_report
-    from .watch import watch
+    from ._report_run import run_reported
+    from ._target import TargetError, load_target
+    from .report import render, write_report
 
     format = _output_format("report", args.output, args.format)
     if format is None:
         return 2
+    if args.timeout is not None and not args.timeout > 0:
+        print(f"fullgraph report: --timeout must be > 0, got {args.timeout:g}", file=sys.stderr)
+        return 2
     try:
-        target = load_target(args.target)
+        target = load_target(args.target)  # checked here, run in the child
     except TargetError as error:
         print(f"fullgraph report: {error}", file=sys.stderr)
         return 2
-    with watch() as seen:
-        outcome = run_target(target)
-    report = Report(seen, command=command, status=outcome.status, exception=outcome.exception,
-                    target=target.label)
+    report, code = run_reported(args.target, command=command, label=target.label,
+                                timeout=args.timeout)
     if args.output:
         write_report(report, args.output, format)
         print(f"fullgraph report: wrote {args.output}", file=sys.stderr)
     else:
         print(render(report, format), end="", file=out)
-    return outcome.code
+    return code
 
 
 def _check(args: argparse.Namespace, *, command: str, out: TextIO) -> int:

@@ -6,6 +6,7 @@ program it reports on, in a child that may crash):
 
     run_processes(commands, workdir=)   start `python COMMAND` for each command, wait, stop them all
     launch_ranks(module, nproc, argv)   `python -m module` as nproc ranks, in torchrun's environment
+    rank_environments(nproc)            that environment, for run_processes
     fake_process_group(world_size)      a single-process stand-in for one rank of any world size
     teardown_process_group()            destroy the default group without hanging under NCCL
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import faulthandler
 import os
 import runpy
@@ -52,6 +54,7 @@ __all__ = [
     "run_processes",
     "exit_description",
     "launch_ranks",
+    "rank_environments",
     "fake_process_group",
     "teardown_process_group",
 ]
@@ -73,24 +76,24 @@ class Ended:
     returncode: as Popen's, negative for the signal that killed it. stopped: why the launcher
     stopped it ("timed out after 60 s", ...), None if it ended by itself. stack: what faulthandler
     wrote (a fatal signal, or the stack the launcher asked for before stopping it), "" if nothing.
-    log: the file its stdout and stderr went to, None if they went to the launcher's own.
+    stdout, stderr: what it wrote, when captured; "" where it went to the launcher's own.
     """
 
     index: int
+    pid: int
     returncode: int
     stopped: str | None
     stack: str
-    log: str | None
+    stdout: str = dataclasses.field(default="", repr=False)
+    stderr: str = dataclasses.field(default="", repr=False)
 
     @property
     def failed(self) -> bool:
         return self.returncode != 0 or self.stopped is not None
 
     def output(self, lines: int = 30) -> str:
-        """The last `lines` lines of its output; "" where it went to the launcher's own."""
-        if self.log is None:
-            return ""
-        return "\n".join(_read(self.log).splitlines()[-lines:])
+        """The last `lines` lines of its stdout, then of its stderr."""
+        return "\n".join([*self.stdout.splitlines()[-lines:], *self.stderr.splitlines()[-lines:]])
 
 
 @dataclass(frozen=True)
@@ -104,14 +107,19 @@ class Launched:
 
 def run_processes(commands: Sequence[Sequence[str]], *, workdir: str, timeout: float | None = None,
                   env: Sequence[dict[str, str]] | None = None, capture: bool = True,
-                  grace: float = GRACE_S, label: str = "process") -> Launched:
-    """Run `python *command` for each command (`["-m", module, *args]` or `["-c", code, *args]`)
-    at once, wait for all of them, and return how each ended; nothing is left running.
+                  grace: float = GRACE_S, label: str = "process",
+                  timeout_from: str | None = None) -> Launched:
+    """Run `python *command` for each command (`["-m", module, *args]`, `["-c", code, *args]` or
+    `["script.py", *args]`) at once, wait for all of them, and return how each ended; nothing is
+    left running.
 
     workdir: an existing directory for each process's stack file (proc{i}.stack) and, with
-    capture, its output (proc{i}.log). env: each process's whole environment (default: this
+    capture, its output (proc{i}.out, proc{i}.err). env: each process's whole environment (default: this
     one's). timeout: seconds before every process still running is stopped, None for no limit.
     label: what a process is called in the reasons given for stopping the others ("rank").
+    timeout_from: a path the processes create once their own work begins; the timeout then
+    counts from when it exists, not from their start (an interpreter importing torch on a busy
+    machine can take longer than the work).
     """
     _check_commands(commands)
     environments = list(env) if env is not None else [dict(os.environ)] * len(commands)
@@ -126,13 +134,14 @@ def run_processes(commands: Sequence[Sequence[str]], *, workdir: str, timeout: f
             for index, command in enumerate(commands):
                 processes.append(_start(index, command, workdir, environments[index], capture))
             stopped = _wait(processes, workdir, timeout=timeout, grace=grace, received=received,
-                            label=label)
+                            label=label, timeout_from=timeout_from)
         finally:
             for process in processes:
                 _kill(process)
-    ended = tuple(Ended(index, process.returncode, stopped.get(index),
+    ended = tuple(Ended(index, process.pid, process.returncode, stopped.get(index),
                         _read(_stack_path(workdir, index)),
-                        _log_path(workdir, index) if capture else None)
+                        _read(_output_path(workdir, index, "out")),
+                        _read(_output_path(workdir, index, "err")))
                   for index, process in enumerate(processes))
     return Launched(ended, received[0] if received else None)
 
@@ -149,9 +158,9 @@ def _check_commands(commands: Sequence[Sequence[str]]) -> None:
     if not commands:
         raise ValueError("run_processes: commands is empty")
     for command in commands:
-        if len(command) < 2 or command[0] not in ("-m", "-c"):
-            raise ValueError("run_processes: each command must be ['-m', module, *args] or "
-                             f"['-c', code, *args], got {list(command)!r}")
+        if isinstance(command, str) or not command or command[0] in ("-m", "-c") and len(command) < 2:
+            raise ValueError("run_processes: each command must be ['-m', module, *args], "
+                             f"['-c', code, *args] or ['script.py', *args], got {command!r}")
 
 
 def _start(index: int, command: Sequence[str], workdir: str, env: dict[str, str],
@@ -161,9 +170,9 @@ def _start(index: int, command: Sequence[str], workdir: str, env: dict[str, str]
             str(os.getpid()), _stack_path(workdir, index), *command]
     if not capture:
         return subprocess.Popen(argv, env=env, start_new_session=True)
-    with open(_log_path(workdir, index), "w") as log:
-        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    with open(_output_path(workdir, index, "out"), "w") as out, \
+            open(_output_path(workdir, index, "err"), "w") as err:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=err, start_new_session=True)
 
 
 @contextlib.contextmanager
@@ -190,11 +199,11 @@ def _passing_on_signals(processes: list[subprocess.Popen]) -> Iterator[list[int]
 
 
 def _wait(processes: list[subprocess.Popen], workdir: str, *, timeout: float | None,
-          grace: float, received: list[int], label: str) -> dict[int, str]:
+          grace: float, received: list[int], label: str, timeout_from: str | None
+          ) -> dict[int, str]:
     """Wait for every process; stop the ones still running at the timeout, or `grace` seconds
     after another failed or a signal was passed on. Returns why each stopped one was stopped."""
-    started = time.monotonic()
-    deadline = None if timeout is None else started + timeout
+    deadline = None
     first_failure: tuple[int, float] | None = None
     signalled: tuple[int, float] | None = None
     while True:
@@ -202,6 +211,9 @@ def _wait(processes: list[subprocess.Popen], workdir: str, *, timeout: float | N
         if not running:
             return {}
         now = time.monotonic()
+        if deadline is None and timeout is not None and (
+                timeout_from is None or os.path.exists(timeout_from)):
+            deadline = now + timeout
         if first_failure is None:
             failed = [index for index, process in enumerate(processes)
                       if process.returncode not in (None, 0)]
@@ -253,8 +265,8 @@ def _stack_path(workdir: str, index: int) -> str:
     return os.path.join(workdir, f"proc{index}.stack")
 
 
-def _log_path(workdir: str, index: int) -> str:
-    return os.path.join(workdir, f"proc{index}.log")
+def _output_path(workdir: str, index: int, stream: str) -> str:
+    return os.path.join(workdir, f"proc{index}.{stream}")
 
 
 def _read(path: str) -> str:
@@ -268,20 +280,25 @@ def _read(path: str) -> str:
 # -- in the started process -------------------------------------------------------------------
 
 def _child_main() -> None:
-    """`python -c ... LAUNCHER_PID STACK_FILE -m module args...` (or -c code args...):
-    tie this process's life to the launcher's, arm faulthandler, then run the command."""
-    launcher, stack_path, how, what, *args = sys.argv[1:]
+    """`python -c ... LAUNCHER_PID STACK_FILE COMMAND...`: tie this process's life to the
+    launcher's, arm faulthandler, then run COMMAND as `python COMMAND...` would."""
+    launcher, stack_path, *command = sys.argv[1:]
     _die_with(int(launcher))
     # Kept open for the life of the process: faulthandler writes to it from a signal handler.
     stack_file = open(stack_path, "w")
     faulthandler.enable(stack_file, all_threads=True)
     faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
-    if how == "-m":
-        sys.argv[:] = [what, *args]
-        runpy.run_module(what, run_name="__main__", alter_sys=True)
+    if command[0] == "-m":
+        sys.argv[:] = command[1:]
+        runpy.run_module(command[1], run_name="__main__", alter_sys=True)
+    elif command[0] == "-c":
+        sys.argv[:] = ["-c", *command[2:]]
+        exec(compile(command[1], "<string>", "exec"), {"__name__": "__main__"})
     else:
-        sys.argv[:] = ["-c", *args]
-        exec(compile(what, "<string>", "exec"), {"__name__": "__main__"})
+        sys.argv[:] = command
+        # As `python script.py`: the script's directory first on the path.
+        sys.path[0] = os.path.dirname(os.path.abspath(command[0]))
+        runpy.run_path(command[0], run_name="__main__")
 
 
 def _die_with(launcher: int) -> None:
@@ -318,8 +335,7 @@ def launch_ranks(module: str, nproc: int, argv: Sequence[str], *, timeout: float
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"launch_ranks: nproc must be an int >= 1, got {nproc!r}")
     rank_argv = _without_nproc(list(argv))
-    port = _free_port()
-    environments = [_rank_environment(rank, nproc, port) for rank in range(nproc)]
+    environments = rank_environments(nproc)
     with tempfile.TemporaryDirectory(prefix="fullgraph-ranks-") as workdir:
         launched = run_processes([["-m", module, *rank_argv]] * nproc, workdir=workdir,
                                  timeout=timeout, env=environments, capture=False, label="rank")
@@ -340,14 +356,20 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return argv
 
 
-def _rank_environment(rank: int, nproc: int, port: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
-               LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    if nproc > 1:
-        # Ranks that share the cores contend with one thread each already.
-        env.setdefault("OMP_NUM_THREADS", "1")
-    return env
+def rank_environments(nproc: int) -> list[dict[str, str]]:
+    """This process's environment with torchrun's variables for each of `nproc` local ranks, for
+    run_processes(env=...): `dist.init_process_group(backend)` then finds its peers."""
+    port = str(_free_port())
+    environments = []
+    for rank in range(nproc):
+        env = dict(os.environ)
+        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
+                   LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        if nproc > 1:
+            # Ranks that share the cores contend with one thread each already.
+            env.setdefault("OMP_NUM_THREADS", "1")
+        environments.append(env)
+    return environments
 
 
 def _free_port() -> int:
