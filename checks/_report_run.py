@@ -7,10 +7,11 @@ TARGET under watch() and keeps the report's data (Report.to_dict()) current in a
 whole each time: right after every graph break and CUDA-graph skip, before the program can go on
 to crash, and every SAMPLE_S seconds if compiles changed it. No process can write anything once
 SIGKILL arrives (`kill -9`, the OOM killer), so the child also saves its main thread's stack every
-SAMPLE_S seconds, and the last one stands in for it. (faulthandler's own timed dumps read other
-threads' frames without the GIL, and crash a process that is busy importing.) The parent writes the report from
-the last data saved and how the child ended, with the child's exit code, or for a signal 128 plus
-its number (139 for SIGSEGV, as a shell reports it), and 124 at the timeout (as timeout(1) does).
+SAMPLE_S seconds, and the last one stands in for it (faulthandler's own timed dumps read other
+threads' frames without the GIL, and crash a process that is busy importing). The parent writes
+the report from the last data saved and how the child ended, with the child's exit code, or for a
+signal 128 plus its number (139 for SIGSEGV, as a shell reports it), and 124 at the timeout (as
+timeout(1) does).
 """
 
 from __future__ import annotations

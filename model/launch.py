@@ -114,8 +114,9 @@ def run_processes(commands: Sequence[Sequence[str]], *, workdir: str, timeout: f
     left running.
 
     workdir: an existing directory for each process's stack file (proc{i}.stack) and, with
-    capture, its output (proc{i}.out, proc{i}.err). env: each process's whole environment (default: this
-    one's). timeout: seconds before every process still running is stopped, None for no limit.
+    capture, its output (proc{i}.out, proc{i}.err). env: each process's whole environment
+    (default: this one's). timeout: seconds before every process still running is stopped, None
+    for no limit.
     label: what a process is called in the reasons given for stopping the others ("rank").
     timeout_from: a path the processes create once their own work begins; the timeout then
     counts from when it exists, not from their start (an interpreter importing torch on a busy
@@ -158,7 +159,8 @@ def _check_commands(commands: Sequence[Sequence[str]]) -> None:
     if not commands:
         raise ValueError("run_processes: commands is empty")
     for command in commands:
-        if isinstance(command, str) or not command or command[0] in ("-m", "-c") and len(command) < 2:
+        if (isinstance(command, str) or not command
+                or command[0] in ("-m", "-c") and len(command) < 2):
             raise ValueError("run_processes: each command must be ['-m', module, *args], "
                              f"['-c', code, *args] or ['script.py', *args], got {command!r}")
 
