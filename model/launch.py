@@ -17,7 +17,9 @@ Every process run_processes starts
   Linux by the parent-death signal it sets itself as it starts, elsewhere by a thread that watches
   the launcher's pid. The signal follows the thread that started the process: start processes
   from a thread that outlives them (the main thread);
-- writes its Python stack to its stack file on a fatal signal (faulthandler) and on SIGUSR1.
+- writes its Python stack to its stack file on a fatal signal (faulthandler) and on SIGUSR1;
+- imports nothing before its command but the standard library (_launch_child.py): neither this
+  package nor torch.
 
 and the launcher
 - passes SIGINT and SIGTERM on to every child's session while it waits, and says so;
@@ -29,11 +31,8 @@ and the launcher
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
-import faulthandler
 import os
-import runpy
 import signal
 import socket
 import subprocess
@@ -43,6 +42,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -65,8 +65,9 @@ GRACE_S = 5.0
 # How long a process has to write its stack after SIGUSR1 before it is killed.
 _DUMP_WAIT_S = 2.0
 _POLL_S = 0.05
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _FORWARDED = (signal.SIGINT, signal.SIGTERM)
+# What each process runs first: a script that imports only the standard library.
+_CHILD = str(Path(__file__).with_name("_launch_child.py"))
 
 
 @dataclass(frozen=True)
@@ -167,9 +168,7 @@ def _check_commands(commands: Sequence[Sequence[str]]) -> None:
 
 def _start(index: int, command: Sequence[str], workdir: str, env: dict[str, str],
            capture: bool) -> subprocess.Popen:
-    # -c rather than -m: this module is imported already (by the package) when it runs.
-    argv = [sys.executable, "-c", f"from {__name__} import _child_main; _child_main()",
-            str(os.getpid()), _stack_path(workdir, index), *command]
+    argv = [sys.executable, _CHILD, str(os.getpid()), _stack_path(workdir, index), *command]
     if not capture:
         return subprocess.Popen(argv, env=env, start_new_session=True)
     with open(_output_path(workdir, index, "out"), "w") as out, \
@@ -279,48 +278,6 @@ def _read(path: str) -> str:
         return ""
 
 
-# -- in the started process -------------------------------------------------------------------
-
-def _child_main() -> None:
-    """`python -c ... LAUNCHER_PID STACK_FILE COMMAND...`: tie this process's life to the
-    launcher's, arm faulthandler, then run COMMAND as `python COMMAND...` would."""
-    launcher, stack_path, *command = sys.argv[1:]
-    _die_with(int(launcher))
-    # Kept open for the life of the process: faulthandler writes to it from a signal handler.
-    stack_file = open(stack_path, "w")
-    faulthandler.enable(stack_file, all_threads=True)
-    faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
-    if command[0] == "-m":
-        sys.argv[:] = command[1:]
-        runpy.run_module(command[1], run_name="__main__", alter_sys=True)
-    elif command[0] == "-c":
-        sys.argv[:] = ["-c", *command[2:]]
-        exec(compile(command[1], "<string>", "exec"), {"__name__": "__main__"})
-    else:
-        sys.argv[:] = command
-        # As `python script.py`: the script's directory first on the path.
-        sys.path[0] = os.path.dirname(os.path.abspath(command[0]))
-        runpy.run_path(command[0], run_name="__main__")
-
-
-def _die_with(launcher: int) -> None:
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    else:
-        threading.Thread(target=_watch_launcher, args=(launcher,), daemon=True).start()
-    # The launcher may have died before the signal was armed: its orphan has a new parent.
-    if os.getppid() != launcher:
-        os._exit(1)
-
-
-def _watch_launcher(launcher: int) -> None:
-    while os.getppid() == launcher:
-        time.sleep(0.5)
-    os._exit(1)
-
-
 # -- ranks of one process group ---------------------------------------------------------------
 
 def launch_ranks(module: str, nproc: int, argv: Sequence[str], *, timeout: float | None = None
@@ -409,7 +366,8 @@ def fake_process_group(world_size: int, *, rank: int = 0) -> Iterator[dist.Proce
 
 
 def teardown_process_group() -> None:
-    """Destroy the default process group, freeing first the CUDA graphs that captured its collectives.
+    """Destroy the default process group, first freeing the CUDA graphs that captured its
+    collectives.
 
     With NCCL, destroy_process_group hangs while a CUDA graph holding a captured collective is
     alive (pytorch/pytorch#115388), and a decode step compiled with mode="reduce-overhead" holds
