@@ -195,7 +195,6 @@ class _Saver:
                 seen.cudagraph_skip_count, seen.graph_count)
 
 
-
 def _write(path: str, text: str) -> None:
     # Whole or not at all: a process killed mid-write leaves the previous text.
     with open(path + ".tmp", "w") as out:
