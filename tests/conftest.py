@@ -54,6 +54,8 @@ def run_python(tmp_path):
             label: str = "process") -> tuple[Ended, ...]:
         workdir = tempfile.mkdtemp(dir=tmp_path)
         launched = run_processes(commands, workdir=workdir, timeout=timeout, env=env, label=label)
+        if launched.interrupted is not None:  # Ctrl-C: stop the session as it would have
+            signal.raise_signal(launched.interrupted)
         hung = [ended for ended in launched.ended
                 if ended.stopped and ended.stopped.startswith("timed out")]
         if hung:
@@ -63,6 +65,13 @@ def run_python(tmp_path):
         return launched.ended
 
     return run
+
+
+@pytest.fixture
+def leftover_processes():
+    """A function returning pid -> command line of each process the tests started that is
+    still running, after a few seconds' grace for those on their way out."""
+    return lambda: _still_running(os.environ[SESSION_MARK])
 
 
 def pytest_configure(config):
