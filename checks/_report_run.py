@@ -94,7 +94,8 @@ def _main_thread_first(dump: str) -> str:
     starts = [match.start() for match in _THREAD_START.finditer(dump)]
     if len(starts) < 2:
         return dump
-    threads = [dump[start:end].strip("\n") for start, end in zip(starts, starts[1:] + [len(dump)])]
+    ends = [*starts[1:], len(dump)]
+    threads = [dump[start:end].strip("\n") for start, end in zip(starts, ends, strict=True)]
     tail = ""
     if "\n\n" in threads[-1]:  # "Extension modules: ..." follows the last thread
         threads[-1], tail = threads[-1].split("\n\n", 1)

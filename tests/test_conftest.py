@@ -1,4 +1,4 @@
-"""The suite's own session check (tests/conftest.py): a process a test leaves running fails the run."""
+"""The suite's session check (tests/conftest.py): a process a test leaves running fails the run."""
 
 from pathlib import Path
 

@@ -24,7 +24,8 @@ def main() -> None:
     signum = int(sys.argv[1])
     launcher = subprocess.Popen(
         [sys.executable, "-m", "fullgraph.model.tp_generate", "--nproc", "2", "--device", "cpu",
-         "--no-compile", "--batch-size", "8", "--max-new-tokens", "500"], stdout=subprocess.PIPE, text=True)
+         "--no-compile", "--batch-size", "8", "--max-new-tokens", "500"],
+        stdout=subprocess.PIPE, text=True)
     for line in launcher.stdout:
         if line.startswith("shard built"):  # both ranks are in the group: generating now
             break
