@@ -808,7 +808,6 @@ __all__ += [
     "op_name",
     "observe_ops",
     "in_backward",
-    "fake_store",
 ]
 
 _COLLECTIVE_NAMESPACES = frozenset({"_c10d_functional", "_c10d_functional_autograd", "c10d",
@@ -894,14 +893,6 @@ def in_backward() -> bool:
     task_id = getattr(torch._C, "_current_graph_task_id", None)
     return task_id is not None and task_id() != -1
 
-
-def fake_store() -> Any:
-    """A store for torch's fake process group; importing its module registers the "fake" backend."""
-    try:
-        from torch.testing._internal.distributed.fake_pg import FakeStore
-    except ImportError as error:
-        raise _missing("torch.testing._internal.distributed.fake_pg.FakeStore") from error
-    return FakeStore()
 
 
 # Kineto (the profiler's backend) writes a line to fd 2 whenever a profile starts or stops, from

@@ -39,14 +39,18 @@ def _parser() -> argparse.ArgumentParser:
                        help="also write the results as Markdown, JSON or HTML (.md, .json, .html)")
     report = commands.add_parser(
         "report", help="run a program and report what torch.compile did in it",
-        usage="fullgraph report [-o PATH] [--format {md,json,html}] -- TARGET",
-        description="Run TARGET and report every graph break, recompile and CUDA-graph skip in "
-                    "it. TARGET is `script.py [args]`, `-m module [args]` or `module:function` "
-                    "(called with no arguments). Exits with TARGET's exit code.")
+        usage="fullgraph report [-o PATH] [--format {md,json,html}] [--timeout SECONDS] -- TARGET",
+        description="Run TARGET in a child process and report every graph break, recompile and "
+                    "CUDA-graph skip in it, even if a signal kills it. TARGET is `script.py "
+                    "[args]`, `-m module [args]` or `module:function` (called with no arguments). "
+                    "Exits with TARGET's exit code: 128 + N if signal N killed it, 124 at the "
+                    "timeout.")
     report.add_argument("-o", "--output", metavar="PATH",
                         help="write the report here (default: Markdown on stdout)")
     report.add_argument("--format", choices=["md", "json", "html"],
                         help="default: from the extension of PATH, else md")
+    report.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="stop TARGET after SECONDS, reporting where it was (default: none)")
     report.add_argument("target", nargs=argparse.REMAINDER, metavar="TARGET")
     commands.add_parser("env", help="print the environment block")
     bench = commands.add_parser("bench", help="decode speed against the memory-bandwidth limit")
@@ -71,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--profile", action="store_true",
                        help="CUDA only: break a compiled decode step down by kernel category")
     bench.add_argument("--nproc", type=int, default=1,
-                       help="tensor-parallel ranks, one per GPU; launches torchrun itself (default: 1)")
+                       help="tensor-parallel ranks, one per GPU; launches them itself (default: 1)")
     bench.add_argument("--max-ms-per-token", type=float, metavar="MS",
                        help="exit 1 if a compiled run's decode takes longer than MS per token")
     bench.add_argument("--min-share", type=float, metavar="SHARE",
@@ -142,15 +146,10 @@ def _on_cuda(args: argparse.Namespace) -> bool:
 
 
 def _launch_bench(nproc: int, argv: list[str]) -> int:
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from fullgraph.model.launch import launch_ranks
 
-    from fullgraph.model.tensor_parallel import launch_ranks
-
-    try:
-        launch_ranks("fullgraph.checks.cli", nproc, argv)
-    except ChildFailedError:  # torchrun has logged which rank and how; rank 0 printed why
-        return 1
-    return 0
+    # 1 if a rank failed: rank 0 printed why, the launcher which rank and how.
+    return launch_ranks("fullgraph.checks.cli", nproc, argv)
 
 
 def _bench(args: argparse.Namespace, *, out: TextIO) -> int:
@@ -160,11 +159,13 @@ def _bench(args: argparse.Namespace, *, out: TextIO) -> int:
 
 
 def _bench_rank(args: argparse.Namespace, *, out: TextIO) -> int:
-    """One tensor-parallel rank under torchrun: its own GPU, its shard, and rank 0 prints."""
+    """One tensor-parallel rank (launched by --nproc or torchrun): its own GPU, its shard, and
+    rank 0 prints."""
     import torch
     import torch.distributed as dist
 
-    from fullgraph.model.tensor_parallel import backend_for, teardown_process_group
+    from fullgraph.model.launch import teardown_process_group
+    from fullgraph.model.tensor_parallel import backend_for
 
     cuda = _on_cuda(args)
     device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cuda else "cpu")
@@ -279,28 +280,29 @@ def _output_format(command: str, path: str | None, format: str | None) -> str | 
 
 
 def _report(args: argparse.Namespace, *, command: str, out: TextIO) -> int:
-    from ._target import TargetError, load_target, run_target
-    from .report import Report, render, write_report
-    from .watch import watch
+    from ._report_run import run_reported
+    from ._target import TargetError, load_target
+    from .report import render, write_report
 
     format = _output_format("report", args.output, args.format)
     if format is None:
         return 2
+    if args.timeout is not None and not args.timeout > 0:
+        print(f"fullgraph report: --timeout must be > 0, got {args.timeout:g}", file=sys.stderr)
+        return 2
     try:
-        target = load_target(args.target)
+        target = load_target(args.target)  # checked here, run in the child
     except TargetError as error:
         print(f"fullgraph report: {error}", file=sys.stderr)
         return 2
-    with watch() as seen:
-        outcome = run_target(target)
-    report = Report(seen, command=command, status=outcome.status, exception=outcome.exception,
-                    target=target.label)
+    report, code = run_reported(args.target, command=command, label=target.label,
+                                timeout=args.timeout)
     if args.output:
         write_report(report, args.output, format)
         print(f"fullgraph report: wrote {args.output}", file=sys.stderr)
     else:
         print(render(report, format), end="", file=out)
-    return outcome.code
+    return code
 
 
 def _check(args: argparse.Namespace, *, command: str, out: TextIO) -> int:

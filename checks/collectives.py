@@ -11,8 +11,9 @@ while no compiled graph is running ran eagerly, whatever API called it.
 
     find_collectives       one rank, in this process: a fake process group of any world size, or
                            the group already initialised
-    run_collective_check   real ranks (gloo or NCCL) in processes of their own, with a timeout;
-                           a rank that fails, hangs or crashes is named with its error or stack
+    run_collective_check   real ranks (gloo or NCCL) in processes of their own
+                           (fullgraph.model.launch), with a timeout; a rank that fails, hangs or
+                           crashes is named with its error or stack
     assert_collectives     raises CollectiveError on breaks, uncaptured collectives, unexpected
                            counts, recompiles, failed ranks or ranks that disagree
 
@@ -22,28 +23,25 @@ AOT autograd's, not one dynamo hands to the backend.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
-import faulthandler
 import hashlib
 import importlib
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from fullgraph.model.launch import Ended, exit_description, fake_process_group, run_processes
 
 from . import _compat
 from ._args import check_backend
@@ -63,14 +61,6 @@ __all__ = [
     "assert_collectives",
 ]
 
-# How long the other ranks may run on once one has failed: long enough to fail on their own
-# (gloo notices a dead peer at once), short enough not to wait out the timeout in a collective.
-_GRACE_S = 5.0
-# How long a rank has to write its stack after SIGUSR1 before it is killed.
-_DUMP_WAIT_S = 2.0
-# A rank's fallback if the launcher itself dies: exit, with its stack on stderr, this long
-# after its own timeout.
-_ORPHAN_MARGIN_S = 30.0
 _TARGET = re.compile(r"(?P<module>[A-Za-z_][\w.]*):(?P<attribute>[A-Za-z_][\w.]*)")
 # Breaks whose reason names the collective machinery (async_op=True, Work.wait); a break on the
 # line of an uncaptured collective (dist.broadcast builds options dynamo cannot trace) is one too.
@@ -272,26 +262,13 @@ def find_collectives(fn: Callable, *args: Any, world_size: int | None = None, ra
     _check_positive_int("world_size", world_size)
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
         raise ValueError(f"find_collectives: rank must be an int in [0, {world_size}), got {rank!r}")
-    with _fake_group(world_size, rank):
-        return _report_this_rank(fn, args, kwargs, backend=backend)
-
-
-@contextlib.contextmanager
-def _fake_group(world_size: int, rank: int) -> Iterator[None]:
     if not dist.is_available():
         raise _compat.Unavailable(f"torch.distributed is not available in torch {torch.__version__}")
     if dist.is_initialized():
         raise ValueError("find_collectives: a process group is already initialised; pass "
                          "world_size=None to check on it")
-    # init_process_group wraps sys.excepthook to prefix tracebacks with "[rankN]:", and
-    # destroying the group leaves the wrapper in place.
-    excepthook = sys.excepthook
-    dist.init_process_group("fake", store=_compat.fake_store(), rank=rank, world_size=world_size)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-        sys.excepthook = excepthook
+    with fake_process_group(world_size, rank=rank):
+        return _report_this_rank(fn, args, kwargs, backend=backend)
 
 
 def _report_this_rank(fn: Callable, args: tuple, kwargs: dict, *, backend: str | Callable
@@ -451,7 +428,9 @@ def run_collective_check(target: str | Callable, *, world_size: int = 2,
     A rank that raises is reported with its traceback; once one has failed the others get a few
     seconds to finish or fail on their own, then are stopped. Ranks still running at the timeout
     are reported as timed out, with the line each was stuck at (a faulthandler dump), and killed
-    with every process they started. POSIX only.
+    with every process they started. The ranks are started by fullgraph.model.launch: they die
+    with this process even if it is killed outright, and SIGINT or SIGTERM to it reaches them.
+    POSIX only.
     """
     target = _target_spec(target)
     _check_positive_int("world_size", world_size)
@@ -492,99 +471,28 @@ def _target_spec(target: str | Callable) -> str:
 
 def _launch(spec_path: str, workdir: str, *, world_size: int, timeout: float
             ) -> list[tuple[str | None, RankReport]]:
-    processes = []
-    try:
-        for rank in range(world_size):
-            with open(os.path.join(workdir, f"rank{rank}.log"), "w") as log:
-                # A session of its own per rank, so stopping it ends whatever it started too
-                # (inductor's compile workers).
-                processes.append(subprocess.Popen(
-                    [sys.executable, "-c", "from fullgraph.checks.collectives import _rank_main; "
-                     "_rank_main()", spec_path, str(rank)],
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        endings = _wait(processes, workdir, timeout=timeout)
-    finally:
-        for process in processes:
-            _kill(process)
-    return [_collect(workdir, rank, process.returncode, endings.get(rank))
-            for rank, process in enumerate(processes)]
+    rank_command = ["-c", f"from {__name__} import _rank_main; _rank_main()", spec_path]
+    launched = run_processes([[*rank_command, str(rank)] for rank in range(world_size)],
+                             workdir=workdir, timeout=timeout, label="rank")
+    return [_collect(workdir, rank) for rank in launched.ended]
 
 
-def _wait(processes: list[subprocess.Popen], workdir: str, *, timeout: float) -> dict[int, str]:
-    """Wait for every rank; stop the ones still running at the timeout, or a grace period after
-    another failed. Returns why each stopped rank was stopped."""
-    deadline = time.monotonic() + timeout
-    first_failure: tuple[int, float] | None = None
-    while True:
-        running = [rank for rank, process in enumerate(processes) if process.poll() is None]
-        if not running:
-            return {}
-        if first_failure is None:
-            failed = [rank for rank, process in enumerate(processes)
-                      if process.returncode not in (None, 0)]
-            if failed:
-                first_failure = (failed[0], time.monotonic())
-        now = time.monotonic()
-        if now >= deadline:
-            why = f"timed out after {timeout:g} s"
-        elif first_failure is not None and now >= first_failure[1] + _GRACE_S:
-            why = f"stopped {_GRACE_S:g} s after rank {first_failure[0]} failed"
-        else:
-            time.sleep(0.05)
-            continue
-        _dump_stacks([processes[rank] for rank in running], workdir)
-        return {rank: why for rank in running}
-
-
-def _dump_stacks(processes: list[subprocess.Popen], workdir: str) -> None:
-    """Ask each rank for its Python stack (faulthandler on SIGUSR1), then kill it."""
-    for process in processes:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGUSR1)
-    until = time.monotonic() + _DUMP_WAIT_S
-    ranks = [int(process.args[-1]) for process in processes]
-    while time.monotonic() < until and not all(_read(_stack_path(workdir, rank)) for rank in ranks):
-        time.sleep(0.05)
-    time.sleep(0.1)  # let the dumps that started finish
-    for process in processes:
-        _kill(process)
-
-
-def _kill(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
-def _collect(workdir: str, rank: int, returncode: int, stopped: str | None
-             ) -> tuple[str | None, RankReport]:
+def _collect(workdir: str, rank: Ended) -> tuple[str | None, RankReport]:
     """(function name, report) of one rank: its own report if it wrote one, else what the
     launcher knows: why it was stopped and where it was, or how it exited."""
-    written = _read(os.path.join(workdir, f"rank{rank}.json"))
+    written = _read(os.path.join(workdir, f"rank{rank.index}.json"))
     if written:
         data = json.loads(written)
         return data["function"], RankReport.from_dict(data["report"])
-    if stopped is not None:
-        where, stack = _stuck_at(_read(_stack_path(workdir, rank)))
-        function, graphs, sequence = _progress(workdir, rank)
-        status = "timed out" if stopped.startswith("timed out") else "stopped"
-        return function, RankReport(rank, status, graphs=graphs, sequence=sequence, error=stopped,
-                                where=where, detail=stack)
-    output = _read(os.path.join(workdir, f"rank{rank}.log")).splitlines()
-    return None, RankReport(rank, "crashed", error=f"exited with {_exit_status(returncode)} "
-                            "without a report", detail="\n".join(output[-30:]))
-
-
-def _exit_status(returncode: int) -> str:
-    if returncode < 0:
-        with contextlib.suppress(ValueError):
-            return f"signal {signal.Signals(-returncode).name}"
-    return f"code {returncode}"
-
-
-def _stack_path(workdir: str, rank: int) -> str:
-    return os.path.join(workdir, f"rank{rank}.stack")
+    if rank.stopped is not None:
+        where, stack = _stuck_at(rank.stack)
+        function, graphs, sequence = _progress(workdir, rank.index)
+        status = "timed out" if rank.stopped.startswith("timed out") else "stopped"
+        return function, RankReport(rank.index, status, graphs=graphs, sequence=sequence,
+                                    error=rank.stopped, where=where, detail=stack)
+    return None, RankReport(rank.index, "crashed",
+                            error=f"exited with {exit_description(rank.returncode)} without a "
+                                  "report", detail=rank.output())
 
 
 def _progress_path(workdir: str, rank: int) -> str:
@@ -634,10 +542,6 @@ def _rank_main() -> None:
     with open(spec_path) as file:
         spec = json.load(file)
     workdir, world_size = spec["workdir"], spec["world_size"]
-    # Kept open for the life of the process: faulthandler writes to it from a signal handler.
-    stack_file = open(_stack_path(workdir, rank), "w")
-    faulthandler.register(signal.SIGUSR1, file=stack_file, all_threads=True)
-    faulthandler.dump_traceback_later(spec["timeout"] + _ORPHAN_MARGIN_S, exit=True)
     sys.path[:] = spec["sys_path"]
     # The ranks share the machine's cores: more threads than that only contend.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))

@@ -6,7 +6,8 @@
 
 A Report is the environment, the command, how it ended, and what `watch()` saw. `to_dict()` is the
 one source every renderer reads: JSON is that dict (docs/report-format.md versions its schema),
-Markdown and HTML lay it out. Paths under the current directory are written relative to it, the
+Markdown and HTML lay it out; a RecordedReport is that dict, made elsewhere (by the child process
+`fullgraph report` runs its program in). Paths under the current directory are written relative to it, the
 home directory as `~` and torch's own directory as `<torch>`, so nothing about the machine shows
 beyond the environment block. `CheckReport` does the same for the results of `fullgraph check`.
 """
@@ -38,6 +39,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "FORMATS",
     "Report",
+    "RecordedReport",
+    "ended_outside",
     "CheckReport",
     "render_markdown",
     "render_json",
@@ -48,7 +51,7 @@ __all__ = [
 ]
 
 # Bump on any change a reader of the JSON could notice; docs/report-format.md lists each version.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FORMATS = ("md", "json", "html")
 _EXTENSIONS = {".md": "md", ".markdown": "md", ".json": "json", ".html": "html", ".htm": "html"}
 CONTEXT_LINES = 2  # source lines shown either side of a breaking line
@@ -83,6 +86,7 @@ class Report:
             "target": self.target or self.command,
             "command": self.command,
             "exit": {"status": self.status, "exception": self.exception},
+            "crash": None,
             "env": dict(self.env),
             "dynamo_config": watched["dynamo_config"],
             "summary": {**watched["summary"],
@@ -96,6 +100,24 @@ class Report:
             "reproduction": {"command": self.command, "sources": _sources(breaks)},
         }
         return _scrubbed(data)
+
+
+@dataclass(frozen=True)
+class RecordedReport:
+    """A compile report already made into data (Report.to_dict()), rendered as it is."""
+
+    data: dict
+
+    def to_dict(self) -> dict:
+        return self.data
+
+
+def ended_outside(data: dict, *, status: str, crash: dict | None) -> RecordedReport:
+    """The report `data` of a program that did not end by itself, with how it ended as the process
+    that started it saw: `status` ("killed by SIGSEGV", "timed out after 2 s") and `crash`
+    ({signal, stack, stack_taken} or None), its paths shortened like the rest."""
+    return RecordedReport({**data, "exit": {"status": status, "exception": None},
+                           "crash": _scrubbed(crash)})
 
 
 @dataclass(frozen=True)
@@ -378,6 +400,14 @@ def _summary_rows(data: dict) -> list[tuple[str, str]]:
             ("CUDA-graph skips", str(summary["cudagraph_skips"]))]
 
 
+def _stack_heading(crash: dict) -> str:
+    return f"Python stack {crash['stack_taken']}"
+
+
+def _stack_text(crash: dict) -> str:
+    return _fence(crash["stack"]) if crash["stack"] else "None was written."
+
+
 def _function_label(compile_: dict) -> str:
     return _resumed(compile_["function"])
 
@@ -436,6 +466,8 @@ def _compile_markdown(data: dict) -> str:
     out += [f"| {name} | {f'`{value}`' if name == 'command' else _cell(value)} |"
             for name, value in _summary_rows(data)]
     out.append("")
+    if data.get("crash"):
+        out += [f"## {_stack_heading(data['crash'])}", "", _stack_text(data["crash"]), ""]
     if "tests" in data:
         out += _tests_markdown(data["tests"])
     out += ["## Graph breaks", ""]
@@ -599,6 +631,10 @@ def _compile_html(data: dict) -> str:
     parts = [f"<h1>{_e(_title(data))}</h1>",
              "<h2>Environment</h2>", f"<pre>{_e(chr(10).join(_env_lines(data)))}</pre>",
              "<h2>Summary</h2>", _table(summary)]
+    if data.get("crash"):
+        crash = data["crash"]
+        parts += [f"<h2>{_e(_stack_heading(crash))}</h2>",
+                  f"<pre>{_e(crash['stack'])}</pre>" if crash["stack"] else "<p>None was written.</p>"]
     if "tests" in data:
         parts += ["<h2>Tests</h2>", _tests_html(data["tests"])]
     parts.append("<h2>Graph breaks</h2>")

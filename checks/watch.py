@@ -66,10 +66,10 @@ class Watch:
     then one line for any skips it counted without a message; `cudagraph_skip_count` counts both.
     """
 
-    def __init__(self) -> None:
-        self._breaks = _BreakRecorder()
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
+        self._breaks = _BreakRecorder(on_change)
         self._heard = _HeardCounts()
-        self._skips = SkipRecorder()
+        self._skips = SkipRecorder(on_change)
         self._compile_report: CompileReport | None = None
         self._metrics = _MetricsReader()
         self._final: dict[str, Any] | None = None
@@ -157,19 +157,23 @@ class Watch:
 
 
 @contextlib.contextmanager
-def watch() -> Iterator[Watch]:
+def watch(on_change: Callable[[], None] | None = None) -> Iterator[Watch]:
     """Record every graph break, compile, recompile and CUDA-graph skip in the block.
 
     Yields a Watch, live inside the block and final after it. Dynamo is not reset, before or
     after. torch's config, stance and logging are left as they were, pass or fail, and anything
     the block raises is raised again, after the Watch is final.
+
+    on_change: called with no arguments right after each graph break or CUDA-graph skip is
+    recorded, on the thread that recorded it (inside dynamo's compile or inductor's logging), so
+    that what was seen can be saved before a crash; it must not raise.
     """
     # Both touch torch (an import, a torch.compile wrapper) and must not do so mid-compile; the
     # skip logger must exist before the snapshot so its level is restored.
     _compat.compilation_metrics()
     _compat.compile_wrapper_code()
     logging.getLogger(_compat.CUDAGRAPH_LOGGER)
-    seen = Watch()
+    seen = Watch(on_change)
     with preserved_torch_state(), track_compiles() as report, \
             _compat.graph_break_hook(seen._breaks.record), _compat.counter_hook(seen._heard.add), \
             seen._skips.attached():
@@ -192,7 +196,8 @@ class _BreakRecorder:
     break's stack. A record that does neither (the caller compiled again) is a new occurrence.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[], None] | None) -> None:
+        self._on_change = on_change
         self._lock = threading.Lock()
         self._first: dict[Hashable, GraphBreak] = {}
         self._codes: dict[Hashable, types.CodeType] = {}
@@ -214,6 +219,8 @@ class _BreakRecorder:
             same = last is not None and last[0] == key and (last[1] == compile_id or depth > last[2])
             if not same:
                 self._counts[key] += 1
+        if self._on_change is not None:
+            self._on_change()
 
     @staticmethod
     def _is_entry(frame: types.FrameType) -> bool:
@@ -276,14 +283,17 @@ class SkipRecorder(logging.Handler):
 
     _fullgraph = True  # _state strips handlers so marked from loggers created while inside
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
         super().__init__(logging.DEBUG)
+        self._on_change = on_change
         self._messages: list[str] = []
         self._heard = _HeardCounts()
 
     def emit(self, record: logging.LogRecord) -> None:
         if _compat.is_cudagraph_skip(record):
             self._messages.append(record.getMessage())
+            if self._on_change is not None:
+                self._on_change()
 
     def count(self) -> int:
         # inductor counts every skip it logs; the larger number still wins if that ever changes.

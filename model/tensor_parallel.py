@@ -9,15 +9,13 @@ Each rank holds a shard of the same param dict and runs the unchanged `forward`:
 so a layer costs two all-reduces, one after wo and one after w2. When the world is larger than
 n_kv_heads, KV heads are replicated: each rank keeps the one KV head its query heads attend to.
 
-Ranks run under torchrun, gloo on CPU and NCCL on CUDA; fullgraph.model.tp_generate is a ready
-entry point, and docs/tensor-parallel.md has the commands.
+Ranks run under torchrun or fullgraph.model.launch (launch_ranks), gloo on CPU and NCCL on CUDA;
+fullgraph.model.tp_generate is a ready entry point, and docs/tensor-parallel.md has the commands.
+fake_process_group, launch_ranks and teardown_process_group live in fullgraph.model.launch, beside
+the launcher, and are exported here too.
 """
 
 from __future__ import annotations
-
-import contextlib
-import sys
-from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -25,6 +23,7 @@ import torch.distributed._functional_collectives as funcol
 from torch import Tensor
 
 from .config import LlamaConfig
+from .launch import fake_process_group, launch_ranks, teardown_process_group
 from .llama import AllReduce
 from .params import check_params, init_params, materialize_params, param_shapes
 
@@ -141,55 +140,6 @@ def make_all_reduce(group: dist.ProcessGroup | None = None) -> AllReduce:
 def backend_for(device: str | torch.device) -> str:
     """The collective backend for `device`: NCCL on CUDA, gloo elsewhere."""
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
-
-
-@contextlib.contextmanager
-def fake_process_group(world_size: int, *, rank: int = 0) -> Iterator[dist.ProcessGroup]:
-    """A single-process stand-in for rank `rank` of `world_size`, destroyed on exit.
-
-    Collectives return without communicating, so values are wrong but shapes and traced graphs are
-    exactly a real rank's: enough to check sharding and tracing for any world size, no spawning.
-    """
-    # Importing the module registers the "fake" backend with torch.distributed.
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    if dist.is_initialized():
-        raise RuntimeError("fake_process_group: a process group is already initialised")
-    # init_process_group wraps sys.excepthook to prefix "[rankN]:" and destroying the group does
-    # not unwrap it; without this, prefixes pile up on every later traceback of the process.
-    excepthook = sys.excepthook
-    dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
-    try:
-        yield dist.group.WORLD
-    finally:
-        dist.destroy_process_group()
-        sys.excepthook = excepthook
-
-
-def teardown_process_group() -> None:
-    """Destroy the default process group, freeing first the CUDA graphs that captured its collectives.
-
-    With NCCL, destroy_process_group hangs while a CUDA graph holding a captured collective is
-    alive (pytorch/pytorch#115388), and a decode step compiled with mode="reduce-overhead" holds
-    one. Resetting dynamo frees those graphs, along with every compiled function of the process.
-    """
-    torch._dynamo.reset()
-    dist.destroy_process_group()
-
-
-def launch_ranks(module: str, nproc: int, argv: list[str]) -> None:
-    """Run `python -m module *argv` as `nproc` ranks under torchrun, on a local rendezvous.
-
-    The ranks see RANK set and do the work. A `--nproc N` in argv is left out: torchrun would read
-    it as an abbreviation of its own --nproc-per-node.
-    """
-    from torch.distributed.run import main as torchrun
-
-    rank_argv = [arg for arg in argv if not arg.startswith("--nproc=")]
-    if "--nproc" in rank_argv:
-        at = rank_argv.index("--nproc")
-        del rank_argv[at: at + 2]
-    torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", module, *rank_argv])
 
 
 def _check_world(cfg: LlamaConfig, *, world_size: int, rank: int) -> None:

@@ -1,7 +1,7 @@
 """Tensor-parallel greedy generation from random weights: a smoke test and a timing, per world size.
 
-    python -m fullgraph.model.tp_generate --nproc 2                 # launches torchrun itself
-    torchrun --nproc-per-node 2 -m fullgraph.model.tp_generate      # or under torchrun directly
+    python -m fullgraph.model.tp_generate --nproc 2                 # launches its ranks itself
+    torchrun --nproc-per-node 2 -m fullgraph.model.tp_generate      # or under torchrun
 
 Each rank materialises only its own shard (init_shard), so 70B shapes fit across GPUs, and fuses
 its projections (fuse_projections_) as `fullgraph bench` does. Rank 0 prints each phase's time as
@@ -21,24 +21,19 @@ import torch.distributed as dist
 
 from .config import LlamaConfig
 from .generate import generate
+from .launch import launch_ranks, teardown_process_group
 from .params import fuse_projections_
-from .tensor_parallel import (
-    backend_for,
-    init_shard,
-    launch_ranks,
-    make_all_reduce,
-    teardown_process_group,
-)
+from .tensor_parallel import backend_for, init_shard, make_all_reduce
 
 __all__ = ["main"]
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Launch the ranks (0 if every rank succeeded, else 1), or run as one of them (0)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parse_args(argv)
     if "RANK" not in os.environ:
-        launch_ranks(__spec__.name, args.nproc, argv)
-        return
+        return launch_ranks(__spec__.name, args.nproc, argv)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local_rank}" if args.device == "cuda" else "cpu")
     if device.type == "cuda":
@@ -46,8 +41,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     dist.init_process_group(backend_for(device))
     _run(args, device)
     # Only on success: a rank that raised leaves its peers blocked in a collective, where a
-    # collective teardown would hang; torchrun ends them instead.
+    # collective teardown would hang; the launcher ends them instead.
     teardown_process_group()
+    return 0
 
 
 def _run(args: argparse.Namespace, device: torch.device) -> None:
@@ -86,7 +82,7 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m fullgraph.model.tp_generate",
                                      description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--nproc", type=int, default=2,
-                        help="ranks to launch when not already under torchrun (default 2)")
+                        help="ranks to launch when not already a rank (default 2)")
     parser.add_argument("--config", default="tiny", choices=LlamaConfig.names())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         choices=["cpu", "cuda"])
@@ -102,9 +98,9 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    main()
+    code = main()
     # A gloo worker thread can still hold the last collective's tensors when the interpreter
     # shuts down, and releasing them then aborts the process (pytorch/pytorch#179291). All
     # output is printed: skip the shutdown.
     sys.stdout.flush()
-    os._exit(0)
+    os._exit(code)

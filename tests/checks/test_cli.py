@@ -1,6 +1,3 @@
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -51,9 +48,9 @@ def test_an_unknown_backend_is_refused_before_any_check_runs(capsys):
 
 
 @pytest.mark.slow
-def test_check_runs_every_check_and_exits_zero():
-    run = subprocess.run([sys.executable, "-m", "fullgraph.checks.cli", "check", "--backend", "aot_eager"],
-                         capture_output=True, text=True, timeout=300)
+def test_check_runs_every_check_and_exits_zero(run_python):
+    [run] = run_python(["-m", "fullgraph.checks.cli", "check", "--backend", "aot_eager"],
+                       timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()
     assert lines[0] == "fullgraph check: tiny on cpu, float32, backend aot_eager"

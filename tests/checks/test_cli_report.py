@@ -1,5 +1,5 @@
 import json
-import subprocess
+import signal
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -7,10 +7,13 @@ from types import SimpleNamespace
 import pytest
 
 from fullgraph.checks import suite
+from fullgraph.checks._report_run import SAMPLE_S, TIMEOUT_CODE
 from fullgraph.checks.cli import main
+from fullgraph.checks.report import RecordedReport, render
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = "targets/breaks_and_recompiles.py"
+CRASHES = "targets/crashes.py"
 
 
 @pytest.fixture(autouse=True)
@@ -21,11 +24,11 @@ def _in_tests_dir(monkeypatch):
     monkeypatch.delitem(sys.modules, "targets.report_module", raising=False)
 
 
-def test_a_script_runs_as_main_with_its_arguments(tmp_path, capsys):
+def test_a_script_runs_as_main_with_its_arguments(tmp_path, capfd):
     argv, path = sys.argv[:], sys.path[:]
     assert main(["report", "-o", str(tmp_path / "r.json"), "--", SCRIPT, "2", "3", "4"]) == 0
 
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     assert "argv ['2', '3', '4']" in out and err.endswith(f"wrote {tmp_path / 'r.json'}\n")
     assert (sys.argv, sys.path) == (argv, path)
     data = json.loads((tmp_path / "r.json").read_text())
@@ -38,19 +41,19 @@ def test_a_script_runs_as_main_with_its_arguments(tmp_path, capsys):
     assert data["summary"]["recompiles"] == 4  # scale and the rest of it after the print, twice each
 
 
-def test_markdown_goes_to_stdout_after_the_programs_output(capsys):
+def test_markdown_goes_to_stdout_after_the_programs_output(capfd):
     assert main(["report", "--", SCRIPT]) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     program, _, report = out.partition("**Suggested issue title:** ")
     assert program.splitlines() == ["scaling (2,)", "scaling (3,)", "argv []"]
     assert report.startswith(f"torch.compile: 1 graph break, 2 recompiles in {SCRIPT}\n")
     assert f"```sh\nfullgraph report -- {SCRIPT}\n```" in report
 
 
-def test_a_report_is_written_when_the_program_raises(tmp_path, capsys):
+def test_a_report_is_written_when_the_program_raises(tmp_path, capfd):
     assert main(["report", "-o", str(tmp_path / "r.md"), "--", "targets/raises.py"]) == 1
 
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert "Traceback (most recent call last):" in err and "ValueError: boom: total 3.0" in err
     assert "runpy" not in err and "_target.py" not in err  # the program's frames, not ours
     text = (tmp_path / "r.md").read_text()
@@ -65,9 +68,9 @@ def test_a_report_is_written_when_the_program_exits_non_zero(tmp_path):
     assert data["graph_breaks"][0]["frames"][0]["function"] == "shout"
 
 
-def test_dash_m_runs_a_module_as_main(capsys):
+def test_dash_m_runs_a_module_as_main(capfd):
     assert main(["report", "--format", "json", "--", "-m", "targets.report_module", "a", "b"]) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert out.startswith("argv ['a', 'b']\n")
     data = json.loads(out[out.index("{"):])
     assert data["target"] == "-m targets.report_module"
@@ -81,10 +84,10 @@ def test_module_colon_function_is_imported_and_called(tmp_path):
     assert '<div class="timeline">' in page
 
 
-def test_the_documented_example_still_breaks_as_documented(capsys):
+def test_the_documented_example_still_breaks_as_documented(capfd):
     # docs/report-example.md was made from this program.
     assert main(["report", "--format", "json", "--", "targets/decode_loop.py"]) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     data = json.loads(out[out.index("{"):])
     assert [(brk["frames"][-1]["function"], brk["count"]) for brk in data["graph_breaks"]] == [
         ("rotate", 3), ("log_step", 3)]
@@ -101,6 +104,7 @@ def test_the_documented_example_still_breaks_as_documented(capsys):
     (["--", "-m"], "TARGET: -m needs a module name"),
     (["--", "-m", "targets.absent"], "TARGET: no module named 'targets.absent'"),
     (["-o", "r.txt", "--", SCRIPT], "-o r.txt: the extension must be .md, .json or .html (or give --format)"),
+    (["--timeout", "0", "--", SCRIPT], "--timeout must be > 0, got 0"),
 ])
 def test_command_line_mistakes_are_one_line_naming_the_argument(argv, error, capsys):
     assert main(["report", *argv]) == 2
@@ -115,12 +119,62 @@ def test_an_unknown_format_is_refused_by_name(capsys):
     assert info.value.code == 2 and "--format: invalid choice: 'pdf'" in capsys.readouterr().err
 
 
-def test_the_command_exits_with_the_programs_exit_code(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "fullgraph.checks.cli", "report", "-o",
-                          str(tmp_path / "r.md"), "--", "targets/exits.py"],
-                         cwd=HERE, capture_output=True, text=True, timeout=120)
+def test_the_command_exits_with_the_programs_exit_code(tmp_path, run_python):
+    [run] = run_python(["-m", "fullgraph.checks.cli", "report", "-o", str(tmp_path / "r.md"), "--",
+                        "targets/exits.py"], timeout=180)
     assert run.returncode == 3, run.stderr
     assert "| ended | exit 3 |" in (tmp_path / "r.md").read_text()
+
+
+# -- a program that does not end by itself ---------------------------------------------------------
+
+@pytest.mark.parametrize("death, signum, where, taken", [
+    ("segfault", signal.SIGSEGV, "# crashes here", "when it crashed"),
+    ("abort", signal.SIGABRT, "DEATHS[sys.argv[1]]()", "when it crashed"),
+    ("kill", signal.SIGKILL, "# sampled here",
+     f"at the last sample, at most {SAMPLE_S:g} s before SIGKILL ended it"),
+])
+def test_a_program_killed_by_a_signal_still_leaves_its_report(death, signum, where, taken,
+                                                              tmp_path, capfd):
+    code = main(["report", "-o", str(tmp_path / "r.json"), "--", CRASHES, death])
+
+    assert code == 128 + signum  # what a shell reports for a process the signal killed
+    data = json.loads((tmp_path / "r.json").read_text())
+    name = signal.Signals(signum).name
+    assert data["exit"] == {"status": f"killed by {name}", "exception": None}
+    assert data["crash"]["signal"] == name and data["crash"]["stack_taken"].startswith(taken)
+    [brk] = data["graph_breaks"]  # met before the crash
+    assert brk["frames"][-1]["line"] == 'print("about to", sys.argv[1], flush=True)  # break: print'
+    # The main thread's stack comes first, at the line the program died on.
+    main_thread = data["crash"]["stack"].split("\n\n")[0 if death == "kill" else 1]
+    assert f'File "{CRASHES}", line {_line(HERE / CRASHES, where)}' in main_thread
+    assert capfd.readouterr().out.startswith(f"about to {death}\n")
+
+
+def test_a_program_that_hangs_is_stopped_at_the_timeout_with_its_stack(tmp_path, capfd):
+    code = main(["report", "--timeout", "2", "-o", str(tmp_path / "r.md"), "--", CRASHES, "hang"])
+
+    assert code == TIMEOUT_CODE
+    text = (tmp_path / "r.md").read_text()
+    assert "| ended | timed out after 2 s |" in text and "| graph breaks | 1 distinct |" in text
+    stack = text.split("## Python stack when it was stopped\n\n```\n")[1].split("```")[0]
+    assert stack.startswith("Current thread 0x")
+    assert f'File "{CRASHES}", line {_line(HERE / CRASHES, "# hangs here")} in hang\n' in stack
+
+
+def test_a_crash_report_renders_its_stack_in_every_format(tmp_path, capfd):
+    assert main(["report", "-o", str(tmp_path / "r.json"), "--", CRASHES, "abort"]) == 134
+    recorded = RecordedReport(json.loads((tmp_path / "r.json").read_text()))
+    markdown, page = render(recorded, "md"), render(recorded, "html")
+    assert "| ended | killed by SIGABRT |" in markdown
+    assert "## Python stack when it crashed\n\n```\nFatal Python error: Aborted\n" in markdown
+    assert "<h2>Python stack when it crashed</h2>\n<pre>Fatal Python error: Aborted" in page
+    assert json.loads(render(recorded, "json")) == recorded.to_dict()
+
+
+def _line(path: Path, marker: str) -> int:
+    return next(number for number, line in enumerate(path.read_text().splitlines(), start=1)
+                if marker in line)
 
 
 def test_check_writes_its_results_by_extension(tmp_path, monkeypatch, capsys):

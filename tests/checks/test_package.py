@@ -16,11 +16,11 @@ from fullgraph.checks.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_importing_the_package_and_plugin_does_not_import_torch():
+def test_importing_the_package_and_plugin_does_not_import_torch(run_python):
     # pytest imports the plugin wherever fullgraph is installed: it must cost next to nothing.
     code = ("import sys, fullgraph.checks, fullgraph.checks.pytest_plugin; "
             "print('torch' in sys.modules)")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    [run] = run_python(["-c", code], timeout=60)
     assert run.stdout.strip() == "False", run.stderr
 
 

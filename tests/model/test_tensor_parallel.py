@@ -1,16 +1,15 @@
 """Tensor parallel: sharding rules, collectives traced into one graph, and parity with one process.
 
-The parity test launches real ranks under torchrun (gloo); everything else runs in this process,
-with torch's fake process group standing in for world sizes 2, 4 and 8.
+The parity test launches real ranks (gloo) through fullgraph.model.launch, as tp_generate does;
+everything else runs in this process, with torch's fake process group standing in for world sizes
+2, 4 and 8.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from fullgraph.model import (
     init_params,
     new_cache,
 )
+from fullgraph.model.launch import rank_environments
 from fullgraph.model.llama import attention, feed_forward, rope_tables
 from fullgraph.model.tensor_parallel import (
     fake_process_group,
@@ -41,6 +41,7 @@ from fullgraph.model.tensor_parallel import (
 )
 
 WORKER = Path(__file__).with_name("tp_worker.py")
+KILL_LAUNCHER = Path(__file__).with_name("kill_launcher.py")
 TINY = LlamaConfig.from_name("tiny")  # 4 query heads, 2 KV heads, head_dim 16, ffn_dim 192
 # 8 query heads over 2 KV heads: splits evenly for 2 ranks and replicates KV heads for 4 and 8.
 WIDE = dataclasses.replace(TINY, n_heads=8, n_kv_heads=2)
@@ -210,36 +211,21 @@ def test_fake_process_group_runs_the_shard_eagerly(fake_world: int) -> None:
     assert logits.shape == (1, 3, WIDE.vocab_size)
 
 
-# --- real ranks under torchrun ---------------------------------------------------------------
+# --- real ranks ------------------------------------------------------------------------------
 
 
-def _torchrun(spec: dict, tmp_path: Path, *, nproc: int, timeout: float = 120) -> list[dict]:
+def _ranks(run_python, spec: dict, tmp_path: Path, *, nproc: int, timeout: float = 120
+           ) -> list[dict]:
     """Each rank's results; fails the test with the ranks' output if any rank fails or hangs."""
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    log = tmp_path / "torchrun.log"
-    # --standalone picks a free port itself, so parallel test workers never collide.
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", str(WORKER), str(tmp_path / "spec.json"), str(tmp_path)]
-    with log.open("w") as out:
-        # A session of its own, so a hang can be ended with every rank torchrun started.
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            returncode = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            pytest.fail(f"torchrun did not finish in {timeout} s:\n{_rank_output(log)}")
-    if returncode:
-        pytest.fail(f"torchrun exited with {returncode}:\n{_rank_output(log)}")
+    command = [str(WORKER), str(tmp_path / "spec.json"), str(tmp_path)]
+    ranks = run_python(*[command] * nproc, timeout=timeout, env=rank_environments(nproc),
+                       label="rank")
+    failed = [rank for rank in ranks if rank.failed]
+    if failed:
+        pytest.fail("\n\n".join(f"rank {rank.index} exited with {rank.returncode}:\n{rank.output()}"
+                                 for rank in failed), pytrace=False)
     return [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(nproc)]
-
-
-def _rank_output(log: Path) -> str:
-    # torchrun prefixes each rank's output with [rankN]:, which holds the rank's traceback;
-    # without any, the launcher's own tail says what went wrong.
-    lines = log.read_text().splitlines()
-    return "\n".join([line for line in lines if line.startswith("[rank")] or lines[-40:])
 
 
 def _spec(cfg: LlamaConfig, **extra: object) -> dict:
@@ -251,27 +237,27 @@ def _spec(cfg: LlamaConfig, **extra: object) -> dict:
 
 
 @pytest.mark.usefixtures("highest_precision")
-def test_world_2_matches_single_process(tmp_path: Path) -> None:
-    _assert_world_2_matches_single_process(_spec(TINY), tmp_path, device="cpu")
+def test_world_2_matches_single_process(tmp_path: Path, run_python) -> None:
+    _assert_world_2_matches_single_process(run_python, _spec(TINY), tmp_path, device="cpu")
 
 
 @pytest.mark.gpu
 @pytest.mark.usefixtures("highest_precision")
-def test_world_2_over_nccl_matches_single_process(tmp_path: Path) -> None:
+def test_world_2_over_nccl_matches_single_process(tmp_path: Path, run_python) -> None:
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 CUDA devices")
-    _assert_world_2_matches_single_process(_spec(TINY, device="cuda", backend="inductor"), tmp_path,
-                                           device="cuda", timeout=300)
+    spec = _spec(TINY, device="cuda", backend="inductor")
+    _assert_world_2_matches_single_process(run_python, spec, tmp_path, device="cuda", timeout=300)
 
 
-def _assert_world_2_matches_single_process(spec: dict, tmp_path: Path, *, device: str,
+def _assert_world_2_matches_single_process(run_python, spec: dict, tmp_path: Path, *, device: str,
                                            timeout: float = 120) -> None:
     """Logits (fp32, 1e-5) and greedy tokens of both ranks, eager and compiled, equal one process's."""
     params = {name: t.to(device) for name, t in init_params(TINY, seed=0).items()}
     expected_logits = forward(params, torch.tensor(spec["tokens"], device=device), cfg=TINY).cpu()
     expected_tokens = generate(params, spec["prompts"], cfg=TINY,
                                max_new_tokens=spec["max_new_tokens"], compile=False)
-    for rank, results in enumerate(_torchrun(spec, tmp_path, nproc=2, timeout=timeout)):
+    for rank, results in enumerate(_ranks(run_python, spec, tmp_path, nproc=2, timeout=timeout)):
         for key in ("logits_eager", "logits_compiled"):
             torch.testing.assert_close(results[key], expected_logits, atol=1e-5, rtol=1e-5,
                                        msg=lambda m, k=key, r=rank: f"rank {r} {k}: {m}")
@@ -279,9 +265,19 @@ def _assert_world_2_matches_single_process(spec: dict, tmp_path: Path, *, device
             assert results[key] == expected_tokens, f"rank {rank} {key}"
 
 
-def test_a_failing_rank_fails_the_test_with_its_error(tmp_path: Path) -> None:
+def test_a_failing_rank_fails_the_test_with_its_error(tmp_path: Path, run_python) -> None:
     with pytest.raises(pytest.fail.Exception, match="rank 1 failed on purpose"):
-        _torchrun(_spec(TINY, fail_rank=1), tmp_path, nproc=2)
+        _ranks(run_python, _spec(TINY, fail_rank=1), tmp_path, nproc=2)
+
+
+def test_a_hanging_rank_fails_the_test_with_its_output_and_leaves_nothing_behind(
+        tmp_path: Path, run_python, leftover_processes) -> None:
+    with pytest.raises(pytest.fail.Exception) as failed:
+        _ranks(run_python, _spec(TINY, hang_rank=1), tmp_path, nproc=2, timeout=45)
+    message = str(failed.value)
+    assert "rank 1 timed out after 45 s; its last output:\nrank 1 hangs on purpose\n" in message
+    assert f'File "{WORKER}", line ' in message  # its stack, where it hangs
+    assert leftover_processes() == {}
 
 
 def test_teardown_frees_compiled_code_then_destroys_the_group() -> None:
@@ -304,10 +300,9 @@ def test_fake_process_group_leaves_the_excepthook_as_it_was() -> None:
     assert sys.excepthook is before
 
 
-def test_tp_generate_reports_progress_from_rank_0_only() -> None:
-    command = [sys.executable, "-m", "fullgraph.model.tp_generate", "--nproc", "2", "--device", "cpu",
-               "--no-compile", "--max-new-tokens", "4"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+def test_tp_generate_reports_progress_from_rank_0_only(run_python) -> None:
+    [done] = run_python(["-m", "fullgraph.model.tp_generate", "--nproc", "2", "--device", "cpu",
+                         "--no-compile", "--max-new-tokens", "4"], timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     assert lines[0] == "world_size=2 device=cpu config=tiny dtype=torch.float32"
@@ -315,3 +310,14 @@ def test_tp_generate_reports_progress_from_rank_0_only() -> None:
     assert lines[2].startswith("warm-up generation (compiles prefill and decode) took ")
     assert lines[3].endswith("ms/token, prefill included")
     assert lines[4].startswith("tokens[0]: [") and len(lines) == 5
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_no_rank_outlives_a_killed_launcher(signum, run_python) -> None:
+    # kill_launcher.py starts tp_generate's two-rank gloo run, kills the launcher as the ranks
+    # start generating (over 10 s of work left), and watches them for 5 s.
+    [driver] = run_python([str(KILL_LAUNCHER), str(int(signum))], timeout=240)
+    assert driver.returncode == 0, driver.output()
+    seen = json.loads(driver.stdout.splitlines()[-1])
+    assert len(seen["alive_at_kill"]) == 2 and seen["launcher_returncode"] == -signum
+    assert seen["alive_after"] == [], driver.output()

@@ -1,7 +1,6 @@
 """The SentencePiece tokenizer, on small models trained here from tests/data/tokenizer_corpus.txt."""
 
 import dataclasses
-import subprocess
 import sys
 from pathlib import Path
 
@@ -145,8 +144,9 @@ def test_generates_text_with_the_tiny_model(tok, tiny_cfg):
     assert isinstance(tok.decode(new), str)
 
 
-def test_importing_the_model_needs_neither_sentencepiece_nor_safetensors():
+def test_importing_the_model_needs_neither_sentencepiece_nor_safetensors(run_python):
     code = ("import sys, fullgraph.model; "
             "print(sorted({'sentencepiece', 'safetensors'} & set(sys.modules)))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    [result] = run_python(["-c", code], timeout=60)
+    assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

@@ -4,7 +4,7 @@
 
 SPEC.json holds the config, the tokens for forward, the prompts and max_new_tokens for generate,
 the compile backend, the device type ("cpu" runs gloo, "cuda" one GPU per rank over NCCL), and
-optionally a rank that should fail. Each rank shards the same real
+optionally a rank that should fail or hang. Each rank shards the same real
 params, runs forward (eager, and compiled with fullgraph=True) and greedy generate (compile=False
 and True), and saves the results to OUT_DIR/rank{r}.pt for the test to compare with the
 single-process model.
@@ -18,6 +18,7 @@ import importlib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
@@ -43,6 +44,10 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
     spec = json.loads(args.spec.read_text())
+    if int(os.environ["RANK"]) == spec.get("hang_rank"):
+        # Lets the test check that a hung rank is named, with its output, and ended.
+        print(f"rank {os.environ['RANK']} hangs on purpose", flush=True)
+        time.sleep(3600)
     # Two cores are shared by every rank: one thread each avoids oversubscription.
     torch.set_num_threads(1)
     torch.set_float32_matmul_precision("highest")
@@ -54,7 +59,7 @@ def main() -> None:
     results = run(spec, device)
     torch.save(results, args.out / f"rank{dist.get_rank()}.pt")
     # Only on success: a rank that raised leaves its peers blocked in a collective, where a
-    # collective teardown would hang; torchrun ends them instead.
+    # collective teardown would hang; the launcher ends them instead.
     teardown_process_group()
 
 
