@@ -1,0 +1,222 @@
+"""Weight-only int8 and int4: layouts, what the quantized forward computes, its error, its graphs."""
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounter
+
+from fullgraph.model import forward, fuse_projections_, init_params, new_cache
+from fullgraph.model.generate import decode_step
+from fullgraph.model.quant import ERROR_BOUNDS, dequantize, quantize
+
+SCHEMES = [("int8", None), ("int4", 32), ("int4", 64)]
+SCHEME_IDS = ["int8", "int4-g32", "int4-g64"]
+LINEAR_SUFFIXES = ("wq.weight", "wk.weight", "wv.weight", "wo.weight", "w1.weight", "w2.weight",
+                   "w3.weight")
+
+
+def fake_quantize(weight, scheme, group_size):
+    """The weight quantization stands for, computed from the formulas alone (no packing, no kernel)."""
+    w = weight.float()  # fp32, as quantize computes: a tie rounds the same way
+    if scheme == "int8":
+        scale = (w.abs().amax(dim=1, keepdim=True) / 127).to(weight.dtype).float()
+        return (torch.round(w / scale).clamp(-127, 127) * scale).to(weight.dtype)
+    n, k = w.shape
+    groups = w.reshape(n, k // group_size, group_size)
+    low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+    scale = ((high - low) / 15).to(weight.dtype).float()
+    zero = (low + scale * 8).to(weight.dtype).float()
+    q = (torch.round((groups - zero) / scale) + 8).clamp(0, 15)
+    return ((q - 8) * scale + zero).reshape(n, k).to(weight.dtype)
+
+
+def is_linear(name):
+    return name == "output.weight" or name.endswith(LINEAR_SUFFIXES)
+
+
+def fake_quantized_params(params, scheme, group_size):
+    return {name: fake_quantize(t, scheme, group_size) if is_linear(name) else t
+            for name, t in params.items()}
+
+
+def error_against(quantized_logits, dense_logits):
+    """(relative RMS error of the logits, share of positions with the same greedy token)."""
+    relative = ((quantized_logits - dense_logits).norm() / dense_logits.norm()).item()
+    agreement = (quantized_logits.argmax(-1) == dense_logits.argmax(-1)).float().mean().item()
+    return relative, agreement
+
+
+def assert_within_bound(quantized_logits, dense_logits, scheme):
+    relative, agreement = error_against(quantized_logits, dense_logits)
+    bound = ERROR_BOUNDS[scheme]
+    assert relative <= bound.max_relative_rms and agreement >= bound.min_greedy_agreement, (
+        f"{scheme}: relative RMS {relative:.4f} (bound {bound.max_relative_rms}), greedy agreement "
+        f"{agreement:.3f} (bound {bound.min_greedy_agreement})")
+
+
+@pytest.fixture
+def tokens(tiny_cfg):
+    return torch.randint(0, tiny_cfg.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def long_tokens():
+    # 256 positions: the greedy agreement the bounds speak of is over this many tokens per row.
+    return torch.randint(0, 256, (2, 256), generator=torch.Generator().manual_seed(1))
+
+
+# --- layouts -----------------------------------------------------------------------------------
+
+
+def test_int8_stores_int8_rows_and_a_scale_per_output_channel(tiny_params):
+    quantized = quantize(tiny_params, "int8")
+    wq = tiny_params["layers.0.attention.wq.weight"]
+    assert quantized["layers.0.attention.wq.weight"].dtype == torch.int8
+    assert quantized["layers.0.attention.wq.weight"].shape == wq.shape
+    assert quantized["layers.0.attention.wq.scales"].shape == (wq.shape[0],)
+    assert quantized["layers.0.attention.wq.scales"].dtype == wq.dtype
+    assert quantized["layers.0.attention.wq.weight"].abs().amax(dim=1).eq(127).all()
+
+
+def test_int4_stores_packed_nibbles_and_a_scale_and_zero_per_group(tiny_params):
+    quantized = quantize(tiny_params, "int4", group_size=32)
+    w2 = tiny_params["layers.1.feed_forward.w2.weight"]  # (64, 192): six groups per row
+    assert quantized["layers.1.feed_forward.w2.weight"].dtype == torch.uint8
+    assert quantized["layers.1.feed_forward.w2.weight"].shape == (64, 96)
+    assert quantized["layers.1.feed_forward.w2.scales_and_zeros"].shape == (6, 64, 2)
+    assert w2.dtype == quantized["layers.1.feed_forward.w2.scales_and_zeros"].dtype
+
+
+def test_embeddings_and_norms_stay_and_output_is_optional(tiny_params):
+    quantized = quantize(tiny_params, "int8")
+    for name in ("tok_embeddings.weight", "norm.weight", "layers.0.attention_norm.weight"):
+        assert quantized[name] is tiny_params[name]
+    assert "output.scales" in quantized
+    kept = quantize(tiny_params, "int8", include_output=False)
+    assert kept["output.weight"] is tiny_params["output.weight"] and "output.scales" not in kept
+
+
+# --- what the quantized forward computes -------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme, group_size", SCHEMES, ids=SCHEME_IDS)
+def test_dequantize_gives_back_the_fake_quantized_weights(tiny_params, scheme, group_size):
+    dense = dequantize(quantize(tiny_params, scheme, group_size=group_size))
+    expected = fake_quantized_params(tiny_params, scheme, group_size)
+    assert list(dense) == list(tiny_params)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(dense[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("scheme, group_size", SCHEMES, ids=SCHEME_IDS)
+def test_quantized_forward_equals_the_forward_on_fake_quantized_weights(tiny_cfg, tiny_params, tokens,
+                                                                        scheme, group_size):
+    quantized = quantize(tiny_params, scheme, group_size=group_size)
+    expected = forward(fake_quantized_params(tiny_params, scheme, group_size), tokens, cfg=tiny_cfg)
+    torch.testing.assert_close(forward(quantized, tokens, cfg=tiny_cfg), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(forward(dequantize(quantized), tokens, cfg=tiny_cfg), expected,
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("scheme, group_size", SCHEMES, ids=SCHEME_IDS)
+def test_quantized_logits_are_within_the_documented_bound(tiny_cfg, long_tokens, dtype, scheme,
+                                                          group_size):
+    params = init_params(tiny_cfg, seed=3, dtype=dtype)
+    dense = forward(params, long_tokens, cfg=tiny_cfg)
+    quantized = forward(quantize(params, scheme, group_size=group_size), long_tokens, cfg=tiny_cfg)
+    assert_within_bound(quantized, dense, scheme)
+
+
+@pytest.mark.parametrize("scheme, group_size, scales", [("int8", None, "scales"),
+                                                         ("int4", 32, "scales_and_zeros")],
+                         ids=["int8", "int4"])
+def test_a_corrupted_scale_falls_outside_the_bound(tiny_cfg, tiny_params, long_tokens, scheme,
+                                                   group_size, scales):
+    quantized = quantize(tiny_params, scheme, group_size=group_size)
+    # One layer's up projection read with scales four times too large, as a wrong layout would.
+    quantized[f"layers.0.feed_forward.w3.{scales}"] = quantized[f"layers.0.feed_forward.w3.{scales}"] * 4
+    dense = forward(tiny_params, long_tokens, cfg=tiny_cfg)
+    with pytest.raises(AssertionError, match=f"{scheme}: relative RMS"):
+        assert_within_bound(forward(quantized, long_tokens, cfg=tiny_cfg), dense, scheme)
+
+
+@pytest.mark.parametrize("scheme, group_size", SCHEMES, ids=SCHEME_IDS)
+def test_fusing_quantized_params_stores_what_quantizing_fused_params_does(tiny_cfg, tiny_params,
+                                                                          scheme, group_size):
+    fused_then_quantized = dict(tiny_params)
+    fuse_projections_(fused_then_quantized, tiny_cfg)
+    fused_then_quantized = quantize(fused_then_quantized, scheme, group_size=group_size)
+    quantized_then_fused = quantize(tiny_params, scheme, group_size=group_size)
+    fuse_projections_(quantized_then_fused, tiny_cfg)
+    assert sorted(quantized_then_fused) == sorted(fused_then_quantized)
+    for name, tensor in fused_then_quantized.items():
+        assert torch.equal(quantized_then_fused[name], tensor), name
+
+
+# --- graphs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused"])
+@pytest.mark.parametrize("scheme, group_size", SCHEMES[:2], ids=SCHEME_IDS[:2])
+def test_quantized_prefill_and_decode_have_no_graph_breaks(tiny_cfg, tiny_params, tokens, scheme,
+                                                           group_size, fused):
+    if fused:
+        fuse_projections_(tiny_params, tiny_cfg)
+    params = quantize(tiny_params, scheme, group_size=group_size)
+    cache = new_cache(tiny_cfg, batch_size=2)
+    prefill = (params, tokens)
+    prefill_options = dict(cfg=tiny_cfg, cache=cache, input_pos=torch.arange(16))
+    decode = (params, torch.tensor([[3], [4]]), torch.tensor([16]), cache)
+    decode_options = dict(cfg=tiny_cfg, sdpa_backend="auto", temperature=0.0, top_k=None)
+    for fn, args, options in [(forward, prefill, prefill_options), (decode_step, decode, decode_options)]:
+        explained = torch._dynamo.explain(fn)(*args, **options)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), fn.__name__
+        torch.compile(fn, fullgraph=True, backend="aot_eager")(*args, **options)
+
+
+def _decode(step, params, cfg, positions):
+    cache = new_cache(cfg, batch_size=2)
+    token, input_pos = torch.tensor([[3], [4]]), torch.tensor([0])
+    for _ in range(positions):
+        token = step(params, token, input_pos, cache, cfg=cfg, sdpa_backend="auto", temperature=0.0,
+                     top_k=None).view(2, 1)
+        input_pos += 1
+    return token
+
+
+@pytest.mark.parametrize("scheme, group_size", SCHEMES[:2], ids=SCHEME_IDS[:2])
+def test_quantized_decode_compiles_once_for_64_positions(tiny_cfg, tiny_params, scheme, group_size):
+    counter = CompileCounter()
+    step = torch.compile(decode_step, fullgraph=True, backend=counter)
+    _decode(step, quantize(tiny_params, scheme, group_size=group_size), tiny_cfg, 64)
+    assert counter.frame_count == 1
+
+
+def test_a_dense_and_two_quantized_models_in_one_process_compile_once_each(tiny_cfg, tiny_params):
+    counter = CompileCounter()
+    step = torch.compile(decode_step, fullgraph=True, backend=counter)
+    models = [tiny_params, quantize(tiny_params, "int8"), quantize(tiny_params, "int4", group_size=32)]
+    for params in models + models:  # the second round must find every model's graph compiled
+        _decode(step, params, tiny_cfg, 4)
+    assert counter.frame_count == len(models)
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, kwargs, message", [
+    (("int3",), {}, "unknown scheme 'int3'; known schemes: int8, int4"),
+    (("int4",), {"group_size": 48}, r"group_size must be one of \(32, 64, 128\) for int4, got 48"),
+    (("int8",), {"group_size": 32}, "group_size is for int4"),
+    (("int4",), {}, r"group_size 128 does not divide the input dim 64 of layers.0.attention.wq.weight"),
+])
+def test_bad_arguments_say_which(tiny_params, args, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        quantize(tiny_params, *args, **kwargs)
+
+
+@pytest.mark.parametrize("first, second", [("int8", "int8"), ("int8", "int4"), ("int4", "int8")])
+def test_quantizing_twice_is_refused(tiny_params, first, second):
+    once = quantize(tiny_params, first, group_size=32 if first == "int4" else None)
+    with pytest.raises(ValueError, match=r"already quantized \(layers.0.attention.wq.scales"):
+        quantize(once, second, group_size=32 if second == "int4" else None)
