@@ -220,3 +220,62 @@ def test_quantizing_twice_is_refused(tiny_params, first, second):
     once = quantize(tiny_params, first, group_size=32 if first == "int4" else None)
     with pytest.raises(ValueError, match=r"already quantized \(layers.0.attention.wq.scales"):
         quantize(once, second, group_size=32 if second == "int4" else None)
+
+
+# --- CUDA: torch's int4 kernel and its tiled layout, CUDA graphs -------------------------------
+
+
+def _on_cuda(tiny_cfg, scheme, group_size):
+    params = init_params(tiny_cfg, dtype=torch.bfloat16, device="cuda")
+    return params, quantize(params, scheme, group_size=group_size)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scheme, group_size", SCHEMES, ids=SCHEME_IDS)
+def test_cuda_quantized_forward_equals_the_forward_on_fake_quantized_weights(tiny_cfg, scheme,
+                                                                             group_size):
+    from fullgraph.checks.parity import assert_parity
+
+    params, quantized = _on_cuda(tiny_cfg, scheme, group_size)
+    fake = fake_quantized_params(params, scheme, group_size)
+    for name, tensor in dequantize(quantized).items():
+        torch.testing.assert_close(tensor, fake[name], msg=name)
+    tokens = torch.randint(0, tiny_cfg.vocab_size, (2, 64), device="cuda")
+    expected = forward(fake, tokens, cfg=tiny_cfg)
+    assert_parity(forward(quantized, tokens, cfg=tiny_cfg), expected, dtype=torch.bfloat16)
+    compiled = torch.compile(forward, fullgraph=True)(quantized, tokens, cfg=tiny_cfg)
+    assert_parity(compiled, expected, dtype=torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scheme, group_size", SCHEMES, ids=SCHEME_IDS)
+def test_cuda_fusing_quantized_params_stores_what_quantizing_fused_params_does(tiny_cfg, scheme,
+                                                                               group_size):
+    params, quantized_then_fused = _on_cuda(tiny_cfg, scheme, group_size)
+    fuse_projections_(quantized_then_fused, tiny_cfg)
+    fuse_projections_(params, tiny_cfg)
+    fused_then_quantized = quantize(params, scheme, group_size=group_size)
+    for name, tensor in fused_then_quantized.items():
+        assert torch.equal(quantized_then_fused[name], tensor), name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scheme, group_size", SCHEMES[:2], ids=SCHEME_IDS[:2])
+def test_cuda_quantized_decode_records_one_cuda_graph_and_replays_it(tiny_cfg, scheme, group_size):
+    from fullgraph.checks.cudagraphs import assert_cudagraphs
+    from fullgraph.model.generate import _step_functions
+
+    _, params = _on_cuda(tiny_cfg, scheme, group_size)
+    cache = new_cache(tiny_cfg, batch_size=2, dtype=torch.bfloat16, device="cuda")
+    # Marks params and cache as static addresses, as generate does before compiling decode.
+    _step_functions(params, cache, compile=True, device=torch.device("cuda"))
+
+    def decode(params, token, input_pos, cache):
+        return decode_step(params, token, input_pos, cache, cfg=tiny_cfg, sdpa_backend="auto",
+                           temperature=0.0, top_k=None)
+
+    with torch.inference_mode():
+        token = torch.tensor([[3], [4]], device="cuda")
+        calls = ((params, token, torch.tensor([pos], device="cuda"), cache) for pos in range(32))
+        report = assert_cudagraphs(decode, calls, max_recordings=1, max_memory_growth_mb=0)
+    assert report.replays == 32 - report.warmups - len(report.recordings)
