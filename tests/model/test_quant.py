@@ -5,7 +5,7 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 from fullgraph.model import forward, fuse_projections_, init_params, new_cache
-from fullgraph.model.generate import decode_step
+from fullgraph.model.generate import _step_functions, decode_step
 from fullgraph.model.quant import ERROR_BOUNDS, dequantize, quantize
 
 SCHEMES = [("int8", None), ("int4", 32), ("int4", 64)]
@@ -192,13 +192,30 @@ def test_quantized_decode_compiles_once_for_64_positions(tiny_cfg, tiny_params, 
     assert counter.frame_count == 1
 
 
-def test_a_dense_and_two_quantized_models_in_one_process_compile_once_each(tiny_cfg, tiny_params):
+def test_a_dense_and_two_quantized_models_in_one_process_compile_once_each_and_static(tiny_cfg,
+                                                                                     tiny_params):
+    symbolic = []
+
+    def backend(gm, example_inputs):
+        counter(gm, example_inputs)
+        traced = [node.meta.get("example_value") for node in gm.graph.find_nodes(op="placeholder")]
+        symbolic.append([tuple(t.shape) for t in traced
+                         if isinstance(t, torch.Tensor) and not all(isinstance(s, int) for s in t.shape)])
+        return gm
+
     counter = CompileCounter()
-    step = torch.compile(decode_step, fullgraph=True, backend=counter)
+    step = torch.compile(decode_step, fullgraph=True, backend=backend)
     models = [tiny_params, quantize(tiny_params, "int8"), quantize(tiny_params, "int4", group_size=32)]
+    for params in models:
+        # What generate does before compiling: params' shapes are static.
+        _step_functions(params, new_cache(tiny_cfg, batch_size=2), compile=True,
+                        device=torch.device("cpu"))
     for params in models + models:  # the second round must find every model's graph compiled
         _decode(step, params, tiny_cfg, 4)
     assert counter.frame_count == len(models)
+    # Without the marks, the packed int4 weights' other sizes under the dense names made dynamo
+    # trace the int4 graph with symbolic weight sizes (automatic dynamic shapes).
+    assert symbolic == [[]] * len(models)
 
 
 # --- bad input ---------------------------------------------------------------------------------
