@@ -1,5 +1,8 @@
 """Weight-only int8 and int4: layouts, what the quantized forward computes, its error, its graphs."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
@@ -237,6 +240,61 @@ def test_quantizing_twice_is_refused(tiny_params, first, second):
     once = quantize(tiny_params, first, group_size=32 if first == "int4" else None)
     with pytest.raises(ValueError, match=r"already quantized \(layers.0.attention.wq.scales"):
         quantize(once, second, group_size=32 if second == "int4" else None)
+
+
+# --- loading quantized, and generating text from it ----------------------------------------------
+
+
+CORPUS = Path(__file__).parent.parent / "data" / "tokenizer_corpus.txt"
+
+
+def _meta_checkpoint(folder, params, cfg):
+    folder.mkdir()
+    args = {"dim": cfg.dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+            "n_kv_heads": cfg.n_kv_heads, "vocab_size": cfg.vocab_size,
+            "multiple_of": cfg.multiple_of, "norm_eps": cfg.norm_eps}
+    (folder / "params.json").write_text(json.dumps(args))
+    torch.save(params, folder / "consolidated.00.pth")
+    return folder
+
+
+def test_loaders_quantize_while_loading_what_quantize_stores(tmp_path, tiny_cfg, tiny_params):
+    from fullgraph.model import load_meta_checkpoint
+
+    folder = _meta_checkpoint(tmp_path / "meta", tiny_params, tiny_cfg)
+    _, loaded = load_meta_checkpoint(folder, device="cpu", quantize="int4", group_size=32)
+    expected = quantize(tiny_params, "int4", group_size=32)
+    assert list(loaded) == list(expected)
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in expected.items())
+
+
+def test_loaders_refuse_a_bad_scheme_before_reading_anything(tmp_path):
+    from fullgraph.model import load_hf_checkpoint, load_meta_checkpoint
+
+    for load in (load_meta_checkpoint, load_hf_checkpoint):
+        with pytest.raises(ValueError, match="unknown scheme 'int2'"):
+            load(tmp_path / "nowhere", quantize="int2")
+        with pytest.raises(ValueError, match="group_size=64 needs quantize='int4'"):
+            load(tmp_path / "nowhere", group_size=64)
+
+
+def test_generate_text_loads_quantized_and_prints_the_greedy_continuation(tmp_path, tiny_cfg,
+                                                                          tiny_params, capsys):
+    sentencepiece = pytest.importorskip("sentencepiece")
+    from fullgraph.model import Tokenizer, generate
+    from fullgraph.model.generate_text import main
+
+    folder = _meta_checkpoint(tmp_path / "meta", tiny_params, tiny_cfg)
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(CORPUS), model_prefix=str(folder / "tokenizer"), vocab_size=tiny_cfg.vocab_size,
+        model_type="bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    assert main([str(folder), "--prompt", "The harbour", "--quantize", "int8", "--device", "cpu",
+                 "--max-new-tokens", "6", "--no-compile"]) == 0
+    tok = Tokenizer(folder / "tokenizer.model")
+    prompt = tok.encode("The harbour")
+    [new] = generate(quantize(tiny_params, "int8"), [prompt], cfg=tiny_cfg, max_new_tokens=6,
+                     eos_id=tok.eos_id, compile=False)
+    assert capsys.readouterr().out == tok.decode(prompt + new) + "\n"
 
 
 # --- CUDA: torch's int4 kernel and its tiled layout, CUDA graphs -------------------------------
