@@ -354,3 +354,43 @@ def test_cuda_quantized_decode_records_one_cuda_graph_and_replays_it(tiny_cfg, s
         calls = ((params, token, torch.tensor([pos], device="cuda"), cache) for pos in range(32))
         report = assert_cudagraphs(decode, calls, max_recordings=1, max_memory_growth_mb=0)
     assert report.replays == 32 - report.warmups - len(report.recordings)
+
+
+# --- bench and the fullgraph command ------------------------------------------------------------
+
+
+def test_bench_counts_the_quantized_bytes():
+    from fullgraph.model.bench import run_bench
+
+    runs = {scheme: run_bench("tiny", device="cpu", dtype=torch.float32, prompt_len=4, new_tokens=4,
+                              compile=False, bandwidth_gbps=10.0, quantize=scheme,
+                              group_size=32 if scheme == "int4" else None)
+            for scheme in (None, "int8", "int4")}
+    assert [(run.quantize, run.group_size) for run in runs.values()] == [(None, None), ("int8", None),
+                                                                         ("int4", 32)]
+    # fp32 weights: int8 reads a quarter of their bytes plus a scale per row, int4 an eighth plus
+    # two per group; the embedding table and the cache stay.
+    assert runs["int4"].bytes_per_token < runs["int8"].bytes_per_token < runs[None].bytes_per_token
+
+
+@pytest.mark.parametrize("command", ["bench", "check"])
+def test_group_size_without_int4_is_refused(command, capsys):
+    from fullgraph.checks.cli import main
+
+    assert main([command, "--quantize", "int8", "--group-size", "32"]) == 2
+    assert f"fullgraph {command}: --group-size applies to --quantize int4 only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scheme, group_size", SCHEMES[:2], ids=SCHEME_IDS[:2])
+def test_check_rows_run_on_quantized_params(scheme, group_size):
+    from fullgraph.checks.suite import CHECKS, build_target, run_checks
+
+    target = build_target(quantize=scheme, group_size=group_size, backend="eager")
+    assert target.label == f"tiny on cpu, float32, {scheme} weights, backend eager"
+    rows = {"params match the config", "parity: forward vs ReferenceLlama", "graph breaks: training",
+            "collectives: tensor-parallel forward", "graph breaks: decode"}
+    results = run_checks(target, checks=[check for check in CHECKS if check[0] in rows])
+    assert [r.name for r in results if not r.passed] == []
+    details = {r.name: r.detail for r in results}
+    assert details["graph breaks: training"].startswith(f"not applicable: {scheme} weights")
+    assert details["collectives: tensor-parallel forward"].endswith("4 all-reduces, 0 breaks")
