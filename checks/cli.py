@@ -13,6 +13,7 @@ from typing import TextIO
 
 from fullgraph.model import LlamaConfig
 from fullgraph.model.llama import ATTENTION_BACKENDS
+from fullgraph.model.quant import DEFAULT_INT4_GROUP_SIZE, INT4_GROUP_SIZES, SCHEMES
 
 from ._args import check_backend
 from .env import format_environment
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     check.add_argument("--backend", default="inductor",
                        help="torch.compile backend for the compiled-parity check (default: inductor)")
+    _add_quantize_arguments(check)
     check.add_argument("-o", "--output", metavar="PATH",
                        help="also write the results as Markdown, JSON or HTML (.md, .json, .html)")
     report = commands.add_parser(
@@ -72,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
                             "unwritten cache blocks); default auto")
     bench.add_argument("--no-fuse", action="store_true",
                        help="keep q/k/v and gate/up as separate matmuls (default: fused)")
+    _add_quantize_arguments(bench)
     bench.add_argument("--profile", action="store_true",
                        help="CUDA only: break a compiled decode step down by kernel category")
     bench.add_argument("--nproc", type=int, default=1,
@@ -84,11 +87,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quantize", choices=SCHEMES,
+                        help="weight-only quantization of the linears: int8 (a scale per output "
+                             "channel) or int4 (a scale and zero per group of inputs)")
+    parser.add_argument("--group-size", type=int, choices=INT4_GROUP_SIZES,
+                        help=f"inputs per int4 scale (default: {DEFAULT_INT4_GROUP_SIZE})")
+
+
+def _quantize_args_error(args: argparse.Namespace) -> str | None:
+    if args.group_size is not None and args.quantize != "int4":
+        return "--group-size applies to --quantize int4 only"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "env":
         print(format_environment())
         return 0
+    if args.command in ("bench", "check") and (error := _quantize_args_error(args)):
+        print(f"fullgraph {args.command}: {error}", file=sys.stderr)
+        return 2
     if args.command == "bench":
         if error := _bench_args_error(args):
             print(f"fullgraph bench: {error}", file=sys.stderr)
@@ -193,7 +213,8 @@ def _bench_on(args: argparse.Namespace, *, out: TextIO, tensor_parallel: bool) -
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     bandwidth = copy_bandwidth(device)
     ranks = f", {os.environ['WORLD_SIZE']} tensor-parallel ranks (figures per GPU)" if tensor_parallel else ""
-    print(f"fullgraph bench: {args.config}, {device.type}, {str(dtype).removeprefix('torch.')}, "
+    print(f"fullgraph bench: {args.config}, {device.type}, {str(dtype).removeprefix('torch.')}"
+          f"{_quantize_label(args)}, "
           f"prompt {args.prompt_len}, {args.new_tokens} new tokens{ranks}; "
           f"copy bandwidth {bandwidth:,.0f} GB/s", file=out)
     print(f"on {device_name(device)}, torch {torch.__version__}", file=out)
@@ -208,6 +229,13 @@ def _bench_on(args: argparse.Namespace, *, out: TextIO, tensor_parallel: bool) -
     for miss in misses:
         print(f"fullgraph bench: {miss}", file=sys.stderr)
     return 1 if misses else 0
+
+
+def _quantize_label(args: argparse.Namespace) -> str:
+    if args.quantize is None:
+        return ""
+    group = f", group {args.group_size or DEFAULT_INT4_GROUP_SIZE}" if args.quantize == "int4" else ""
+    return f" activations, {args.quantize} weights{group}"
 
 
 def _bound_misses(results: list, args: argparse.Namespace) -> list[str]:
@@ -240,7 +268,8 @@ def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float,
         # The build both the timed runs and the profile measure.
         build = dict(device=str(device), dtype=dtype, batch_size=batch, prompt_len=args.prompt_len,
                      new_tokens=args.new_tokens, fuse=not args.no_fuse,
-                     sdpa_backend=args.sdpa_backend, tensor_parallel=tensor_parallel)
+                     sdpa_backend=args.sdpa_backend, tensor_parallel=tensor_parallel,
+                     quantize=args.quantize, group_size=args.group_size)
         modes = [True] if args.no_eager else [True, False]
         runs = [run_bench(args.config, **build, compile=compiled,
                           coordinate_descent=args.coordinate_descent and compiled,
@@ -321,7 +350,8 @@ def _check(args: argparse.Namespace, *, command: str, out: TextIO) -> int:
     start = time.perf_counter()
     try:
         target = build_target(config=args.config, device=args.device, dtype=args.dtype,
-                              backend=args.backend)
+                              backend=args.backend, quantize=args.quantize,
+                              group_size=args.group_size)
     except ValueError as error:
         print(f"fullgraph check: {error}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ from fullgraph.model import (
     new_cache,
 )
 from fullgraph.model.generate import _step_functions, decode_step
+from fullgraph.model.quant import dequantize, quantize
 from fullgraph.model.tensor_parallel import fake_process_group, make_all_reduce, shard_params
 
 from ._message import CheckFailure
@@ -55,10 +56,20 @@ class Target:
     config_name: str
     device: torch.device
     dtype: torch.dtype
+    quantize: str | None = None  # weight-only scheme the params' linears are stored in
+    group_size: int | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.config_name} on {self.device.type}, {_dtype_name(self.dtype)}, backend {self.backend}"
+        weights = "" if self.quantize is None else f", {self.quantize} weights"
+        return (f"{self.config_name} on {self.device.type}, {_dtype_name(self.dtype)}{weights}, "
+                f"backend {self.backend}")
+
+    def quantized(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Dense params stored the way the target's are."""
+        if self.quantize is None:
+            return params
+        return quantize(params, self.quantize, group_size=self.group_size)
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,8 @@ class CheckResult:
 
 
 def build_target(*, config: str = "tiny", device: str = "cpu", dtype: str = "float32",
-                 backend: str = "inductor") -> Target:
+                 backend: str = "inductor", quantize: str | None = None,
+                 group_size: int | None = None) -> Target:
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     cfg = LlamaConfig.from_name(config)
@@ -87,20 +99,27 @@ def build_target(*, config: str = "tiny", device: str = "cpu", dtype: str = "flo
     params = init_params(cfg, dtype=DTYPES[dtype], device=torch_device)
     tokens = torch.randint(0, cfg.vocab_size, (2, PROMPT_LEN), device=torch_device,
                            generator=torch.Generator(device=torch_device).manual_seed(0))
-    return Target(cfg, params, tokens, backend, config, torch_device, DTYPES[dtype])
+    target = Target(cfg, params, tokens, backend, config, torch_device, DTYPES[dtype], quantize,
+                    group_size)
+    target.params = target.quantized(params)
+    return target
 
 
 
 
 def check_params_match_config(t: Target) -> str:
-    check_params(t.params, t.cfg)
-    count = sum(p.numel() for p in t.params.values())
+    # Quantized weights are held to the contract through the dense weights they stand for.
+    dense = dequantize(t.params)
+    check_params(dense, t.cfg)
+    count = sum(p.numel() for p in dense.values())
     return f"{len(t.params)} tensors, {count / 1e6:,.1f}M parameters"
 
 
 def check_reference_parity(t: Target) -> str:
+    # With quantized params the reference runs on their dequantized weights: the quantized
+    # linears must compute what they stand for.
     with exact_matmuls():
-        expected = ReferenceLlama.from_params(t.params, t.cfg)(t.tokens)
+        expected = ReferenceLlama.from_params(dequantize(t.params), t.cfg)(t.tokens)
         actual = forward(t.params, t.tokens, cfg=t.cfg)
     assert_parity(actual, expected, dtype=t.dtype, depth=t.cfg.n_layers,
                   msg="functional forward vs ReferenceLlama")
@@ -153,6 +172,8 @@ def _training_loss(params: dict[str, torch.Tensor], tokens: torch.Tensor, cfg: L
 
 
 def check_training_graph(t: Target) -> str:
+    if t.quantize is not None:
+        return f"not applicable: {t.quantize} weights are for inference, they have no gradient"
     params = {name: p.detach().requires_grad_() for name, p in t.params.items()}
     return _assert_one_graph(_training_loss, params, t.tokens, t.cfg)
 
@@ -165,7 +186,8 @@ def check_tensor_parallel_collectives(t: Target) -> str:
     # rank, so an off-by-one in the sharding of the final rank shows.
     rank = TP_WORLD_SIZE - 1
     with fake_process_group(TP_WORLD_SIZE, rank=rank), torch.inference_mode():
-        shard = shard_params(t.params, t.cfg, world_size=TP_WORLD_SIZE, rank=rank)
+        shard = t.quantized(shard_params(dequantize(t.params), t.cfg, world_size=TP_WORLD_SIZE,
+                                         rank=rank))
         report = find_collectives(forward, shard, t.tokens, cfg=t.cfg,
                                   all_reduce=make_all_reduce())
     assert_collectives(report, expected={"all_reduce": 2 * t.cfg.n_layers})

@@ -22,6 +22,7 @@ from .cache import new_cache
 from .config import LlamaConfig
 from .generate import _step_functions
 from .params import fuse_projections_, init_params
+from .quant import quantize as quantize_params
 from .tensor_parallel import init_shard, local_kv_heads, make_all_reduce
 
 __all__ = ["BenchResult", "DecodeProfile", "copy_bandwidth", "device_name", "run_bench", "profile_decode"]
@@ -40,6 +41,8 @@ class BenchResult:
     new_tokens: int
     compiled: bool
     fused: bool  # q/k/v and gate/up projections fused into one matmul each
+    quantize: str | None  # weight-only scheme of the linears ("int8", "int4"), None for dense
+    group_size: int | None  # int4's inputs per scale
     sdpa_backend: str  # forward's attention choice ("auto": SDPA picks; "flex": flex_attention)
     coordinate_descent: bool  # inductor's coordinate-descent tuning, for the decode graph
     compile_s: float  # first prefill and first three decode steps: both graphs, CUDA-graph recording
@@ -99,12 +102,14 @@ class _DecodeLoop:
     """Greedy prefill then decode of one random prompt batch, through generate's step functions.
 
     With tensor_parallel, this rank builds only its shard and sums over the default process group.
-    With fuse, it fuses its projections (fuse_projections_) after sharding.
+    With fuse, it fuses its projections (fuse_projections_) after sharding; with quantize, it then
+    quantizes the linears (fullgraph.model.quant).
     """
 
     def __init__(self, config: str, *, device: torch.device, dtype: torch.dtype, batch_size: int,
                  prompt_len: int, new_tokens: int, compile: bool, fuse: bool,
-                 sdpa_backend: str = "auto", tensor_parallel: bool = False):
+                 sdpa_backend: str = "auto", tensor_parallel: bool = False,
+                 quantize: str | None = None, group_size: int | None = None):
         # Only the cache length changes, so every batch size and the profile reuse one config and
         # the compiled code that guards on it.
         self.cfg = dataclasses.replace(LlamaConfig.from_name(config),
@@ -118,6 +123,8 @@ class _DecodeLoop:
             self.params = init_params(self.cfg, dtype=dtype, device=device)
         if fuse:
             fuse_projections_(self.params, self.cfg)
+        if quantize is not None:
+            self.params = quantize_params(self.params, quantize, group_size=group_size)
         self.n_kv_heads = local_kv_heads(self.cfg, world_size=self.world_size)
         self.cache = new_cache(self.cfg, batch_size=batch_size, dtype=dtype, device=device,
                                n_kv_heads=self.n_kv_heads)
@@ -169,6 +176,8 @@ def run_bench(
     sdpa_backend: str = "auto",
     bandwidth_gbps: float | None = None,
     tensor_parallel: bool = False,
+    quantize: str | None = None,
+    group_size: int | None = None,
 ) -> BenchResult:
     """Prefill `prompt_len` tokens, then time `new_tokens` greedy decode steps.
 
@@ -178,11 +187,14 @@ def run_bench(
     sdpa_backend: forward's attention choice, one of fullgraph.model.llama.ATTENTION_BACKENDS.
     tensor_parallel: run this rank's shard over the default process group (under torchrun); the
     bytes and the limit are then per GPU.
+    quantize, group_size: weight-only quantization of the linears, as `fullgraph.model.quant.quantize`
+    takes them; the bytes and the limit are those of the quantized weights.
     """
     torch_device = torch.device(device)
     loop = _DecodeLoop(config, device=torch_device, dtype=dtype, batch_size=batch_size,
                        prompt_len=prompt_len, new_tokens=new_tokens, compile=compile, fuse=fuse,
-                       sdpa_backend=sdpa_backend, tensor_parallel=tensor_parallel)
+                       sdpa_backend=sdpa_backend, tensor_parallel=tensor_parallel,
+                       quantize=quantize, group_size=group_size)
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
     with torch.inference_mode():
@@ -203,7 +215,8 @@ def run_bench(
         device_name=device_name(torch_device), torch=torch.__version__,
         dtype=str(dtype).removeprefix("torch."),
         batch_size=batch_size, prompt_len=prompt_len, new_tokens=new_tokens, compiled=compile,
-        fused=fuse, sdpa_backend=sdpa_backend, coordinate_descent=coordinate_descent,
+        fused=fuse, quantize=quantize, group_size=group_size, sdpa_backend=sdpa_backend,
+        coordinate_descent=coordinate_descent,
         compile_s=prefill_compile_s + decode_compile_s, decode_compile_s=decode_compile_s,
         prefill_ms=prefill_s * 1e3, ms_per_token=ms_per_token,
         tokens_per_s=batch_size * 1e3 / ms_per_token, peak_memory_gb=peak,
@@ -282,6 +295,8 @@ def profile_decode(
     coordinate_descent: bool = False,
     sdpa_backend: str = "auto",
     tensor_parallel: bool = False,
+    quantize: str | None = None,
+    group_size: int | None = None,
 ) -> DecodeProfile:
     """Where a decode step's time goes, from the GPU kernels the profiler saw.
 
@@ -295,7 +310,8 @@ def profile_decode(
         raise ValueError(f"profile_decode: steps ({steps}) must be below new_tokens - 3 ({new_tokens - 3})")
     loop = _DecodeLoop(config, device=torch_device, dtype=dtype, batch_size=batch_size,
                        prompt_len=prompt_len, new_tokens=new_tokens, compile=compile, fuse=fuse,
-                       sdpa_backend=sdpa_backend, tensor_parallel=tensor_parallel)
+                       sdpa_backend=sdpa_backend, tensor_parallel=tensor_parallel,
+                       quantize=quantize, group_size=group_size)
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.inference_mode():
         loop.warm_up(coordinate_descent=coordinate_descent)

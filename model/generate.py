@@ -131,6 +131,11 @@ def _step_functions(params: dict[str, Tensor], cache: KVCache, *, compile: bool,
                     device: torch.device) -> tuple[Callable, Callable]:
     if not compile:
         return prefill, decode_step
+    # A param's shape never changes. Said so, a second model compiled in the same process (a
+    # quantized one: other shapes and dtypes under the same names) gets static graphs of its own;
+    # unsaid, automatic dynamic shapes would turn the weights' sizes into symbols on its recompile.
+    for tensor in params.values():
+        torch._dynamo.mark_static(tensor)
     if device.type != "cuda":
         return _compiled(prefill, None), _compiled(decode_step, None)
     # CUDA graphs copy every input that may move into a static buffer before each replay, and

@@ -8,6 +8,7 @@ Shape legend:
 Every function takes params first, data next, and configuration keyword-only. The only argument a
 forward mutates is the KV cache; params are never written. Head counts are read off the weight
 shapes rather than the config, so a tensor-parallel shard of the params runs through the same code.
+Each linear reads its weight through `quant.linear`, so quantized params run through it as well.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from .cache import KVCache
 from .config import LlamaConfig
+from .quant import linear, weight_shape
 
 __all__ = [
     "SDPA_BACKENDS",
@@ -97,11 +99,10 @@ def attention(
     B, S, _ = x.shape
     D = cfg.head_dim
     H, K = head_counts(params, prefix=prefix, head_dim=D)
-    fused = params.get(f"{prefix}.attention.wqkv.weight")
-    if fused is None:
-        q, k, v = (F.linear(x, params[f"{prefix}.attention.{w}.weight"]) for w in ("wq", "wk", "wv"))
+    if f"{prefix}.attention.wqkv.weight" not in params:
+        q, k, v = (linear(params, x, f"{prefix}.attention.{w}") for w in ("wq", "wk", "wv"))
     else:
-        q, k, v = F.linear(x, fused).split([H * D, K * D, K * D], dim=-1)
+        q, k, v = linear(params, x, f"{prefix}.attention.wqkv").split([H * D, K * D, K * D], dim=-1)
     q = apply_rope(q.view(B, S, H, D), cos, sin)
     k = apply_rope(k.view(B, S, K, D), cos, sin)
     v = v.view(B, S, K, D)
@@ -127,16 +128,15 @@ def attention(
         mask = positions[None, :] <= input_pos[:, None]  # (S, T)
         y = _sdpa(q, k, v, mask=mask, is_causal=False, backend=sdpa_backend)  # (B, H, S, D)
     y = y.transpose(1, 2).reshape(B, S, H * D)
-    return F.linear(y, params[f"{prefix}.attention.wo.weight"])
+    return linear(params, y, f"{prefix}.attention.wo")
 
 
 def head_counts(params: dict[str, Tensor], *, prefix: str, head_dim: int) -> tuple[int, int]:
     """(query heads, KV heads) of one layer, read off its weights: a shard has fewer than the config."""
-    n_heads = params[f"{prefix}.attention.wo.weight"].shape[1] // head_dim
-    fused = params.get(f"{prefix}.attention.wqkv.weight")
-    if fused is None:
-        return n_heads, params[f"{prefix}.attention.wk.weight"].shape[0] // head_dim
-    return n_heads, (fused.shape[0] // head_dim - n_heads) // 2
+    n_heads = weight_shape(params, f"{prefix}.attention.wo")[1] // head_dim
+    if f"{prefix}.attention.wqkv.weight" not in params:
+        return n_heads, weight_shape(params, f"{prefix}.attention.wk")[0] // head_dim
+    return n_heads, (weight_shape(params, f"{prefix}.attention.wqkv")[0] // head_dim - n_heads) // 2
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, is_causal: bool,
@@ -165,12 +165,11 @@ def _flex(q: Tensor, k: Tensor, v: Tensor, *, last_seen: Tensor) -> Tensor:
 
 
 def feed_forward(params: dict[str, Tensor], x: Tensor, *, prefix: str) -> Tensor:
-    fused = params.get(f"{prefix}.feed_forward.w13.weight")
-    if fused is None:
-        gate, up = (F.linear(x, params[f"{prefix}.feed_forward.{w}.weight"]) for w in ("w1", "w3"))
+    if f"{prefix}.feed_forward.w13.weight" not in params:
+        gate, up = (linear(params, x, f"{prefix}.feed_forward.{w}") for w in ("w1", "w3"))
     else:
-        gate, up = F.linear(x, fused).chunk(2, dim=-1)
-    return F.linear(F.silu(gate) * up, params[f"{prefix}.feed_forward.w2.weight"])  # SwiGLU, (B, S, E)
+        gate, up = linear(params, x, f"{prefix}.feed_forward.w13").chunk(2, dim=-1)
+    return linear(params, F.silu(gate) * up, f"{prefix}.feed_forward.w2")  # SwiGLU, (B, S, E)
 
 
 def block(
@@ -252,4 +251,4 @@ def forward(
         x = block(params, x, layer=layer, cfg=cfg, cos=cos, sin=sin, input_pos=input_pos,
                   cache=cache, sdpa_backend=sdpa_backend, all_reduce=all_reduce)
     x = rms_norm(params["norm.weight"], x, eps=cfg.norm_eps)
-    return F.linear(x, params["output.weight"]).float()
+    return linear(params, x, "output").float()

@@ -4,7 +4,9 @@
     Hugging Face  config.json + model.safetensors, or shards listed in model.safetensors.index.json
 
 Every failure raises CheckpointError naming the file and, where one is at fault, the key. Tensors
-stay in the checkpoint's dtype, on the CPU.
+stay in the checkpoint's dtype, on the CPU, unless `device` or `quantize` is given: then each moves to
+the device on its own and its linears are quantized there (fullgraph.model.quant), so the whole model
+in the checkpoint's dtype is never on the device.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from torch import Tensor
 
 from .config import PRESETS, LlamaConfig
 from .params import check_params, param_shapes
+from .quant import check_scheme
+from .quant import quantize as quantize_params
 
 __all__ = ["CheckpointError", "load_meta_checkpoint", "load_hf_checkpoint"]
 
@@ -53,12 +57,20 @@ _META_IGNORED = {"rope.freqs"}
 _SHARD_NAME = re.compile(r"consolidated\.(\d+)\.pth")
 
 
-def load_meta_checkpoint(path: PathLike) -> tuple[LlamaConfig, dict[str, Tensor]]:
+def load_meta_checkpoint(
+    path: PathLike,
+    *,
+    device: str | torch.device | None = None,
+    quantize: str | None = None,
+    group_size: int | None = None,
+) -> tuple[LlamaConfig, dict[str, Tensor]]:
     """(config, params) from a folder of Meta's params.json and consolidated.NN.pth shards.
 
     Model-parallel shards are merged back the way Meta cut them; replicated tensors must agree.
     max_seq_len is LlamaConfig's default (4096), which params.json does not record.
+    device, quantize, group_size: see the module's docstring and `fullgraph.model.quant.quantize`.
     """
+    _check_quantize(quantize, group_size)
     folder = _existing_folder(path)
     params_file = folder / "params.json"
     args = _read_json(params_file)
@@ -72,7 +84,8 @@ def load_meta_checkpoint(path: PathLike) -> tuple[LlamaConfig, dict[str, Tensor]
     for file, shard in zip(files, shards):
         _check_tensors(file, shard, shapes, dtype)
     merged = _merge_meta_shards(files, shards)
-    return cfg, _checked({name: merged[name] for name in param_shapes(cfg)}, cfg, folder)
+    params = _checked({name: merged[name] for name in param_shapes(cfg)}, cfg, folder)
+    return cfg, _placed(params, device=device, quantize=quantize, group_size=group_size)
 
 
 def _meta_shard_files(folder: Path) -> list[Path]:
@@ -176,12 +189,21 @@ _HF_IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 _HF_SINGLE, _HF_INDEX = "model.safetensors", "model.safetensors.index.json"
 
 
-def load_hf_checkpoint(path: PathLike) -> tuple[LlamaConfig, dict[str, Tensor]]:
+def load_hf_checkpoint(
+    path: PathLike,
+    *,
+    device: str | torch.device | None = None,
+    quantize: str | None = None,
+    group_size: int | None = None,
+) -> tuple[LlamaConfig, dict[str, Tensor]]:
     """(config, params) from a Hugging Face Llama folder: config.json plus safetensors weights.
 
     Names are mapped to Meta's, and wq/wk get back the row order Meta's rotary embedding expects.
-    Without lm_head.weight (tied embeddings), output.weight is the embedding tensor itself.
+    Without lm_head.weight (tied embeddings), output.weight is the embedding tensor itself (or,
+    quantized, a quantized copy of it).
+    device, quantize, group_size: see the module's docstring and `fullgraph.model.quant.quantize`.
     """
+    _check_quantize(quantize, group_size)
     folder = _existing_folder(path)
     config_file = folder / "config.json"
     hf = _read_json(config_file)
@@ -203,7 +225,8 @@ def load_hf_checkpoint(path: PathLike) -> tuple[LlamaConfig, dict[str, Tensor]]:
     params = {meta: _from_hf_layout(meta, tensors[hf], cfg) for hf, meta in meta_names.items()}
     if tied:
         params["output.weight"] = params["tok_embeddings.weight"]
-    return cfg, _checked({name: params[name] for name in shapes}, cfg, folder)
+    params = _checked({name: params[name] for name in shapes}, cfg, folder)
+    return cfg, _placed(params, device=device, quantize=quantize, group_size=group_size)
 
 
 def _check_hf_names(weight_map: dict[str, Path], meta_names: dict[str, str], *, listing: Path,
@@ -451,6 +474,27 @@ def _checked(params: dict[str, Tensor], cfg: LlamaConfig, where: Path) -> dict[s
     except ValueError as exc:
         raise CheckpointError(where, str(exc)) from exc
     return params
+
+
+def _check_quantize(quantize: str | None, group_size: int | None) -> None:
+    # Before any file is read: a bad scheme should not cost a 13 GB read to report.
+    if quantize is not None:
+        check_scheme(quantize, group_size)
+    elif group_size is not None:
+        raise ValueError(f"group_size={group_size!r} needs quantize='int4'")
+
+
+def _placed(params: dict[str, Tensor], *, device: str | torch.device | None, quantize: str | None,
+            group_size: int | None) -> dict[str, Tensor]:
+    if quantize is not None:
+        return quantize_params(params, quantize, group_size=group_size, device=device)
+    if device is None:
+        return params
+    moved: dict[int, Tensor] = {}  # tied embeddings stay one tensor
+    for tensor in params.values():
+        if id(tensor) not in moved:
+            moved[id(tensor)] = tensor.to(device)
+    return {name: moved[id(tensor)] for name, tensor in params.items()}
 
 
 def _reason(exc: BaseException) -> str:

@@ -14,7 +14,8 @@
     output.weight                          (vocab, dim)
 
 `fuse_projections_` replaces, per layer, wq/wk/wv by one `attention.wqkv.weight` and w1/w3 by one
-`feed_forward.w13.weight` (rows concatenated in that order); forward takes either form.
+`feed_forward.w13.weight` (rows concatenated in that order); forward takes either form. Quantized
+params (model/quant.py) fuse the same way, their scales along with their weights.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .config import LlamaConfig
+from .quant import concat_linears
 
 __all__ = ["param_shapes", "init_params", "materialize_params", "check_params", "fuse_projections_"]
 
@@ -175,7 +177,8 @@ def fuse_projections_(params: dict[str, Tensor], cfg: LlamaConfig) -> None:
             if missing:
                 raise ValueError(f"fuse_projections_: params lack {', '.join(missing)} "
                                  "(already fused, or not a Llama param dict?)")
-            params[f"layers.{i}.{fused}"] = torch.cat([params.pop(name) for name in names])
+            concat_linears(params, [name.removesuffix(".weight") for name in names],
+                           f"layers.{i}.{fused}".removesuffix(".weight"))
 
 
 def _shape_of(value: object) -> object:
