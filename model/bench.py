@@ -20,11 +20,13 @@ import torch.distributed as dist
 
 from .cache import new_cache
 from .config import LlamaConfig
-from .generate import _step_functions
+from .generate import CACHE_KINDS, _step_functions
+from .paged import paged_cache_for
 from .params import fuse_projections_, init_params
 from .tensor_parallel import init_shard, local_kv_heads, make_all_reduce
 
-__all__ = ["BenchResult", "DecodeProfile", "copy_bandwidth", "device_name", "run_bench", "profile_decode"]
+__all__ = ["BenchResult", "DecodeProfile", "copy_bandwidth", "device_name", "prompt_lengths", "run_bench",
+           "profile_decode"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ class BenchResult:
     bandwidth_gbps: float
     limit_ms_per_token: float
     share_of_limit: float
+    cache: str = "contiguous"  # generate's cache kinds: "contiguous" or "paged"
+    block_size: int | None = None  # positions per page of a paged cache
+    prompt_lens: tuple[int, ...] = ()  # each row's prompt length; all prompt_len unless mixed
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -95,16 +100,32 @@ def _bytes_per_token(params: dict[str, torch.Tensor], cfg: LlamaConfig, *, batch
     return int(weights + batch_size * mean_context * per_position)
 
 
+def prompt_lengths(batch_size: int, prompt_len: int, min_prompt_len: int | None) -> list[int]:
+    """Each row's prompt length: all prompt_len, or spread evenly from min_prompt_len up to it."""
+    if min_prompt_len is None or batch_size == 1:
+        return [prompt_len] * batch_size
+    step = (prompt_len - min_prompt_len) / (batch_size - 1)
+    return [round(min_prompt_len + row * step) for row in range(batch_size)]
+
+
 class _DecodeLoop:
     """Greedy prefill then decode of one random prompt batch, through generate's step functions.
 
     With tensor_parallel, this rank builds only its shard and sums over the default process group.
-    With fuse, it fuses its projections (fuse_projections_) after sharding.
+    With fuse, it fuses its projections (fuse_projections_) after sharding. With a paged cache,
+    each row gets the pages its prompt and new tokens need; rows of mixed prompt lengths
+    (min_prompt_len) are prefilled one at a time and decode at their own positions.
     """
 
     def __init__(self, config: str, *, device: torch.device, dtype: torch.dtype, batch_size: int,
                  prompt_len: int, new_tokens: int, compile: bool, fuse: bool,
-                 sdpa_backend: str = "auto", tensor_parallel: bool = False):
+                 sdpa_backend: str = "auto", tensor_parallel: bool = False,
+                 cache: str = "contiguous", block_size: int = 16,
+                 min_prompt_len: int | None = None):
+        if cache not in CACHE_KINDS:
+            raise ValueError(f"cache must be one of {list(CACHE_KINDS)}, got {cache!r}")
+        if min_prompt_len is not None and cache != "paged":
+            raise ValueError("min_prompt_len: rows of mixed lengths need cache='paged'")
         # Only the cache length changes, so every batch size and the profile reuse one config and
         # the compiled code that guards on it.
         self.cfg = dataclasses.replace(LlamaConfig.from_name(config),
@@ -119,12 +140,18 @@ class _DecodeLoop:
         if fuse:
             fuse_projections_(self.params, self.cfg)
         self.n_kv_heads = local_kv_heads(self.cfg, world_size=self.world_size)
-        self.cache = new_cache(self.cfg, batch_size=batch_size, dtype=dtype, device=device,
-                               n_kv_heads=self.n_kv_heads)
-        self.prefill_fn, self.decode_fn = _step_functions(self.params, self.cache, compile=compile,
-                                                          device=device)
         self.options = dict(cfg=self.cfg, sdpa_backend=sdpa_backend, temperature=0.0, top_k=None,
                             all_reduce=make_all_reduce() if tensor_parallel else None)
+        self.prompt_lens = prompt_lengths(batch_size, prompt_len, min_prompt_len)
+        if cache == "paged":
+            self.cache, self.options["block_table"] = paged_cache_for(
+                self.cfg, [n + new_tokens for n in self.prompt_lens], block_size=block_size,
+                dtype=dtype, device=device, n_kv_heads=self.n_kv_heads)
+        else:
+            self.cache = new_cache(self.cfg, batch_size=batch_size, dtype=dtype, device=device,
+                                   n_kv_heads=self.n_kv_heads)
+        self.prefill_fn, self.decode_fn = _step_functions(self.params, self.cache, compile=compile,
+                                                          device=device)
         # Seeded, so every tensor-parallel rank feeds the same prompt.
         generator = torch.Generator(device=device).manual_seed(0)
         self.prompt = torch.randint(0, self.cfg.vocab_size, (batch_size, prompt_len), device=device,
@@ -142,10 +169,20 @@ class _DecodeLoop:
         return prefill_s, decode_s
 
     def prefill(self) -> None:
-        positions = torch.arange(self.prompt_len, device=self.device)
-        token = self.prefill_fn(self.params, self.prompt, positions, self.cache, **self.options)
-        self.token = token.view(self.batch_size, 1)
-        self.position = torch.tensor([self.prompt_len], device=self.device)
+        if len(set(self.prompt_lens)) == 1:
+            positions = torch.arange(self.prompt_len, device=self.device)
+            token = self.prefill_fn(self.params, self.prompt, positions, self.cache, **self.options)
+            self.token = token.view(self.batch_size, 1)
+            self.position = torch.tensor([self.prompt_len], device=self.device)
+            return
+        tokens = []
+        for row, length in enumerate(self.prompt_lens):
+            options = {**self.options, "block_table": self.options["block_table"][row: row + 1]}
+            tokens.append(self.prefill_fn(self.params, self.prompt[row: row + 1, :length],
+                                          torch.arange(length, device=self.device), self.cache,
+                                          **options))
+        self.token = torch.cat(tokens).view(self.batch_size, 1)
+        self.position = torch.tensor(self.prompt_lens, device=self.device).view(self.batch_size, 1)
 
     def decode(self, steps: int) -> None:
         for _ in range(steps):
@@ -169,6 +206,9 @@ def run_bench(
     sdpa_backend: str = "auto",
     bandwidth_gbps: float | None = None,
     tensor_parallel: bool = False,
+    cache: str = "contiguous",
+    block_size: int = 16,
+    min_prompt_len: int | None = None,
 ) -> BenchResult:
     """Prefill `prompt_len` tokens, then time `new_tokens` greedy decode steps.
 
@@ -178,11 +218,14 @@ def run_bench(
     sdpa_backend: forward's attention choice, one of fullgraph.model.llama.ATTENTION_BACKENDS.
     tensor_parallel: run this rank's shard over the default process group (under torchrun); the
     bytes and the limit are then per GPU.
+    cache: "contiguous" or "paged" (pages of `block_size` positions). min_prompt_len (paged only):
+    rows' prompt lengths spread evenly from it up to prompt_len.
     """
     torch_device = torch.device(device)
     loop = _DecodeLoop(config, device=torch_device, dtype=dtype, batch_size=batch_size,
                        prompt_len=prompt_len, new_tokens=new_tokens, compile=compile, fuse=fuse,
-                       sdpa_backend=sdpa_backend, tensor_parallel=tensor_parallel)
+                       sdpa_backend=sdpa_backend, tensor_parallel=tensor_parallel, cache=cache,
+                       block_size=block_size, min_prompt_len=min_prompt_len)
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
     with torch.inference_mode():
@@ -194,7 +237,8 @@ def run_bench(
     bandwidth = copy_bandwidth(torch_device) if bandwidth_gbps is None else bandwidth_gbps
     bytes_per_token = _bytes_per_token(loop.params, loop.cfg, batch_size=batch_size,
                                        n_kv_heads=loop.n_kv_heads,
-                                       mean_context=prompt_len + new_tokens / 2, dtype=dtype)
+                                       mean_context=sum(loop.prompt_lens) / batch_size
+                                       + new_tokens / 2, dtype=dtype)
     limit_ms = bytes_per_token / (bandwidth * 1e9) * 1e3
     peak = (torch.cuda.max_memory_allocated(torch_device) / 1e9
             if torch_device.type == "cuda" else None)
@@ -209,6 +253,8 @@ def run_bench(
         tokens_per_s=batch_size * 1e3 / ms_per_token, peak_memory_gb=peak,
         bytes_per_token=bytes_per_token, bandwidth_gbps=bandwidth,
         limit_ms_per_token=limit_ms, share_of_limit=limit_ms / ms_per_token,
+        cache=cache, block_size=block_size if cache == "paged" else None,
+        prompt_lens=tuple(loop.prompt_lens),
     )
 
 
@@ -282,6 +328,9 @@ def profile_decode(
     coordinate_descent: bool = False,
     sdpa_backend: str = "auto",
     tensor_parallel: bool = False,
+    cache: str = "contiguous",
+    block_size: int = 16,
+    min_prompt_len: int | None = None,
 ) -> DecodeProfile:
     """Where a decode step's time goes, from the GPU kernels the profiler saw.
 
@@ -295,7 +344,8 @@ def profile_decode(
         raise ValueError(f"profile_decode: steps ({steps}) must be below new_tokens - 3 ({new_tokens - 3})")
     loop = _DecodeLoop(config, device=torch_device, dtype=dtype, batch_size=batch_size,
                        prompt_len=prompt_len, new_tokens=new_tokens, compile=compile, fuse=fuse,
-                       sdpa_backend=sdpa_backend, tensor_parallel=tensor_parallel)
+                       sdpa_backend=sdpa_backend, tensor_parallel=tensor_parallel, cache=cache,
+                       block_size=block_size, min_prompt_len=min_prompt_len)
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.inference_mode():
         loop.warm_up(coordinate_descent=coordinate_descent)
