@@ -11,9 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch._dynamo.testing import CompileCounter
+from torch._dynamo.utils import counters
 
-from fullgraph.checks import assert_no_graph_breaks, assert_recompiles_at_most
-from fullgraph.model import (PageAllocator, PoolFullError, forward, generate, new_cache,
+from fullgraph.checks import (assert_cudagraphs, assert_no_graph_breaks, assert_recompiles_at_most,
+                              track_cudagraphs)
+from fullgraph.model import (PageAllocator, PoolFullError, forward, generate, init_params, new_cache,
                              new_paged_cache)
 from fullgraph.model.generate import decode_step
 from fullgraph.model.paged import NULL_PAGE, MAX_SPLITS, gather_pages, split_kv_attention
@@ -153,15 +155,18 @@ def test_a_new_length_per_call_recompiles_when_the_table_is_sized_by_it(tiny_cfg
 class _Server:
     """Continuous batching over `slots` batch rows: requests join as slots free up."""
 
-    def __init__(self, params, cfg, *, slots, num_blocks, block_size, max_blocks_per_seq, step):
-        self.params, self.cfg, self.step = params, cfg, step
+    def __init__(self, params, cfg, *, slots, num_blocks, block_size, max_blocks_per_seq,
+                 device="cpu"):
+        self.params, self.cfg, self.device = params, cfg, device
         self.allocator = PageAllocator(num_blocks, block_size, max_blocks_per_seq=max_blocks_per_seq)
-        self.cache = new_paged_cache(cfg, num_blocks=num_blocks, block_size=block_size)
+        self.cache = new_paged_cache(cfg, num_blocks=num_blocks, block_size=block_size,
+                                     device=device)
         self.slots: list[int | None] = [None] * slots
         self.outputs: dict[int, list[int]] = {}
         self.wanted: dict[int, int] = {}
-        self.positions = torch.zeros(slots, 1, dtype=torch.long)
-        self.tokens = torch.zeros(slots, 1, dtype=torch.long)
+        self.positions = torch.zeros(slots, 1, dtype=torch.long, device=device)
+        self.tokens = torch.zeros(slots, 1, dtype=torch.long, device=device)
+        self.steps = 0
 
     def admit(self, request: int, prompt: list[int], new_tokens: int) -> bool:
         """Prefill `prompt` alone into a free slot; False if no slot is free."""
@@ -169,21 +174,34 @@ class _Server:
             return False
         slot = self.slots.index(None)
         self.allocator.reserve(request, len(prompt))
-        logits = forward(self.params, torch.tensor([prompt]), cfg=self.cfg, cache=self.cache,
-                         block_table=self.allocator.block_table([request]),
-                         input_pos=torch.arange(len(prompt)))
+        logits = forward(self.params, torch.tensor([prompt], device=self.device), cfg=self.cfg,
+                         cache=self.cache,
+                         block_table=self.allocator.block_table([request], device=self.device),
+                         input_pos=torch.arange(len(prompt), device=self.device))
         self.slots[slot], self.wanted[request] = request, new_tokens
         self.outputs[request] = [int(logits[0, -1].argmax())]
         self.tokens[slot, 0], self.positions[slot, 0] = self.outputs[request][-1], len(prompt)
         return True
+
+    def serve(self, requests, *, step, min_steps=0) -> None:
+        """Admit `requests` (prompt, new tokens) as slots free up, decoding with `step` until all
+        are done and at least `min_steps` steps have run; idle slots keep stepping meanwhile."""
+        self.step = step
+        waiting = list(enumerate(requests))
+        while waiting or any(slot is not None for slot in self.slots) or self.steps < min_steps:
+            while waiting and self.admit(waiting[0][0], *waiting[0][1]):
+                waiting.pop(0)
+            self.decode()
 
     def decode(self) -> None:
         """One compiled step for every slot, then retire the requests that are done."""
         for slot, request in enumerate(self.slots):
             if request is not None:
                 self.allocator.reserve(request, int(self.positions[slot]) + 1)
-        table = self.allocator.block_table(self.slots)
-        next_tokens = self.step(self.params, self.tokens, self.positions, self.cache, table, self.cfg)
+        table = self.allocator.block_table(self.slots, device=self.device)
+        next_tokens = self.step(self.params, self.tokens, self.positions, self.cache, table,
+                                self.cfg).tolist()
+        self.steps += 1
         for slot, request in enumerate(self.slots):
             if request is None:
                 continue
@@ -195,23 +213,26 @@ class _Server:
                 self.slots[slot] = None
 
 
+def _requests(cfg, count, *, seed=0):
+    """(prompt, new tokens) pairs: prompts of 1 to 19 tokens, 2 to 23 new tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.randint(0, cfg.vocab_size, (int(n),), generator=generator).tolist(), int(m))
+            for n, m in zip(torch.randint(1, 20, (count,), generator=generator),
+                            torch.randint(2, 24, (count,), generator=generator))]
+
+
+SERVER = dict(slots=3, num_blocks=34, block_size=4, max_blocks_per_seq=11)
+
+
 def test_continuous_batching_matches_each_request_alone_with_flat_memory(tiny_cfg, tiny_params):
     cfg = dataclasses.replace(tiny_cfg, max_seq_len=64)
-    generator = torch.Generator().manual_seed(0)
-    requests = [(torch.randint(0, cfg.vocab_size, (int(n),), generator=generator).tolist(), int(m))
-                for n, m in zip(torch.randint(1, 20, (10,), generator=generator),
-                                torch.randint(2, 24, (10,), generator=generator))]
+    requests = _requests(cfg, 10)
     counter = CompileCounter()
-    server = _Server(tiny_params, cfg, slots=3, num_blocks=34, block_size=4, max_blocks_per_seq=11,
-                     step=torch.compile(_decode, fullgraph=True, backend=counter))
+    server = _Server(tiny_params, cfg, **SERVER)
     pool = [t.data_ptr() for t in server.cache.tensors()]
     free_at_start = server.allocator.free_count
-    waiting = list(enumerate(requests))
     with torch.inference_mode():
-        while waiting or any(slot is not None for slot in server.slots):
-            while waiting and server.admit(waiting[0][0], *waiting[0][1]):
-                waiting.pop(0)
-            server.decode()
+        server.serve(requests, step=torch.compile(_decode, fullgraph=True, backend=counter))
     assert counter.frame_count == 1
     assert [t.data_ptr() for t in server.cache.tensors()] == pool
     assert server.allocator.free_count == free_at_start
@@ -303,3 +324,77 @@ def test_new_paged_cache_names_a_bad_size(tiny_cfg, name, value):
     sizes = dict(num_blocks=4, block_size=4, n_kv_heads=None) | {name: value}
     with pytest.raises(ValueError, match=f"new_paged_cache: {name} must be an int"):
         new_paged_cache(tiny_cfg, **sizes)
+
+
+# -- CUDA: compiled with inductor, decode under CUDA graphs ---------------------------------------
+
+def _cuda_params(cfg):
+    params = init_params(cfg, device="cuda")
+    for tensor in params.values():
+        torch._dynamo.mark_static_address(tensor)
+    return params
+
+
+def _static(cache):
+    # As generate does: the pool stays put, so CUDA graphs neither copy it nor refuse its writes.
+    for tensor in cache.tensors():
+        torch._dynamo.mark_static_address(tensor)
+    return cache
+
+
+@pytest.mark.gpu
+def test_paged_decode_replays_one_cuda_graph_across_lengths_and_layouts(tiny_cfg):
+    params = _cuda_params(tiny_cfg)
+    cache = _static(new_paged_cache(tiny_cfg, num_blocks=17, block_size=4, device="cuda"))
+    token = torch.tensor([[3], [4]], device="cuda")
+
+    def calls():
+        for step in range(64):
+            table = _shuffled_table(2, 8, seed=step // 8).cuda()
+            if step // 8 == 3:
+                table[1] = NULL_PAGE
+            positions = torch.tensor([[step // 2], [31 - step // 3]], device="cuda")
+            yield params, token, positions, cache, table, tiny_cfg
+
+    with torch.inference_mode():
+        report = assert_cudagraphs(_decode, calls(), max_recordings=1, max_memory_growth_mb=0)
+    assert report.replays == 64 - report.warmups - 1
+
+
+@pytest.mark.gpu
+def test_continuous_batching_under_cuda_graphs_for_1000_steps_keeps_memory_flat(tiny_cfg):
+    cfg = dataclasses.replace(tiny_cfg, max_seq_len=64)
+    params = _cuda_params(cfg)
+    requests = _requests(cfg, 400, seed=1)
+    server = _Server(params, cfg, **SERVER, device="cuda")
+    _static(server.cache)
+    pool = [t.data_ptr() for t in server.cache.tensors()]
+    free_at_start = server.allocator.free_count
+    step = torch.compile(_decode, fullgraph=True, mode="reduce-overhead")
+    counters.clear()
+    with torch.inference_mode(), track_cudagraphs() as tracker:
+        server.serve(requests[:20], step=step, min_steps=100)
+        torch.cuda.synchronize()
+        warm = torch.cuda.max_memory_allocated()
+        server.serve(requests[20:], step=step, min_steps=1000)
+        torch.cuda.synchronize()
+    assert server.steps >= 1000
+    # Prefills of new prompt lengths may add a few temporaries; the decode steps add nothing.
+    assert torch.cuda.max_memory_allocated() <= warm * 1.01, (warm, torch.cuda.max_memory_allocated())
+    assert len(tracker.report().recordings) == 1 and counters["inductor"]["cudagraph_skips"] == 0
+    assert [t.data_ptr() for t in server.cache.tensors()] == pool
+    assert server.allocator.free_count == free_at_start
+    for request, (prompt, new_tokens) in enumerate(requests[:5]):
+        alone = generate(params, [prompt], cfg=cfg, max_new_tokens=new_tokens, compile=False)
+        assert server.outputs[request] == alone[0], f"request {request}"
+
+
+@pytest.mark.gpu
+def test_compiled_paged_generate_on_cuda_equals_eager_contiguous(tiny_cfg):
+    params = init_params(tiny_cfg, device="cuda")
+    prompts = [[1, 5, 9], [7, 3, 3, 2, 8, 100, 42]]
+    counters.clear()
+    eager = generate(params, prompts, cfg=tiny_cfg, max_new_tokens=48, compile=False)
+    paged = generate(params, prompts, cfg=tiny_cfg, max_new_tokens=48, cache="paged", block_size=8)
+    assert paged == eager
+    assert counters["inductor"]["cudagraph_skips"] == 0
