@@ -4,7 +4,9 @@ from torch import nn
 
 from fullgraph.checks import (assert_no_graph_breaks, find_graph_breaks, recompile_budget,
                               assert_recompiles_at_most)
-from fullgraph.model import LlamaConfig, init_params, forward
+from fullgraph.model import LlamaConfig, init_params, forward, new_paged_cache
+from fullgraph.model.generate import decode_step
+from fullgraph.model.paged import check_paged_inputs
 from fullgraph.model.reference import apply_rotary_emb, precompute_freqs_cis
 
 
@@ -31,6 +33,11 @@ def attention(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
+def paged_decode(params, token, positions, cache, table, cfg):
+    return decode_step(params, token, positions, cache, cfg=cfg, block_table=table,
+                       sdpa_backend="auto", temperature=0.0, top_k=None)
+
+
 section = __import__("sys").argv[1]
 if section == "rope":
     xq, xk = torch.randn(1, 8, 4, 16), torch.randn(1, 8, 4, 16)
@@ -50,3 +57,13 @@ elif section == "module":
 elif section == "static":
     assert_recompiles_at_most(attention, [torch.randn(1, 4, n, 16).expand(3, -1, -1, -1).unbind(0)
                                           for n in range(16, 30)], 1, dynamic=False)
+elif section == "paged":
+    cfg = LlamaConfig.from_name("tiny")
+    cache = new_paged_cache(cfg, num_blocks=17, block_size=4)
+    table = (torch.randperm(16) + 1).view(2, 8).int()
+    print(find_graph_breaks(check_paged_inputs, cache, table, torch.tensor([[5], [9]])))
+    # A table trimmed to the longest sequence's pages: 3, 4, then 5 pages wide.
+    calls = [(init_params(cfg), torch.tensor([[3], [4]]), torch.tensor([[n - 1], [n - 2]]), cache,
+              table[:, : -(-n // 4)], cfg) for n in (9, 13, 17)]
+    with torch.inference_mode():
+        assert_recompiles_at_most(paged_decode, calls, 0)
