@@ -319,8 +319,8 @@ def check_paged_decode_compiles_once(t: Target) -> str:
         with recompile_budget(0) as report:
             for call in calls:
                 step(*call)
-    return (f"{len(report.events)} compile for {DECODE_STEPS} steps: rows at their own positions, "
-            f"{DECODE_STEPS // LAYOUT_EVERY} page layouts, an idle slot")
+    return (f"{len(report.events)} compile, {DECODE_STEPS} steps: {DECODE_STEPS // LAYOUT_EVERY} "
+            f"page layouts, own positions, idle slot")
 
 
 def check_paged_decode_cudagraphs(t: Target) -> str:
@@ -331,8 +331,8 @@ def check_paged_decode_cudagraphs(t: Target) -> str:
     with torch.inference_mode():
         calls = _paged_decode_calls(t, cache, t.tokens[:, :1].clone())
         report = assert_cudagraphs(_paged_decode, calls, max_recordings=1, max_memory_growth_mb=0)
-    return (f"{len(report.recordings)} recording, {report.replays} replays over {DECODE_STEPS} "
-            f"steps of changing lengths and layouts, {report.memory_growth_bytes / 2**20:+.1f} MiB")
+    return (f"{len(report.recordings)} recording, {report.replays} replays, {DECODE_STEPS} steps, "
+            f"{DECODE_STEPS // LAYOUT_EVERY} layouts, {report.memory_growth_bytes / 2**20:+.1f} MiB")
 
 
 def check_compiled_parity(t: Target) -> str:
