@@ -110,21 +110,20 @@ def attention(
     q = apply_rope(q.view(B, S, H, D), cos, sin)
     k = apply_rope(k.view(B, S, K, D), cos, sin)
     v = v.view(B, S, K, D)
-    if isinstance(cache, PagedKVCache):
-        y = _paged_attention(q.transpose(1, 2), k, v, layer=layer, cache=cache,
-                             block_table=block_table, positions=input_pos.expand(B, S),
-                             sdpa_backend=sdpa_backend)
-        return F.linear(y.transpose(1, 2).reshape(B, S, H * D), params[f"{prefix}.attention.wo.weight"])
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, N, S, D)
 
-    if cache is not None:
+    paged = isinstance(cache, PagedKVCache)
+    if cache is not None and not paged:
         # Write the new keys and values in place at input_pos, then attend over the whole cache;
         # positions not yet written are masked out. Shapes never depend on the position.
         cache.k[layer].index_copy_(2, input_pos, k)
         cache.v[layer].index_copy_(2, input_pos, v)
         k, v = cache.k[layer], cache.v[layer]  # (B, K, T, D)
 
-    if sdpa_backend == "flex":
+    if paged:
+        y = _paged_attention(q, k, v, layer=layer, cache=cache, block_table=block_table,
+                             positions=input_pos.expand(B, S), sdpa_backend=sdpa_backend)
+    elif sdpa_backend == "flex":
         # Query i sees cache positions up to its own; without a cache, keys are the S new tokens.
         last_seen = input_pos if cache is not None else torch.arange(S, device=x.device)
         y = _flex(q, k, v, last_seen=last_seen)
@@ -142,9 +141,10 @@ def attention(
 
 def _paged_attention(q: Tensor, k: Tensor, v: Tensor, *, layer: int, cache: PagedKVCache,
                      block_table: Tensor, positions: Tensor, sdpa_backend: str) -> Tensor:
-    """Write k, v (B, S, K, D) through the block table, then attend q (B, H, S, D) over each row's
+    """Write k, v (B, K, S, D) through the block table, then attend q (B, H, S, D) over each row's
     pages; positions (B, S) are every row's own."""
-    write_pages(cache, layer, k, v, page_slots(block_table, positions, cache.block_size))
+    write_pages(cache, layer, k.transpose(1, 2), v.transpose(1, 2),
+                page_slots(block_table, positions, cache.block_size))
     if positions.shape[1] == 1 and sdpa_backend == "auto":
         # Decode: split-KV over the pages, read in place (see paged.py).
         return split_kv_attention(q, cache.k[layer], cache.v[layer], block_table, positions,

@@ -167,7 +167,8 @@ def _tables_as_wide_as_the_longest_row(t, cache, token):
     # A table sized by the longest sequence changes shape as it grows: one recompile per width.
     for step, call in enumerate(_PAGED_DECODE_CALLS(t, cache, token)):
         params, token, positions, cache, table, cfg = call
-        yield params, token, positions, cache, table[:, : 1 + (suite.PROMPT_LEN + step) // suite.PAGE_SIZE], cfg
+        width = 1 + (suite.PROMPT_LEN + step) // suite.PAGE_SIZE
+        yield params, token, positions, cache, table[:, :width], cfg
 
 
 def test_a_paged_decode_that_recompiles_per_length_fails_its_check(target, monkeypatch):
