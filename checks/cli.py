@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--sdpa-backend", default="auto", choices=ATTENTION_BACKENDS,
                        help="forward's attention: an SDPA kernel, or flex (flex_attention skipping "
                             "unwritten cache blocks); default auto")
+    bench.add_argument("--cache", default="contiguous", choices=["contiguous", "paged"],
+                       help="KV cache: one contiguous tensor per layer, or a pool of pages with a "
+                            "block table and split-KV decode attention (default: contiguous)")
+    bench.add_argument("--block-size", type=int, default=16,
+                       help="positions per page of --cache paged (default: 16)")
+    bench.add_argument("--min-prompt-len", type=int, metavar="N",
+                       help="with --cache paged: rows' prompt lengths spread evenly from N up to "
+                            "--prompt-len, each row decoding at its own position")
     bench.add_argument("--no-fuse", action="store_true",
                        help="keep q/k/v and gate/up as separate matmuls (default: fused)")
     _add_quantize_arguments(bench)
@@ -130,6 +138,12 @@ def _bench_args_error(args: argparse.Namespace) -> str | None:
         return "--prompt-len and --batch must be >= 1, --new-tokens >= 2"
     if args.nproc < 1:
         return f"--nproc must be >= 1, got {args.nproc}"
+    if args.block_size < 1:
+        return f"--block-size must be >= 1, got {args.block_size}"
+    if args.min_prompt_len is not None and args.cache != "paged":
+        return "--min-prompt-len needs --cache paged (rows at their own positions)"
+    if args.min_prompt_len is not None and not 1 <= args.min_prompt_len <= args.prompt_len:
+        return f"--min-prompt-len must be in [1, --prompt-len], got {args.min_prompt_len}"
     if args.profile and not _on_cuda(args):
         return "--profile needs a CUDA device"
     if args.max_ms_per_token is not None and not args.max_ms_per_token > 0:
@@ -214,8 +228,8 @@ def _bench_on(args: argparse.Namespace, *, out: TextIO, tensor_parallel: bool) -
     bandwidth = copy_bandwidth(device)
     ranks = f", {os.environ['WORLD_SIZE']} tensor-parallel ranks (figures per GPU)" if tensor_parallel else ""
     print(f"fullgraph bench: {args.config}, {device.type}, {str(dtype).removeprefix('torch.')}"
-          f"{_quantize_label(args)}, "
-          f"prompt {args.prompt_len}, {args.new_tokens} new tokens{ranks}; "
+          f"{_quantize_label(args)}, prompt {_prompt_lens(args)}, {args.new_tokens} new tokens"
+          f"{_paged_label(args)}{ranks}; "
           f"copy bandwidth {bandwidth:,.0f} GB/s", file=out)
     print(f"on {device_name(device)}, torch {torch.__version__}", file=out)
     print(f"{'batch':>5}  {'mode':<8}  {'ms/token':>9}  {'tokens/s':>9}  {'limit ms':>8}  "
@@ -236,6 +250,16 @@ def _quantize_label(args: argparse.Namespace) -> str:
         return ""
     group = f", group {args.group_size or DEFAULT_INT4_GROUP_SIZE}" if args.quantize == "int4" else ""
     return f" activations, {args.quantize} weights{group}"
+
+
+def _prompt_lens(args: argparse.Namespace) -> str:
+    if args.min_prompt_len is None or args.min_prompt_len == args.prompt_len:
+        return str(args.prompt_len)
+    return f"{args.min_prompt_len}..{args.prompt_len} (spread over each batch's rows)"
+
+
+def _paged_label(args: argparse.Namespace) -> str:
+    return f", paged cache of {args.block_size}-position pages" if args.cache == "paged" else ""
 
 
 def _bound_misses(results: list, args: argparse.Namespace) -> list[str]:
@@ -269,7 +293,9 @@ def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float,
         build = dict(device=str(device), dtype=dtype, batch_size=batch, prompt_len=args.prompt_len,
                      new_tokens=args.new_tokens, fuse=not args.no_fuse,
                      sdpa_backend=args.sdpa_backend, tensor_parallel=tensor_parallel,
-                     quantize=args.quantize, group_size=args.group_size)
+                     quantize=args.quantize, group_size=args.group_size,
+                     cache=args.cache, block_size=args.block_size,
+                     min_prompt_len=args.min_prompt_len)
         modes = [True] if args.no_eager else [True, False]
         runs = [run_bench(args.config, **build, compile=compiled,
                           coordinate_descent=args.coordinate_descent and compiled,

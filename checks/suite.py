@@ -17,12 +17,14 @@ import torch
 from fullgraph.model import (
     KVCache,
     LlamaConfig,
+    PagedKVCache,
     ReferenceLlama,
     check_params,
     forward,
     generate,
     init_params,
     new_cache,
+    new_paged_cache,
 )
 from fullgraph.model.generate import _step_functions, decode_step
 from fullgraph.model.quant import dequantize, quantize
@@ -274,6 +276,97 @@ def check_decode_cudagraphs(t: Target) -> str:
             f"{report.memory_growth_bytes / 2**20:+.1f} MiB")
 
 
+PAGE_SIZE = 4  # positions per page: small, so a prompt and its decode steps cross many pages
+PAGES_PER_ROW = (PROMPT_LEN + DECODE_STEPS) // PAGE_SIZE
+
+
+def _paged_cache(t: Target) -> PagedKVCache:
+    return new_paged_cache(t.cfg, num_blocks=1 + 2 * PAGES_PER_ROW, block_size=PAGE_SIZE,
+                           dtype=t.dtype, device=t.device)
+
+
+def _shuffled_table(t: Target, seed: int) -> torch.Tensor:
+    """Both rows' pages, every page of the pool but the null page, in a random order."""
+    order = torch.randperm(2 * PAGES_PER_ROW, generator=torch.Generator().manual_seed(seed)) + 1
+    return order.view(2, PAGES_PER_ROW).to(device=t.device, dtype=torch.int32)
+
+
+def check_paged_parity(t: Target) -> str:
+    half = PROMPT_LEN // 2
+    with exact_matmuls(), torch.inference_mode():
+        contiguous = new_cache(t.cfg, batch_size=2, dtype=t.dtype, device=t.device)
+        paged, table = _paged_cache(t), _shuffled_table(t, seed=0)
+        steps = [(t.tokens[:, :half], torch.arange(half, device=t.device))]
+        steps += [(t.tokens[:, pos: pos + 1], torch.tensor([pos], device=t.device))
+                  for pos in range(half, PROMPT_LEN)]
+        for tokens, input_pos in steps:
+            expected = forward(t.params, tokens, cfg=t.cfg, cache=contiguous, input_pos=input_pos)
+            actual = forward(t.params, tokens, cfg=t.cfg, cache=paged, block_table=table,
+                             input_pos=input_pos)
+            assert_parity(actual, expected, dtype=t.dtype, depth=t.cfg.n_layers,
+                          msg=f"paged vs contiguous cache at position {int(input_pos[-1])}")
+    return f"prefill and {PROMPT_LEN - half} decode steps over shuffled pages of {PAGE_SIZE}"
+
+
+def check_paged_prefill_graph(t: Target) -> str:
+    pos = torch.arange(PROMPT_LEN, device=t.device)
+    with torch.inference_mode():
+        return _assert_one_graph(forward, t.params, t.tokens, cfg=t.cfg, cache=_paged_cache(t),
+                                 block_table=_shuffled_table(t, seed=0), input_pos=pos)
+
+
+def check_paged_decode_graph(t: Target) -> str:
+    positions = torch.tensor([[0], [PROMPT_LEN]], device=t.device)
+    with torch.inference_mode():
+        return _assert_one_graph(decode_step, t.params, t.tokens[:, :1], positions, _paged_cache(t),
+                                 block_table=_shuffled_table(t, seed=0), **_decode_options(t))
+
+
+def _paged_decode(params: dict[str, torch.Tensor], token: torch.Tensor, positions: torch.Tensor,
+                  cache: PagedKVCache, block_table: torch.Tensor, cfg: LlamaConfig) -> torch.Tensor:
+    return decode_step(params, token, positions, cache, cfg=cfg, block_table=block_table,
+                       sdpa_backend="auto", temperature=0.0, top_k=None)
+
+
+LAYOUT_EVERY = 16  # decode steps between two page layouts in the paged sweeps
+
+
+def _paged_decode_calls(t: Target, cache: PagedKVCache, token: torch.Tensor):
+    """DECODE_STEPS calls: rows at their own positions, a new page layout every LAYOUT_EVERY
+    steps, and the second row idle (all null page) for one stretch, as between two requests."""
+    for step in range(DECODE_STEPS):
+        if step % LAYOUT_EVERY == 0:
+            table = _shuffled_table(t, seed=step)
+            if step == LAYOUT_EVERY:
+                table[1] = 0
+        positions = torch.tensor([[step], [PROMPT_LEN + step]], device=t.device)
+        yield t.params, token, positions, cache, table, t.cfg
+
+
+def check_paged_decode_compiles_once(t: Target) -> str:
+    # Not fullgraph, as in check_decode_compiles_once: a recompile is reported, not raised.
+    step = torch.compile(_paged_decode, backend="eager")
+    with torch.inference_mode():
+        calls = _paged_decode_calls(t, _paged_cache(t), t.tokens[:, :1].clone())
+        with recompile_budget(0) as report:
+            for call in calls:
+                step(*call)
+    return (f"{len(report.events)} compile, {DECODE_STEPS} steps: {DECODE_STEPS // LAYOUT_EVERY} "
+            f"page layouts, own positions, idle slot")
+
+
+def check_paged_decode_cudagraphs(t: Target) -> str:
+    if t.device.type != "cuda":
+        return f"not applicable: CUDA graphs need a CUDA device (target on {t.device.type})"
+    cache = _paged_cache(t)
+    _step_functions(t.params, cache, compile=True, device=t.device)  # marks static addresses
+    with torch.inference_mode():
+        calls = _paged_decode_calls(t, cache, t.tokens[:, :1].clone())
+        report = assert_cudagraphs(_paged_decode, calls, max_recordings=1, max_memory_growth_mb=0)
+    return (f"{len(report.recordings)} recording, {report.replays} replays, {DECODE_STEPS} steps, "
+            f"{DECODE_STEPS // LAYOUT_EVERY} layouts, {report.memory_growth_bytes / 2**20:+.1f} MiB")
+
+
 def check_compiled_parity(t: Target) -> str:
     compiled = torch.compile(forward, fullgraph=True, backend=t.backend)
     with exact_matmuls(), torch.inference_mode():
@@ -368,6 +461,11 @@ CHECKS: list[tuple[str, Callable[[Target], str]]] = [
     ("recompiles: prefill over shapes", check_prefill_recompiles),
     ("guards: decode guards are stable", check_decode_guards_are_stable),
     ("cuda graphs: decode", check_decode_cudagraphs),
+    ("parity: paged cache vs contiguous", check_paged_parity),
+    ("graph breaks: paged prefill", check_paged_prefill_graph),
+    ("graph breaks: paged decode", check_paged_decode_graph),
+    ("recompiles: paged decode", check_paged_decode_compiles_once),
+    ("cuda graphs: paged decode", check_paged_decode_cudagraphs),
     ("parity: compiled forward vs eager", check_compiled_parity),
     ("generate: compiled equals eager", check_compiled_generation),
     ("sdpa: every backend, in and out", check_sdpa_backends),

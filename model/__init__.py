@@ -5,6 +5,7 @@ from .config import LlamaConfig
 from .generate import generate
 from .llama import forward
 from .loaders import CheckpointError, load_hf_checkpoint, load_meta_checkpoint
+from .paged import PageAllocator, PagedKVCache, PoolFullError, new_paged_cache
 from .params import check_params, fuse_projections_, init_params, materialize_params, param_shapes
 from .reference import ReferenceLlama
 from .tensor_parallel import init_shard, local_kv_heads, make_all_reduce, shard_params, shard_shapes
@@ -19,6 +20,10 @@ __all__ = [
     "fuse_projections_",
     "KVCache",
     "new_cache",
+    "PagedKVCache",
+    "new_paged_cache",
+    "PageAllocator",
+    "PoolFullError",
     "forward",
     "generate",
     "ReferenceLlama",

@@ -20,12 +20,14 @@ import torch.distributed as dist
 
 from .cache import new_cache
 from .config import LlamaConfig
-from .generate import _step_functions
+from .generate import CACHE_KINDS, _step_functions
+from .paged import paged_cache_for
 from .params import fuse_projections_, init_params
 from .quant import quantize as quantize_params
 from .tensor_parallel import init_shard, local_kv_heads, make_all_reduce
 
-__all__ = ["BenchResult", "DecodeProfile", "copy_bandwidth", "device_name", "run_bench", "profile_decode"]
+__all__ = ["BenchResult", "DecodeProfile", "copy_bandwidth", "device_name", "prompt_lengths", "run_bench",
+           "profile_decode"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class BenchResult:
     bandwidth_gbps: float
     limit_ms_per_token: float
     share_of_limit: float
+    cache: str = "contiguous"  # generate's cache kinds: "contiguous" or "paged"
+    block_size: int | None = None  # positions per page of a paged cache
+    prompt_lens: tuple[int, ...] = ()  # each row's prompt length; all prompt_len unless mixed
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -98,18 +103,34 @@ def _bytes_per_token(params: dict[str, torch.Tensor], cfg: LlamaConfig, *, batch
     return int(weights + batch_size * mean_context * per_position)
 
 
+def prompt_lengths(batch_size: int, prompt_len: int, min_prompt_len: int | None) -> list[int]:
+    """Each row's prompt length: all prompt_len, or spread evenly from min_prompt_len up to it."""
+    if min_prompt_len is None or batch_size == 1:
+        return [prompt_len] * batch_size
+    step = (prompt_len - min_prompt_len) / (batch_size - 1)
+    return [round(min_prompt_len + row * step) for row in range(batch_size)]
+
+
 class _DecodeLoop:
     """Greedy prefill then decode of one random prompt batch, through generate's step functions.
 
     With tensor_parallel, this rank builds only its shard and sums over the default process group.
     With fuse, it fuses its projections (fuse_projections_) after sharding; with quantize, it then
-    quantizes the linears (fullgraph.model.quant).
+    quantizes the linears (fullgraph.model.quant). With a paged cache, each row gets the pages its
+    prompt and new tokens need; rows of mixed prompt lengths (min_prompt_len) are prefilled one at
+    a time and decode at their own positions.
     """
 
     def __init__(self, config: str, *, device: torch.device, dtype: torch.dtype, batch_size: int,
                  prompt_len: int, new_tokens: int, compile: bool, fuse: bool,
                  sdpa_backend: str = "auto", tensor_parallel: bool = False,
-                 quantize: str | None = None, group_size: int | None = None):
+                 quantize: str | None = None, group_size: int | None = None,
+                 cache: str = "contiguous", block_size: int = 16,
+                 min_prompt_len: int | None = None):
+        if cache not in CACHE_KINDS:
+            raise ValueError(f"cache must be one of {list(CACHE_KINDS)}, got {cache!r}")
+        if min_prompt_len is not None and cache != "paged":
+            raise ValueError("min_prompt_len: rows of mixed lengths need cache='paged'")
         # Only the cache length changes, so every batch size and the profile reuse one config and
         # the compiled code that guards on it.
         self.cfg = dataclasses.replace(LlamaConfig.from_name(config),
@@ -126,12 +147,18 @@ class _DecodeLoop:
         if quantize is not None:
             self.params = quantize_params(self.params, quantize, group_size=group_size)
         self.n_kv_heads = local_kv_heads(self.cfg, world_size=self.world_size)
-        self.cache = new_cache(self.cfg, batch_size=batch_size, dtype=dtype, device=device,
-                               n_kv_heads=self.n_kv_heads)
-        self.prefill_fn, self.decode_fn = _step_functions(self.params, self.cache, compile=compile,
-                                                          device=device)
         self.options = dict(cfg=self.cfg, sdpa_backend=sdpa_backend, temperature=0.0, top_k=None,
                             all_reduce=make_all_reduce() if tensor_parallel else None)
+        self.prompt_lens = prompt_lengths(batch_size, prompt_len, min_prompt_len)
+        if cache == "paged":
+            self.cache, self.options["block_table"] = paged_cache_for(
+                self.cfg, [n + new_tokens for n in self.prompt_lens], block_size=block_size,
+                dtype=dtype, device=device, n_kv_heads=self.n_kv_heads)
+        else:
+            self.cache = new_cache(self.cfg, batch_size=batch_size, dtype=dtype, device=device,
+                                   n_kv_heads=self.n_kv_heads)
+        self.prefill_fn, self.decode_fn = _step_functions(self.params, self.cache, compile=compile,
+                                                          device=device)
         # Seeded, so every tensor-parallel rank feeds the same prompt.
         generator = torch.Generator(device=device).manual_seed(0)
         self.prompt = torch.randint(0, self.cfg.vocab_size, (batch_size, prompt_len), device=device,
@@ -149,10 +176,20 @@ class _DecodeLoop:
         return prefill_s, decode_s
 
     def prefill(self) -> None:
-        positions = torch.arange(self.prompt_len, device=self.device)
-        token = self.prefill_fn(self.params, self.prompt, positions, self.cache, **self.options)
-        self.token = token.view(self.batch_size, 1)
-        self.position = torch.tensor([self.prompt_len], device=self.device)
+        if len(set(self.prompt_lens)) == 1:
+            positions = torch.arange(self.prompt_len, device=self.device)
+            token = self.prefill_fn(self.params, self.prompt, positions, self.cache, **self.options)
+            self.token = token.view(self.batch_size, 1)
+            self.position = torch.tensor([self.prompt_len], device=self.device)
+            return
+        tokens = []
+        for row, length in enumerate(self.prompt_lens):
+            options = {**self.options, "block_table": self.options["block_table"][row: row + 1]}
+            tokens.append(self.prefill_fn(self.params, self.prompt[row: row + 1, :length],
+                                          torch.arange(length, device=self.device), self.cache,
+                                          **options))
+        self.token = torch.cat(tokens).view(self.batch_size, 1)
+        self.position = torch.tensor(self.prompt_lens, device=self.device).view(self.batch_size, 1)
 
     def decode(self, steps: int) -> None:
         for _ in range(steps):
@@ -178,6 +215,9 @@ def run_bench(
     tensor_parallel: bool = False,
     quantize: str | None = None,
     group_size: int | None = None,
+    cache: str = "contiguous",
+    block_size: int = 16,
+    min_prompt_len: int | None = None,
 ) -> BenchResult:
     """Prefill `prompt_len` tokens, then time `new_tokens` greedy decode steps.
 
@@ -189,12 +229,15 @@ def run_bench(
     bytes and the limit are then per GPU.
     quantize, group_size: weight-only quantization of the linears, as `fullgraph.model.quant.quantize`
     takes them; the bytes and the limit are those of the quantized weights.
+    cache: "contiguous" or "paged" (pages of `block_size` positions). min_prompt_len (paged only):
+    rows' prompt lengths spread evenly from it up to prompt_len.
     """
     torch_device = torch.device(device)
     loop = _DecodeLoop(config, device=torch_device, dtype=dtype, batch_size=batch_size,
                        prompt_len=prompt_len, new_tokens=new_tokens, compile=compile, fuse=fuse,
                        sdpa_backend=sdpa_backend, tensor_parallel=tensor_parallel,
-                       quantize=quantize, group_size=group_size)
+                       quantize=quantize, group_size=group_size, cache=cache,
+                       block_size=block_size, min_prompt_len=min_prompt_len)
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
     with torch.inference_mode():
@@ -206,7 +249,8 @@ def run_bench(
     bandwidth = copy_bandwidth(torch_device) if bandwidth_gbps is None else bandwidth_gbps
     bytes_per_token = _bytes_per_token(loop.params, loop.cfg, batch_size=batch_size,
                                        n_kv_heads=loop.n_kv_heads,
-                                       mean_context=prompt_len + new_tokens / 2, dtype=dtype)
+                                       mean_context=sum(loop.prompt_lens) / batch_size
+                                       + new_tokens / 2, dtype=dtype)
     limit_ms = bytes_per_token / (bandwidth * 1e9) * 1e3
     peak = (torch.cuda.max_memory_allocated(torch_device) / 1e9
             if torch_device.type == "cuda" else None)
@@ -222,6 +266,8 @@ def run_bench(
         tokens_per_s=batch_size * 1e3 / ms_per_token, peak_memory_gb=peak,
         bytes_per_token=bytes_per_token, bandwidth_gbps=bandwidth,
         limit_ms_per_token=limit_ms, share_of_limit=limit_ms / ms_per_token,
+        cache=cache, block_size=block_size if cache == "paged" else None,
+        prompt_lens=tuple(loop.prompt_lens),
     )
 
 
@@ -297,6 +343,9 @@ def profile_decode(
     tensor_parallel: bool = False,
     quantize: str | None = None,
     group_size: int | None = None,
+    cache: str = "contiguous",
+    block_size: int = 16,
+    min_prompt_len: int | None = None,
 ) -> DecodeProfile:
     """Where a decode step's time goes, from the GPU kernels the profiler saw.
 
@@ -311,7 +360,8 @@ def profile_decode(
     loop = _DecodeLoop(config, device=torch_device, dtype=dtype, batch_size=batch_size,
                        prompt_len=prompt_len, new_tokens=new_tokens, compile=compile, fuse=fuse,
                        sdpa_backend=sdpa_backend, tensor_parallel=tensor_parallel,
-                       quantize=quantize, group_size=group_size)
+                       quantize=quantize, group_size=group_size, cache=cache,
+                       block_size=block_size, min_prompt_len=min_prompt_len)
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.inference_mode():
         loop.warm_up(coordinate_descent=coordinate_descent)

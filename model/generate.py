@@ -18,11 +18,14 @@ from torch import Tensor
 from .cache import KVCache, new_cache
 from .config import LlamaConfig
 from .llama import AllReduce, forward, head_counts
+from .paged import PagedKVCache, paged_cache_for
 
-__all__ = ["generate", "prefill", "decode_step", "sample"]
+__all__ = ["generate", "prefill", "decode_step", "sample", "CACHE_KINDS"]
 
 # The host reads the "all rows hit eos" flag once per this many tokens, not once per token.
 EOS_CHECK_INTERVAL = 16
+# generate's `cache` choices: one contiguous (B, K, T, D) tensor per layer, or a pool of pages.
+CACHE_KINDS = ("contiguous", "paged")
 
 
 def sample(logits: Tensor, *, temperature: float, top_k: int | None) -> Tensor:
@@ -39,20 +42,24 @@ def sample(logits: Tensor, *, temperature: float, top_k: int | None) -> Tensor:
     return (probs / noise).argmax(dim=-1)
 
 
-def prefill(params: dict[str, Tensor], tokens: Tensor, input_pos: Tensor, cache: KVCache, *,
-            cfg: LlamaConfig, sdpa_backend: str, temperature: float, top_k: int | None,
-            all_reduce: AllReduce | None = None) -> Tensor:
+def prefill(params: dict[str, Tensor], tokens: Tensor, input_pos: Tensor,
+            cache: KVCache | PagedKVCache, *, cfg: LlamaConfig, sdpa_backend: str,
+            temperature: float, top_k: int | None, all_reduce: AllReduce | None = None,
+            block_table: Tensor | None = None) -> Tensor:
     logits = forward(params, tokens, cfg=cfg, input_pos=input_pos, cache=cache,
-                     sdpa_backend=sdpa_backend, all_reduce=all_reduce)
+                     sdpa_backend=sdpa_backend, all_reduce=all_reduce, block_table=block_table)
     return sample(logits[:, -1], temperature=temperature, top_k=top_k)
 
 
-def decode_step(params: dict[str, Tensor], token: Tensor, input_pos: Tensor, cache: KVCache, *,
-                cfg: LlamaConfig, sdpa_backend: str, temperature: float,
-                top_k: int | None, all_reduce: AllReduce | None = None) -> Tensor:
-    """One token per row: token (B, 1) at the device-tensor position input_pos (1,)."""
+def decode_step(params: dict[str, Tensor], token: Tensor, input_pos: Tensor,
+                cache: KVCache | PagedKVCache, *, cfg: LlamaConfig, sdpa_backend: str,
+                temperature: float, top_k: int | None, all_reduce: AllReduce | None = None,
+                block_table: Tensor | None = None) -> Tensor:
+    """One token per row: token (B, 1) at the device-tensor position input_pos (1,); with a paged
+    cache, input_pos may be (B, 1), each row at its own position."""
     return prefill(params, token, input_pos, cache, cfg=cfg, sdpa_backend=sdpa_backend,
-                   temperature=temperature, top_k=top_k, all_reduce=all_reduce)
+                   temperature=temperature, top_k=top_k, all_reduce=all_reduce,
+                   block_table=block_table)
 
 
 @functools.cache
@@ -75,6 +82,8 @@ def generate(
     device: str | torch.device | None = None,
     sdpa_backend: str = "auto",
     all_reduce: AllReduce | None = None,
+    cache: str = "contiguous",
+    block_size: int = 16,
 ) -> list[list[int]]:
     """New tokens for each prompt, stopping before `eos_id` or after `max_new_tokens`.
 
@@ -82,9 +91,13 @@ def generate(
     under CUDA graphs (mode="reduce-overhead"). `device` defaults to the params' device.
     Tensor parallel: pass a rank's shard as `params` and the all-reduce over its group (see
     fullgraph.model.tensor_parallel); every rank must call generate with the same prompts.
+    cache: "contiguous", or "paged": a pool of `block_size`-position pages with a block table
+    (fullgraph.model.paged), each row given the pages its length needs.
     """
     _check_generate_args(prompt_tokens, cfg=cfg, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_k=top_k)
+    if cache not in CACHE_KINDS:
+        raise ValueError(f"cache must be one of {list(CACHE_KINDS)}, got {cache!r}")
     lengths = [len(p) for p in prompt_tokens]
     if max_new_tokens == 0:
         return [[] for _ in prompt_tokens]
@@ -100,15 +113,20 @@ def generate(
         is_prompt[row, : len(prompt)] = True
     # A tensor-parallel shard holds fewer KV heads than the config: size the cache from the weights.
     _, n_kv_heads = head_counts(params, prefix="layers.0", head_dim=cfg.head_dim)
-    cache = new_cache(cfg, batch_size=batch, dtype=embeddings.dtype, device=device,
-                      n_kv_heads=n_kv_heads)
-    prefill_fn, decode_fn = _step_functions(params, cache, compile=compile, device=device)
     options = dict(cfg=cfg, sdpa_backend=sdpa_backend, temperature=temperature, top_k=top_k,
                    all_reduce=all_reduce)
+    if cache == "paged":
+        kv_cache, options["block_table"] = paged_cache_for(
+            cfg, [total] * batch, block_size=block_size, dtype=embeddings.dtype, device=device,
+            n_kv_heads=n_kv_heads)
+    else:
+        kv_cache = new_cache(cfg, batch_size=batch, dtype=embeddings.dtype, device=device,
+                             n_kv_heads=n_kv_heads)
+    prefill_fn, decode_fn = _step_functions(params, kv_cache, compile=compile, device=device)
 
     with torch.inference_mode():
         next_token = prefill_fn(params, tokens[:, :shortest],
-                                torch.arange(shortest, device=device), cache, **options)
+                                torch.arange(shortest, device=device), kv_cache, **options)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         input_pos = torch.tensor([shortest], device=device)
         for pos in range(shortest, total):
@@ -122,12 +140,12 @@ def generate(
                     break
             if pos + 1 == total:
                 break
-            next_token = decode_fn(params, next_token.view(batch, 1), input_pos, cache, **options)
+            next_token = decode_fn(params, next_token.view(batch, 1), input_pos, kv_cache, **options)
             input_pos += 1
     return _new_tokens(tokens.tolist(), lengths, max_new_tokens, eos_id)
 
 
-def _step_functions(params: dict[str, Tensor], cache: KVCache, *, compile: bool,
+def _step_functions(params: dict[str, Tensor], cache: KVCache | PagedKVCache, *, compile: bool,
                     device: torch.device) -> tuple[Callable, Callable]:
     if not compile:
         return prefill, decode_step

@@ -23,6 +23,14 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from .cache import KVCache
 from .config import LlamaConfig
+from .paged import (
+    PagedKVCache,
+    check_paged_inputs,
+    gather_pages,
+    page_slots,
+    split_kv_attention,
+    write_pages,
+)
 from .quant import linear, weight_shape
 
 __all__ = [
@@ -64,12 +72,14 @@ def rms_norm(weight: Tensor, x: Tensor, *, eps: float) -> Tensor:
 def rope_tables(input_pos: Tensor, *, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
     """cos and sin of every (position, frequency) pair, (S, D/2) each, in fp32.
 
+    Positions (B, S), one row per sequence as a paged cache takes them, give (B, S, D/2).
+
     Computed from the positions on the fly: the tables are a few kilobytes and fuse into the
     graph, and no table argument has to follow the params around.
     """
     freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=input_pos.device, dtype=torch.float32)
                             / head_dim)
-    angles = input_pos.to(torch.float32)[:, None] * freqs[None, :]  # (S, D/2)
+    angles = input_pos.to(torch.float32)[..., None] * freqs  # (S, D/2) or (B, S, D/2)
     return torch.cos(angles), torch.sin(angles)
 
 
@@ -78,7 +88,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     B, S, N, D = x.shape
     pairs = x.float().reshape(B, S, N, D // 2, 2)
     even, odd = pairs[..., 0], pairs[..., 1]  # (B, S, N, D/2)
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    cos, sin = cos[..., None, :], sin[..., None, :]  # broadcast over heads (and batch)
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
     return rotated.reshape(B, S, N, D).type_as(x)
 
@@ -93,8 +103,9 @@ def attention(
     cos: Tensor,
     sin: Tensor,
     input_pos: Tensor,
-    cache: KVCache | None,
+    cache: KVCache | PagedKVCache | None,
     sdpa_backend: str,
+    block_table: Tensor | None = None,
 ) -> Tensor:
     B, S, _ = x.shape
     D = cfg.head_dim
@@ -108,14 +119,18 @@ def attention(
     v = v.view(B, S, K, D)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, N, S, D)
 
-    if cache is not None:
+    paged = isinstance(cache, PagedKVCache)
+    if cache is not None and not paged:
         # Write the new keys and values in place at input_pos, then attend over the whole cache;
         # positions not yet written are masked out. Shapes never depend on the position.
         cache.k[layer].index_copy_(2, input_pos, k)
         cache.v[layer].index_copy_(2, input_pos, v)
         k, v = cache.k[layer], cache.v[layer]  # (B, K, T, D)
 
-    if sdpa_backend == "flex":
+    if paged:
+        y = _paged_attention(q, k, v, layer=layer, cache=cache, block_table=block_table,
+                             positions=input_pos.expand(B, S), sdpa_backend=sdpa_backend)
+    elif sdpa_backend == "flex":
         # Query i sees cache positions up to its own; without a cache, keys are the S new tokens.
         last_seen = input_pos if cache is not None else torch.arange(S, device=x.device)
         y = _flex(q, k, v, last_seen=last_seen)
@@ -129,6 +144,22 @@ def attention(
         y = _sdpa(q, k, v, mask=mask, is_causal=False, backend=sdpa_backend)  # (B, H, S, D)
     y = y.transpose(1, 2).reshape(B, S, H * D)
     return linear(params, y, f"{prefix}.attention.wo")
+
+
+def _paged_attention(q: Tensor, k: Tensor, v: Tensor, *, layer: int, cache: PagedKVCache,
+                     block_table: Tensor, positions: Tensor, sdpa_backend: str) -> Tensor:
+    """Write k, v (B, K, S, D) through the block table, then attend q (B, H, S, D) over each row's
+    pages; positions (B, S) are every row's own."""
+    write_pages(cache, layer, k.transpose(1, 2), v.transpose(1, 2),
+                page_slots(block_table, positions, cache.block_size))
+    if positions.shape[1] == 1 and sdpa_backend == "auto":
+        # Decode: split-KV over the pages, read in place (see paged.py).
+        return split_kv_attention(q, cache.k[layer], cache.v[layer], block_table, positions,
+                                  block_size=cache.block_size)
+    keys = gather_pages(cache.k[layer], block_table, cache.block_size)  # (B, K, W * block_size, D)
+    values = gather_pages(cache.v[layer], block_table, cache.block_size)
+    visible = torch.arange(keys.shape[2], device=q.device) <= positions[:, :, None]  # (B, S, L)
+    return _sdpa(q, keys, values, mask=visible[:, None], is_causal=False, backend=sdpa_backend)
 
 
 def head_counts(params: dict[str, Tensor], *, prefix: str, head_dim: int) -> tuple[int, int]:
@@ -181,14 +212,16 @@ def block(
     cos: Tensor,
     sin: Tensor,
     input_pos: Tensor,
-    cache: KVCache | None,
+    cache: KVCache | PagedKVCache | None,
     sdpa_backend: str,
     all_reduce: AllReduce | None = None,
+    block_table: Tensor | None = None,
 ) -> Tensor:
     prefix = f"layers.{layer}"
     normed = rms_norm(params[f"{prefix}.attention_norm.weight"], x, eps=cfg.norm_eps)
     attn = attention(params, normed, prefix=prefix, layer=layer, cfg=cfg, cos=cos, sin=sin,
-                     input_pos=input_pos, cache=cache, sdpa_backend=sdpa_backend)
+                     input_pos=input_pos, cache=cache, sdpa_backend=sdpa_backend,
+                     block_table=block_table)
     h = x + (attn if all_reduce is None else all_reduce(attn))
     ffn = feed_forward(params, rms_norm(params[f"{prefix}.ffn_norm.weight"], h, eps=cfg.norm_eps),
                        prefix=prefix)
@@ -226,21 +259,26 @@ def forward(
     *,
     cfg: LlamaConfig,
     input_pos: Tensor | None = None,
-    cache: KVCache | None = None,
+    cache: KVCache | PagedKVCache | None = None,
     sdpa_backend: str = "auto",
     all_reduce: AllReduce | None = None,
+    block_table: Tensor | None = None,
 ) -> Tensor:
     """Logits (B, S, V) in fp32 for tokens (B, S).
 
     input_pos: positions of the S tokens, a device tensor (default 0..S-1). With a cache, their
     keys and values are written there and the tokens attend to everything before them.
     all_reduce: sums a row-parallel projection's partial output over tensor-parallel ranks.
+    block_table: with a PagedKVCache, (B, pages) int32, each row's pages in order; input_pos is
+    then (S,) shared by every row or (B, S), each row's own.
     """
     if sdpa_backend not in ATTENTION_BACKENDS:
         raise ValueError(f"sdpa_backend must be one of {list(ATTENTION_BACKENDS)}, got {sdpa_backend!r}")
     if tokens.dim() != 2:
         raise ValueError(f"tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
-    if cache is not None and cache.batch_size != tokens.shape[0]:
+    if isinstance(cache, PagedKVCache):
+        _check_paged(cache, block_table, tokens, input_pos, sdpa_backend)
+    elif cache is not None and cache.batch_size != tokens.shape[0]:
         raise ValueError(f"cache holds {cache.batch_size} sequences but tokens has {tokens.shape[0]}")
     if input_pos is None:
         input_pos = torch.arange(tokens.shape[1], device=tokens.device)
@@ -249,6 +287,27 @@ def forward(
     x = F.embedding(tokens, params["tok_embeddings.weight"])  # (B, S, E)
     for layer in range(cfg.n_layers):
         x = block(params, x, layer=layer, cfg=cfg, cos=cos, sin=sin, input_pos=input_pos,
-                  cache=cache, sdpa_backend=sdpa_backend, all_reduce=all_reduce)
+                  cache=cache, sdpa_backend=sdpa_backend, all_reduce=all_reduce,
+                  block_table=block_table)
     x = rms_norm(params["norm.weight"], x, eps=cfg.norm_eps)
     return linear(params, x, "output").float()
+
+
+def _check_paged(cache: PagedKVCache, block_table: Tensor | None, tokens: Tensor,
+                 input_pos: Tensor | None, sdpa_backend: str) -> None:
+    if sdpa_backend == "flex":
+        raise ValueError("sdpa_backend='flex' does not take a paged cache: use 'auto' (split-KV "
+                         "decode) or an SDPA kernel")
+    if block_table is None:
+        raise ValueError("forward: a paged cache needs block_table, (batch, pages) int32")
+    # Checking the table's values reads them on the host: eager only, the compiled step trusts
+    # what eager checked, as it trusts input_pos.
+    if torch.compiler.is_compiling():
+        return
+    B, S = tokens.shape
+    positions = torch.arange(S, device=tokens.device) if input_pos is None else input_pos
+    if positions.dim() not in (1, 2) or positions.shape[-1] != S or (
+            positions.dim() == 2 and positions.shape[0] not in (1, B)):
+        raise ValueError(f"forward: with a paged cache, input_pos must be ({S},) or ({B}, {S}), "
+                         f"got shape {tuple(positions.shape)}")
+    check_paged_inputs(cache, block_table, positions.expand(B, S))

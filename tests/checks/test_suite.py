@@ -165,3 +165,22 @@ def test_generation_check_accepts_near_ties_in_low_precision_and_rejects_real_di
     [result] = suite.run_checks(target, checks=[("generate", suite.check_compiled_generation)])
     assert not result.passed
     assert result.detail.startswith("compiled greedy tokens differ from eager, and eager scores a compiled token")
+
+
+_PAGED_DECODE_CALLS = suite._paged_decode_calls
+
+
+def _tables_as_wide_as_the_longest_row(t, cache, token):
+    # A table sized by the longest sequence changes shape as it grows: one recompile per width.
+    for step, call in enumerate(_PAGED_DECODE_CALLS(t, cache, token)):
+        params, token, positions, cache, table, cfg = call
+        width = 1 + (suite.PROMPT_LEN + step) // suite.PAGE_SIZE
+        yield params, token, positions, cache, table[:, :width], cfg
+
+
+def test_a_paged_decode_that_recompiles_per_length_fails_its_check(target, monkeypatch):
+    monkeypatch.setattr(suite, "_paged_decode_calls", _tables_as_wide_as_the_longest_row)
+    [result] = suite.run_checks(target, checks=[("paged", suite.check_paged_decode_compiles_once)])
+    assert not result.passed
+    assert result.detail.startswith("_paged_decode recompiled 1 time, more than the limit of 0")
+    assert "block_table" in result.message

@@ -14,6 +14,7 @@ from fullgraph.model.bench import (
     _matmul_weight_bytes,
     copy_bandwidth,
     profile_decode,
+    prompt_lengths,
     run_bench,
 )
 
@@ -64,6 +65,26 @@ def test_bench_runs_the_attention_it_is_given():
     assert result.sdpa_backend == "flex" and result.ms_per_token > 0
 
 
+def test_prompt_lengths_spread_evenly_from_the_shortest_to_the_longest():
+    assert prompt_lengths(8, 4000, 128) == [128, 681, 1234, 1787, 2341, 2894, 3447, 4000]
+    assert prompt_lengths(3, 16, None) == [16, 16, 16]
+    assert prompt_lengths(1, 16, 4) == [16]
+
+
+def test_eager_bench_on_a_paged_cache_decodes_rows_of_mixed_lengths():
+    result = run_bench("tiny", device="cpu", dtype=torch.float32, batch_size=3, prompt_len=9,
+                       new_tokens=4, compile=False, bandwidth_gbps=10.0, cache="paged", block_size=4,
+                       min_prompt_len=3)
+    assert (result.cache, result.block_size, result.prompt_lens) == ("paged", 4, (3, 6, 9))
+    contiguous = run_bench("tiny", device="cpu", dtype=torch.float32, batch_size=3, prompt_len=6,
+                           new_tokens=4, compile=False, bandwidth_gbps=10.0)
+    # The same mean context, so the same bytes an ideal kernel reads.
+    assert result.bytes_per_token == contiguous.bytes_per_token and result.ms_per_token > 0
+    with pytest.raises(ValueError, match="min_prompt_len: rows of mixed lengths need cache='paged'"):
+        run_bench("tiny", device="cpu", batch_size=2, prompt_len=9, new_tokens=4, compile=False,
+                  min_prompt_len=3)
+
+
 def test_profile_decode_needs_cuda():
     with pytest.raises(ValueError, match="profile_decode: device must be CUDA"):
         profile_decode("tiny", device="cpu")
@@ -75,6 +96,9 @@ def test_profile_decode_needs_cuda():
     (["--max-ms-per-token", "-1"], "--max-ms-per-token must be > 0, got -1.0"),
     (["--profile"], "--profile needs a CUDA device"),
     (["--new-tokens", "1"], "--prompt-len and --batch must be >= 1, --new-tokens >= 2"),
+    (["--cache", "paged", "--block-size", "0"], "--block-size must be >= 1, got 0"),
+    (["--min-prompt-len", "4"], "--min-prompt-len needs --cache paged (rows at their own positions)"),
+    (["--cache", "paged", "--min-prompt-len", "200"], "--min-prompt-len must be in [1, --prompt-len], got 200"),
 ])
 def test_bench_arguments_are_checked_before_any_rank_starts(argv, error, capsys):
     assert main(["bench", "--device", "cpu", "--nproc", "2", *argv]) == 2
