@@ -229,7 +229,7 @@ def block(
 
 
 def _check_ids(tokens: Tensor, input_pos: Tensor, *, cfg: LlamaConfig,
-               cache: KVCache | None) -> None:
+               cache: KVCache | PagedKVCache | None) -> None:
     """Token ids and cache positions that torch would reject deep inside with an index error.
 
     dtypes are checked always (free while tracing); values only in eager mode, at the cost of
@@ -242,7 +242,7 @@ def _check_ids(tokens: Tensor, input_pos: Tensor, *, cfg: LlamaConfig,
     if torch.compiler.is_compiling() or tokens.numel() == 0:
         return
     bounds = [*torch.aminmax(tokens)]
-    if cache is not None:
+    if isinstance(cache, KVCache):  # a paged cache's positions are checked against its table
         bounds += torch.aminmax(input_pos)
     lowest, highest, *positions = torch.stack(bounds).tolist()
     if lowest < 0 or highest >= cfg.vocab_size:
