@@ -79,6 +79,11 @@ def pytest_configure(config):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    # Inductor's compile-worker pool (started where there are enough cores) carries the mark too,
+    # but it belongs to this process and ends with it: shut it down first, as torch does at exit.
+    from torch._inductor.async_compile import shutdown_compile_workers
+
+    shutdown_compile_workers()
     leftovers = _still_running(os.environ[SESSION_MARK])
     if not leftovers:
         return
