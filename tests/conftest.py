@@ -68,6 +68,23 @@ def run_python(tmp_path):
 
 
 @pytest.fixture
+def run_pytest(pytester, run_python):
+    """`pytester.runpytest_subprocess`, started through run_python: a pytest run in pytester's
+    directory that ends with everything it started and fails its test, named, if it hangs."""
+
+    def run(*args: str, timeout: float = 300) -> pytest.RunResult:
+        path = os.pathsep.join(filter(None, [str(pytester.path), os.environ.get("PYTHONPATH")]))
+        basetemp = tempfile.mkdtemp(dir=pytester.path, prefix="basetemp-")
+        started = time.monotonic()
+        (ended,) = run_python(["-m", "pytest", f"--basetemp={basetemp}", *args], timeout=timeout,
+                              env=[dict(os.environ, PYTHONPATH=path)], label="pytest")
+        return pytest.RunResult(ended.returncode, ended.stdout.splitlines(),
+                                ended.stderr.splitlines(), time.monotonic() - started)
+
+    return run
+
+
+@pytest.fixture
 def leftover_processes():
     """A function returning pid -> command line of each process the tests started that is
     still running, after a few seconds' grace for those on their way out."""

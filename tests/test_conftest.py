@@ -27,13 +27,12 @@ def test_starts_a_sleeper():
 @pytest.mark.slow
 @pytest.mark.parametrize("waits", [False, True], ids=["left-running", "waited-for"])
 def test_a_process_left_running_fails_the_session_loudly_and_is_killed(waits, pytester,
-                                                                       monkeypatch):
+                                                                       run_pytest, monkeypatch):
     pytester.makeconftest(CONFTEST.read_text())
     pytester.makepyfile(test_sleeper=STARTS_A_SLEEPER)
     if waits:
         monkeypatch.setenv("WAIT_FOR_SLEEPER", "1")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist",
-                                           timeout=120)
+    result = run_pytest("-p", "no:cacheprovider", "-p", "no:xdist", timeout=120)
     result.assert_outcomes(passed=1)
     pid = int((pytester.path / "sleeper.pid").read_text())
     headline = ("1 process(es) started by the tests were still running at the end of the "

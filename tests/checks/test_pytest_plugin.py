@@ -164,10 +164,10 @@ def test_resets_keep_the_compile_callbacks():
 '''
 
 
-def test_marker_fails_past_its_limits_and_fixtures_track_and_reset(pytester):
+def test_marker_fails_past_its_limits_and_fixtures_track_and_reset(pytester, run_pytest):
     pytester.makepyfile(functions=FUNCTIONS, test_marked=MARKED_TESTS)
     pytester.makeconftest(MARKED_CONFTEST)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--strict-markers", "-rfE")
+    result = run_pytest("-p", "no:cacheprovider", "--strict-markers", "-rfE")
     result.assert_outcomes(passed=7, failed=4, errors=2)
     result.stdout.fnmatch_lines([
         "E   fullgraph.checks.graph_breaks.GraphBreakError: "
@@ -282,12 +282,12 @@ def verdicts(result) -> dict[str, str]:
     return {match[2]: match[1] for match in found if match}
 
 
-def test_verdicts_and_counts_do_not_depend_on_test_order_or_worker(pytester):
+def test_verdicts_and_counts_do_not_depend_on_test_order_or_worker(pytester, run_pytest):
     pytester.makepyfile(functions=FUNCTIONS, test_order=ORDER_TESTS)
     pytester.makeconftest(ORDER_CONFTEST)
 
     def run(*args):
-        return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly",
+        return run_pytest("-p", "no:cacheprovider", "-p", "no:randomly",
                                              "-rA", *args)
 
     # Every test watched, for its counts: in file order, reversed and on two workers.
@@ -336,9 +336,9 @@ class TestCompiles(TestCase):  # reset() and counters.clear() in setUp and in te
 '''
 
 
-def test_a_suite_that_clears_torch_counters_gets_its_graphs_counted(pytester):
+def test_a_suite_that_clears_torch_counters_gets_its_graphs_counted(pytester, run_pytest):
     pytester.makepyfile(functions=FUNCTIONS, test_testcase=TESTCASE_TESTS)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--fullgraph-report=run.json")
+    result = run_pytest("-p", "no:cacheprovider", "--fullgraph-report=run.json")
     result.assert_outcomes(passed=3)
     report = json.loads((pytester.path / "run.json").read_text())
     summary = {name: report["summary"][name] for name in (
@@ -390,12 +390,12 @@ def test_clean():
 '''
 
 
-def test_watch_report_and_baseline_then_compare_under_xdist(pytester):
+def test_watch_report_and_baseline_then_compare_under_xdist(pytester, run_pytest):
     pytester.makepyfile(functions=FUNCTIONS, test_suite=SUITE_TESTS)
     pytester.makeconftest(SUITE_CONFTEST)
     baseline = pytester.path / "fullgraph.json"
 
-    written = pytester.runpytest_subprocess(
+    written = run_pytest(
         "-p", "no:cacheprovider", "--fullgraph-watch", "--fullgraph-report=run.json",
         f"--fullgraph-baseline={baseline}", "--fullgraph-update-baseline")
     written.assert_outcomes(passed=5)
@@ -441,7 +441,7 @@ def test_watch_report_and_baseline_then_compare_under_xdist(pytester):
     del stored["test_suite.py::test_branches"]
     stored["test_suite.py::test_prints_once"]["graph_breaks"] = 3
     baseline.write_text(json.dumps(stored))
-    compared = pytester.runpytest_subprocess(
+    compared = run_pytest(
         "-p", "no:cacheprovider", "-n", "2", "--fullgraph-watch", "--fullgraph-report=run.html",
         f"--fullgraph-baseline={baseline}")
     assert compared.ret == pytest.ExitCode.TESTS_FAILED
