@@ -15,6 +15,9 @@ from fullgraph.model.launch import Ended, run_processes
 # whatever still carries it when the session ends was left running by a test.
 SESSION_MARK = "FULLGRAPH_TEST_SESSION"
 LEFTOVER_WAIT_S = 5.0
+# Inductor's compile-worker pool carries the mark of the process that compiled, but it is torch's:
+# it watches that process (--parent) and ends with it. It starts where there are cores to spare.
+INDUCTOR_COMPILE_WORKER = "torch/_inductor/compile_worker/"
 
 
 @pytest.fixture(autouse=True)
@@ -96,11 +99,6 @@ def pytest_configure(config):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    # Inductor's compile-worker pool (started where there are enough cores) carries the mark too,
-    # but it belongs to this process and ends with it: shut it down first, as torch does at exit.
-    from torch._inductor.async_compile import shutdown_compile_workers
-
-    shutdown_compile_workers()
     leftovers = _still_running(os.environ[SESSION_MARK])
     if not leftovers:
         return
@@ -138,7 +136,8 @@ def _marked(mark: str):
             command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # gone meanwhile, or not ours to read
             continue
-        if needle in environ and state != "Z" and not _xdist_worker_of_this(environ):
+        if (needle in environ and state != "Z" and not _xdist_worker_of_this(environ)
+                and INDUCTOR_COMPILE_WORKER not in command):
             yield int(proc.name), command.strip()
 
 
