@@ -303,13 +303,13 @@ def test_gloo_ranks_that_branch_on_the_rank_hang_and_are_inconsistent():
 
 def test_a_gloo_rank_that_raises_is_named_with_its_error():
     report = run_collective_check("collective_targets:raises_on_rank_1", timeout=60)
-    assert [rank.status for rank in report.ranks] == ["ok", "failed"]
-    assert [rank.rank for rank in report.failed] == [1]
+    # Rank 0 finishes its check, unless rank 1's failure stops it first on a loaded machine.
+    assert report.ranks[0].status in ("ok", "stopped") and report.ranks[1].status == "failed"
     assert "RuntimeError: rank 1 has no shard" in report.ranks[1].detail  # the traceback
     raised = f"tests/checks/collective_targets.py:{_line(TARGETS, '# raises here')}"
     with pytest.raises(CollectiveError, match=(
-            r"1 rank did not finish in _scale on 2 ranks \(gloo\)\n"
-            rf"  1\. rank 1: failed at {raised} in raises_on_rank_1: RuntimeError: rank 1 has no "
+            r"[12] ranks? did not finish in _scale on 2 ranks \(gloo\)\n(.*\n)*"
+            rf"  \d\. rank 1: failed at {raised} in raises_on_rank_1: RuntimeError: rank 1 has no "
             r"shard\n       raise RuntimeError")):
         assert_collectives(report)
 
