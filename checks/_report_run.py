@@ -27,7 +27,7 @@ import threading
 import traceback
 from collections.abc import Iterator
 
-from fullgraph.model.launch import Ended, run_processes
+from fullgraph.model.launch import Ended, read_written, run_processes
 
 from ._target import Outcome, load_target, run_target
 from .env import environment
@@ -56,7 +56,7 @@ def run_reported(argv: list[str], *, command: str, label: str, timeout: float | 
         launched = run_processes([child_command], workdir=workdir, timeout=timeout,
                                  capture=False, timeout_from=data_path)
         saved = _read_json(data_path)
-        sample = _read(sample_path)
+        sample = read_written(sample_path)
     [child] = launched.ended
     data = saved["report"] if saved else Report(Watch(), command=command, target=label).to_dict()
     if child.stopped is not None:
@@ -104,16 +104,8 @@ def _main_thread_first(dump: str) -> str:
     return "\n\n".join(filter(None, [dump[:starts[0]].strip("\n"), *ordered, tail]))
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path, errors="replace") as file:
-            return file.read()
-    except FileNotFoundError:
-        return ""
-
-
 def _read_json(path: str) -> dict | None:
-    text = _read(path)
+    text = read_written(path)
     return json.loads(text) if text else None
 
 

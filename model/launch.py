@@ -51,6 +51,7 @@ __all__ = [
     "GRACE_S",
     "Ended",
     "Launched",
+    "read_written",
     "run_processes",
     "exit_description",
     "launch_ranks",
@@ -141,9 +142,9 @@ def run_processes(commands: Sequence[Sequence[str]], *, workdir: str, timeout: f
             for process in processes:
                 _kill(process)
     ended = tuple(Ended(index, process.pid, process.returncode, stopped.get(index),
-                        _read(_stack_path(workdir, index)),
-                        _read(_output_path(workdir, index, "out")),
-                        _read(_output_path(workdir, index, "err")))
+                        read_written(_stack_path(workdir, index)),
+                        read_written(_output_path(workdir, index, "out")),
+                        read_written(_output_path(workdir, index, "err")))
                   for index, process in enumerate(processes))
     return Launched(ended, received[0] if received else None)
 
@@ -243,7 +244,7 @@ def _dump_stacks(processes: list[subprocess.Popen], indices: list[int], workdir:
             os.kill(processes[index].pid, signal.SIGUSR1)
     until = time.monotonic() + _DUMP_WAIT_S
     while (time.monotonic() < until
-           and not all(_read(_stack_path(workdir, index)) for index in indices)):
+           and not all(read_written(_stack_path(workdir, index)) for index in indices)):
         time.sleep(_POLL_S)
     time.sleep(0.1)  # let the dumps that started finish
     for index in indices:
@@ -270,7 +271,8 @@ def _output_path(workdir: str, index: int, stream: str) -> str:
     return os.path.join(workdir, f"proc{index}.{stream}")
 
 
-def _read(path: str) -> str:
+def read_written(path: str) -> str:
+    """The text of a file a process may or may not have written, "" if it never did."""
     try:
         with open(path, errors="replace") as file:
             return file.read()
