@@ -268,7 +268,6 @@ def test_tracking_on_one_thread_does_not_hold_up_tracking_on_another():
     assert _tree_methods() == before
 
 
-@pytest.mark.slow
 def test_a_graph_on_the_cpu_is_counted_as_a_skip_without_a_message():
     compiled = torch.compile(_double, mode="reduce-overhead")
     with track_cudagraphs() as seen:

@@ -272,7 +272,6 @@ def test_a_custom_backend_callable_is_wrapped_too(x):
     assert report.backend == "counting_backend" and len(compiled) == report.graph_count == 2
 
 
-@pytest.mark.slow
 def test_inductor_backend_reports_the_break_and_the_output(x):
     report = find_graph_breaks(zoo.calls_disabled, x, backend="inductor")
 

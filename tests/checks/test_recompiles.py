@@ -182,7 +182,7 @@ def test_known_good_code_passes_and_returns_the_report():
 
 
 @pytest.mark.parametrize("backend", ["eager", "aot_eager",
-                                     pytest.param("inductor", marks=pytest.mark.slow)])
+                                     "inductor"])
 def test_every_backend_is_tracked(backend):
     calls = [torch.ones(3), torch.ones(3, dtype=torch.float64), torch.ones(3)]
     with pytest.raises(RecompileBudgetError) as failure:
