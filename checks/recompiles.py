@@ -40,6 +40,7 @@ from . import _compat, _state
 from ._args import check_backend, prefixed
 from ._compat import dynamo as torch_dynamo
 from ._compat import guard_failures as torch_guard_failures
+from ._compat import guards as torch_guards
 from ._compat import hooks as torch_hooks
 from ._message import CheckFailure, Frame, format_failure
 
@@ -92,11 +93,7 @@ class GuardFailure:
         """What kind of object the guard watches: argument, module attribute, global or state."""
         if self.kind in {"grad_mode", "global_state", "backend"}:
             return "global state"
-        if self.source.startswith("G["):
-            return "global"
-        if self.source.startswith("self."):
-            return "module attribute"
-        return "argument"
+        return torch_guards.source_origin(self.source)
 
     def describe(self) -> str:
         """One line: `dtype guard on x.dtype: expected Float, actual Double`."""

@@ -5,7 +5,7 @@ Wraps torch._inductor.cudagraph_trees (get_manager, CUDAGraphTreeManager's _run,
 record_function, execute_node, run_eager, 2.11 to 2.15) and reads inductor's skip messages
 ("skipping cudagraphs due to mutated inputs (1 instances). Found from : ..."), worded in
 torch/_inductor/cudagraph_utils.py, cudagraph_trees.py, compile_fx.py and output_code.py; each
-version's wording is in tests/checks/test_cudagraphs.py.
+version's wording is in tests/checks/test_torch_text.py.
 
 Inductor wraps each graph it compiles with CUDA graphs on in a function of cudagraph trees: one
 CUDAGraphTreeManager per device runs every call of such a function through `_run`, records a new

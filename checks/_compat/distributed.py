@@ -4,7 +4,7 @@ graph breaks dynamo reports about them.
 Reads op schemas' names (`c10d::allreduce_`, `_c10d_functional::all_reduce`,
 `_dtensor::shard_dim_alltoall`), the same in 2.11 to 2.15, and tells a graph break about
 collectives by the words dynamo's messages use for them (torch.distributed, c10d, Work,
-ProcessGroup); tests/checks/test_collectives.py holds examples of each version's wording.
+ProcessGroup); tests/checks/test_torch_text.py holds each version's wording.
 
 The functional collectives dynamo puts in graphs (_c10d_functional.all_reduce, ...) and the in-place
 c10d ops eager torch.distributed calls (c10d.allreduce_, ...) both dispatch as ops:

@@ -4,10 +4,10 @@ artifact, and the recompile-limit warning.
 Reads `0/0: tensor 'x' size mismatch at index 0. expected 2, actual 3` and `0/1: 2 <= x.size()[0]
 <= 11  # return x  # m.py:4 in f` (torch._dynamo.guards' reasons, in compilation metrics'
 recompile_reason and the `recompiles` / `recompiles_verbose` artifacts), and convert_frame's
-warning "torch._dynamo hit config.recompile_limit (8)\\n   function: 'f' (/p/m.py:3)". Every form
-as torch 2.11, 2.13, 2.14 and 2.15 word it is recorded in tests/data/guard_failures/ and parsed by
-tests/checks/test_guard_failures.py; a release that rewords one changes this file and a new
-recording, nothing else.
+warning "torch._dynamo hit config.recompile_limit (8)\\n   function: 'f' (/p/m.py:3)". Every
+guard failure as torch 2.11, 2.13, 2.14 and 2.15 word it is recorded in tests/data/guard_failures/
+and parsed by tests/checks/test_guard_failures.py, the warning in tests/checks/test_torch_text.py;
+a release that rewords one changes this file and a recording, nothing else.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ torch.float32, device=None, requires_grad=False, size=[2, 3], stride=[3, 1])` (w
 torch/_dynamo/guards.py get_tensor_guard_code_part the same way in 2.11 to 2.15), `L['n'] == 1`,
 `___check_obj_id(G['__builtins_dict___0']['len'], 9001)`, `2 <= L['x'].size()[0]`; and a cache
 entry's CacheEntry.guard_manager (code_parts, root.get_epilogue_lambda_guards). tests/checks/
-test_guard_text.py holds each form as those versions write it.
+test_torch_text.py holds each form as those versions write it.
 
 Guard code names some globals by names dynamo makes up per compile (`__builtins_dict___0` in one
 compile, `__builtins_dict___2` in the next, for the same builtins); `normalised` writes those the
@@ -31,6 +31,7 @@ __all__ = [
     "TENSOR",
     "VALUE",
     "OTHER",
+    "source_origin",
     "guard_source",
     "tensor_sizes",
     "size_bound",
@@ -90,6 +91,16 @@ def normalised(text: str) -> str:
 def readable(source: str) -> str:
     """L['x'].size()[1] -> x.size()[1], as torch's recompile messages write it."""
     return re.sub(r"L\[\s*['\"](.*?)['\"]\s*\]", r"\1", source)
+
+
+def source_origin(source: str) -> str:
+    """What a readable guard source watches: "global" (`G['COUNT']`), "module attribute"
+    (`self.steps`) or "argument" (`x.size()[0]`)."""
+    if source.startswith("G["):
+        return "global"
+    if source.startswith("self."):
+        return "module attribute"
+    return "argument"
 
 
 def guard_source(path: str) -> str:

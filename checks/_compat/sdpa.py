@@ -4,8 +4,8 @@ run, and a profiler that does not print into the caller's output.
 Reads profiler event names (`aten::_scaled_dot_product_flash_attention_for_cpu`, ...), ATen's
 errors "No available kernel.  Aborting execution." (CUDA) and "No viable backend for
 scaled_dot_product_attention was found." (CPU), the "(Triggered internally at ...)" tail of its
-warnings, and kineto's log lines, the same in torch 2.11 to 2.15; tests/checks/test_sdpa.py holds
-each.
+warnings, and kineto's log lines, the same in torch 2.11 to 2.15; tests/checks/test_torch_text.py
+holds each.
 """
 
 from __future__ import annotations
