@@ -15,7 +15,7 @@ can record dozens of graphs and hold their memory.
         generate(...)
     seen.report()
 
-Where the facts come from (all through the _compat boundary): recordings, replays, warmups and calls run
+Where the facts come from (all through _compat): recordings, replays, warmups and calls run
 without CUDA graphs from cudagraph trees' manager, patched for the duration; skips from the
 warning inductor logs for each and from its skip counter (a graph on the CPU is counted without a
 message); memory from the caching allocator's reserved bytes, which include the private pool.
@@ -432,7 +432,8 @@ def cudagraph_report(fn: Callable, inputs: Iterable[Any], *, warmup: int = 2,
     calls = calls_of(inputs)
     torch.compiler.reset()
     try:
-        compiled = torch.compile(torch_dynamo.compiled_target(fn), mode="reduce-overhead", dynamic=dynamic)
+        compiled = torch.compile(torch_dynamo.compiled_target(fn), mode="reduce-overhead",
+                                 dynamic=dynamic)
         first = next(calls)
         with _tracking(name, warmup=warmup, device=_cuda_device(first)) as tracker:
             for number, args in enumerate(_prepend(first, calls), start=1):

@@ -12,7 +12,7 @@ silent fallback to eager, and this module makes both visible.
         ...
     assert_recompiles_at_most(fn, inputs, 1)
 
-Where the facts come from (all through the _compat boundary):
+Where the facts come from (all through _compat):
   - torch._dynamo.utils' compilation metrics: one entry per compile attempt, with the compile id,
     the code object's name, file and first line, and the newest cache entry's failure;
   - the `recompiles` log artifact: the failure of every cache entry, one `- <entry>: <reason>` line
@@ -377,7 +377,8 @@ def track_compiles() -> Iterator[CompileReport]:
     # Import torch._dynamo.utils (and with it the guard loggers) before the state snapshot.
     torch_dynamo.compilation_metrics()
     report = CompileReport()
-    with _state.preserved_torch_state(), torch_dynamo.retained_compilation_metrics(_RETAINED_METRICS):
+    with _state.preserved_torch_state(), \
+            torch_dynamo.retained_compilation_metrics(_RETAINED_METRICS):
         collector = _Collector()
         _attach(collector)
         report._collector = collector

@@ -260,7 +260,8 @@ class _Run:
                 if not torch_sdpa.is_no_kernel_error(error):
                     raise
                 said = [str(error).strip().splitlines()[0]]
-                said += [torch_sdpa.without_torch_source(str(warning.message)) for warning in caught]
+                said += [torch_sdpa.without_torch_source(str(warning.message))
+                         for warning in caught]
                 device = _device_of(self.inputs[0])
                 if sdpa in _CUDA_ONLY and not device.startswith("cuda"):
                     said.insert(0, f"{sdpa} runs on CUDA only, the inputs are on {device}")

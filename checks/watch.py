@@ -179,7 +179,8 @@ def watch(on_change: Callable[[], None] | None = None) -> Iterator[Watch]:
     logging.getLogger(torch_cudagraphs.CUDAGRAPH_LOGGER)
     seen = Watch(on_change)
     with preserved_torch_state(), track_compiles() as report, \
-            torch_hooks.graph_break_hook(seen._breaks.record), torch_hooks.counter_hook(seen._heard.add), \
+            torch_hooks.graph_break_hook(seen._breaks.record), \
+            torch_hooks.counter_hook(seen._heard.add), \
             seen._skips.attached():
         seen._start(report)
         try:
