@@ -2,19 +2,22 @@
 
 Every private torch name the checkers use, and every regular expression over what torch prints,
 lives in a module of this package, one per torch subsystem, feature-detected: a torch upgrade that
-moves or rewords one of them breaks one module here and nothing else (tests/test_boundary.py keeps
-it so). Each accessor returns a neutral value (None, an empty list) or raises `Unavailable` naming
-what is missing, never an AttributeError from deep inside a checker.
+moves or rewords one of them breaks one module here and nothing else (tests/test_boundary.py fails
+on a private torch name anywhere else). Each accessor returns a neutral value (None, an empty
+list) or raises `Unavailable` naming what is missing, never an AttributeError from deep inside a
+checker.
 
-    hooks        patches of dynamo's graph-break recording and torch's counters, op dispatch,
-                 autograd, torch's loggers and logging state, the profiler
-    metrics      compilation metrics, dynamo's counters, config, stance, reset, cache entries
-    breaks       graph-break messages, the registry of break types, resume functions, backends
-    guards       guard code of cache entries
-    recompiles   guard-failure reasons and the recompile-limit warning
-    cudagraphs   cudagraph trees, their memory pool, inductor's skip messages
-    distributed  collective ops, graph breaks about collectives
-    sdpa         SDPA kernel ops in the profiler, ATen's words for a kernel that cannot run
+    hooks           patches of dynamo's graph-break recording and torch's counters, op
+                    dispatch, autograd, torch's loggers and logging state
+    dynamo          config, stance, reset, counters, compilation metrics, compile ids, cache
+                    entries, backends, mark_dynamic
+    breaks          graph-break messages, the registry of break types, resume functions
+    guards          guard code of cache entries
+    guard_failures  guard-failure reasons and the recompile-limit warning
+    cudagraphs      cudagraph trees, their memory pool, inductor's skip messages
+    distributed     collective ops, graph breaks about collectives
+    sdpa            SDPA kernel ops in the profiler, ATen's words for a kernel that cannot run,
+                    kineto's lines kept out of the output
 
 Callers import the module they need: `from ._compat import guards as torch_guards`.
 """
