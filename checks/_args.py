@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _compat
+from ._compat import dynamo as torch_dynamo
 
 __all__ = ["check_backend", "prefixed"]
 
@@ -26,7 +26,7 @@ def check_backend(checker: str | None, backend: Any, *, argument: str = "backend
     """
     named = prefixed(checker, argument)
     if isinstance(backend, str):
-        known = _compat.backend_names()
+        known = torch_dynamo.backend_names()
         if backend not in known:
             raise ValueError(f"{named} must be one of {known}, got {backend!r}")
     elif not callable(backend):

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import _compat
+from ._compat import breaks as torch_breaks
 from .graph_breaks import GraphBreak
 from .graph_breaks import _backend_name as backend_name
 
@@ -63,7 +63,7 @@ def break_lines(brk: GraphBreak) -> list[str]:
     lines = [f"{brk.location.location()}: {brk.gb_type}", f"  {brk.location.line}"]
     lines += [f"  called from {frame.location()}" for frame in reversed(brk.frames[:-1])]
     why = (brk.explanation.splitlines()[0] if brk.explanation
-           else _compat.graph_break_debug_context(brk.reason))
+           else torch_breaks.graph_break_debug_context(brk.reason))
     return lines + ([f"  {why}"] if why else [])
 
 

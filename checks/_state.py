@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _compat
+from ._compat import dynamo as torch_dynamo
+from ._compat import hooks as torch_hooks
 
 __all__ = ["preserved_torch_state", "fresh_dynamo"]
 
@@ -32,7 +33,7 @@ class _LoggerState:
 
 def _snapshot_loggers() -> list[_LoggerState]:
     return [_LoggerState(logger, logger.level, logger.propagate, list(logger.handlers), logger.disabled)
-            for logger in _compat.torch_loggers()]
+            for logger in torch_hooks.torch_loggers()]
 
 
 def _restore_loggers(before: list[_LoggerState]) -> None:
@@ -43,7 +44,7 @@ def _restore_loggers(before: list[_LoggerState]) -> None:
         state.logger.handlers[:] = state.handlers
         state.logger.disabled = state.disabled
     # Loggers first created during the check get no handlers of ours either.
-    for logger in _compat.torch_loggers():
+    for logger in torch_hooks.torch_loggers():
         if id(logger) not in known:
             logger.handlers[:] = [h for h in logger.handlers if not getattr(h, "_fullgraph", False)]
 
@@ -51,17 +52,17 @@ def _restore_loggers(before: list[_LoggerState]) -> None:
 @contextlib.contextmanager
 def preserved_torch_state() -> Iterator[None]:
     """Snapshot dynamo config, stance and torch's logging, and restore them on exit."""
-    config = _compat.dynamo_config()
+    config = torch_dynamo.dynamo_config()
     saved_config = config.get_config_copy()
-    saved_stance = _compat.get_stance()
-    saved_log_state = _compat.get_log_state()
+    saved_stance = torch_dynamo.get_stance()
+    saved_log_state = torch_hooks.get_log_state()
     saved_loggers = _snapshot_loggers()
     try:
         yield
     finally:
         _restore_loggers(saved_loggers)
-        _compat.set_log_state(saved_log_state)
-        _compat.set_stance(saved_stance)
+        torch_hooks.set_log_state(saved_log_state)
+        torch_dynamo.set_stance(saved_stance)
         _restore_config(config, saved_config)
 
 
@@ -85,7 +86,7 @@ def fresh_dynamo() -> Iterator[None]:
     every reset); they are not restored. Check arguments before entering: a refused call
     should cost the user nothing.
     """
-    counters = _compat.dynamo_counters()
+    counters = torch_dynamo.dynamo_counters()
     saved = {key: Counter(values) for key, values in counters.items()}
     torch.compiler.reset()
     try:

@@ -288,7 +288,7 @@ def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float,
     for batch in args.batch:
         # Each batch size gets its own static graphs, as a deployment at that size would; without
         # the reset, the second size would run the dynamic-shape graph compiled for both.
-        torch._dynamo.reset()
+        torch.compiler.reset()
         # The build both the timed runs and the profile measure.
         build = dict(device=str(device), dtype=dtype, batch_size=batch, prompt_len=args.prompt_len,
                      new_tokens=args.new_tokens, fuse=not args.no_fuse,

@@ -45,6 +45,9 @@ from fullgraph.model.launch import Ended, exit_description, fake_process_group, 
 
 from . import _compat
 from ._args import check_backend
+from ._compat import distributed as torch_distributed
+from ._compat import dynamo as torch_dynamo
+from ._compat import hooks as torch_hooks
 from ._message import CheckFailure, Frame, check_msg, format_failure
 from .graph_breaks import _OP_KINDS, GraphBreak, _backend_name, _function_name, find_graph_breaks
 from .graph_breaks import _is_user_file as _is_user_source
@@ -62,9 +65,6 @@ __all__ = [
 ]
 
 _TARGET = re.compile(r"(?P<module>[A-Za-z_][\w.]*):(?P<attribute>[A-Za-z_][\w.]*)")
-# Breaks whose reason names the collective machinery (async_op=True, Work.wait); a break on the
-# line of an uncaptured collective (dist.broadcast builds options dynamo cannot trace) is one too.
-_COLLECTIVE_BREAK = re.compile(r"distributed|collective|c10d|\bWork\b|ProcessGroup")
 # faulthandler's layout: 'Current thread 0x... (most recent call first):' or 'Thread 0x...',
 # then '  File "path", line N in function' per frame; FX's stack_trace has traceback's layout,
 # '  File "path", line N, in function'.
@@ -309,14 +309,14 @@ class _Runs:
         return run
 
     def see(self, op: Any) -> None:
-        kind = _compat.collective_kind(op)
-        if kind is None or _compat.in_backward():
+        kind = torch_distributed.collective_kind(op)
+        if kind is None or torch_hooks.in_backward():
             return
         self.sequence.append(kind)
         if self.progress is not None:
             self.progress({"ran": kind})
         if not self.graph_depth:
-            self.eager[(kind, _compat.op_name(op), _innermost_user_frame())] += 1
+            self.eager[(kind, torch_distributed.op_name(op), _innermost_user_frame())] += 1
 
     def uncaptured(self) -> tuple[UncapturedCollective, ...]:
         return tuple(UncapturedCollective(kind, op, frame, count)
@@ -326,7 +326,7 @@ class _Runs:
 def _check_rank(fn: Callable, args: tuple, kwargs: dict, *, backend: str | Callable,
                 progress: _Progress | None = None) -> tuple[str, RankReport]:
     """(fn's name, this rank's report) for one compiled call of fn."""
-    compiler = _compat.lookup_backend(backend) if isinstance(backend, str) else backend
+    compiler = torch_dynamo.lookup_backend(backend) if isinstance(backend, str) else backend
     graphs: list[CapturedGraph] = []
     runs = _Runs(progress)
     if progress is not None:
@@ -338,7 +338,7 @@ def _check_rank(fn: Callable, args: tuple, kwargs: dict, *, backend: str | Calla
             progress({"graph": graphs[-1].to_dict()})
         return runs.marked(compiler(gm, example_inputs))
 
-    with track_compiles() as compiles, _compat.observe_ops(runs.see):
+    with track_compiles() as compiles, torch_hooks.observe_ops(runs.see):
         found = find_graph_breaks(fn, *args, backend=record, **kwargs)
     error = where = None
     detail = ""
@@ -359,10 +359,10 @@ def _captured_graph(gm: torch.fx.GraphModule) -> CapturedGraph:
     nodes = [node for module in gm.modules() if isinstance(module, torch.fx.GraphModule)
              for node in module.graph.nodes if node.op in _OP_KINDS]
     collectives = [(kind, node) for node in nodes if node.op == "call_function"
-                   for kind in [_compat.collective_kind(node.target)] if kind is not None]
+                   for kind in [torch_distributed.collective_kind(node.target)] if kind is not None]
     targets = "\n".join(f"{node.op} {_target_name(node.target)}" for node in nodes)
     return CapturedGraph(
-        compile_id=_compat.current_compile_id() or "?",
+        compile_id=torch_dynamo.current_compile_id() or "?",
         ops=sum(node.op in _OP_KINDS for node in gm.graph.nodes),
         collectives=tuple(kind for kind, _ in collectives),
         sites=tuple(_traced_from(node) for _, node in collectives),
@@ -567,7 +567,7 @@ def _rank_main() -> None:
         # tearing the group down would hang. CUDA graphs that captured NCCL collectives (a
         # target compiled with mode="reduce-overhead") must go first, or destroying the group
         # hangs too (pytorch/pytorch#115388); the reset frees them.
-        torch._dynamo.reset()
+        torch.compiler.reset()
         dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -706,7 +706,10 @@ def _uncaptured_lines(call: UncapturedCollective) -> list[str]:
 
 
 def _break_lines(brk: GraphBreak, *, near_collective: bool) -> list[str]:
-    collective = near_collective or _COLLECTIVE_BREAK.search(f"{brk.gb_type}\n{brk.reason}")
+    # A break whose reason names the collective machinery (async_op=True, Work.wait), or one on
+    # the line of an uncaptured collective (dist.broadcast builds options dynamo cannot trace).
+    collective = near_collective or torch_distributed.mentions_collectives(
+        f"{brk.gb_type}\n{brk.reason}")
     tag = " (collective)" if collective else ""
     lines = [f"{brk.location.location()}: graph break{tag}: {brk.gb_type}", brk.location.line]
     lines += [f"called from {frame.location()}" for frame in reversed(brk.frames[:-1])]
@@ -826,7 +829,7 @@ def _check_expected(expected: Any) -> None:
         raise TypeError(f"assert_collectives: expected must be a dict of kind -> count, got "
                         f"{type(expected).__name__}")
     for kind, count in expected.items():
-        if kind not in _compat.COLLECTIVE_KINDS:
+        if kind not in torch_distributed.COLLECTIVE_KINDS:
             raise ValueError(f"assert_collectives: expected names an unknown collective {kind!r}; "
-                             f"kinds are {sorted(_compat.COLLECTIVE_KINDS)}")
+                             f"kinds are {sorted(torch_distributed.COLLECTIVE_KINDS)}")
         check_count(f"assert_collectives: expected[{kind!r}]", count)

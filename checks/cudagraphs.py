@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sized
@@ -34,7 +33,8 @@ from typing import Any
 
 import torch
 
-from . import _compat
+from ._compat import cudagraphs as torch_cudagraphs
+from ._compat import dynamo as torch_dynamo
 from ._matrix import tensors_in
 from ._message import CheckFailure, Frame, format_failure
 from ._state import preserved_torch_state
@@ -90,18 +90,6 @@ class Recording:
                 "memory_bytes": self.memory_bytes, "replays": self.replays, "call": self.call}
 
 
-# (kind, what torch's message says) for each skip reason inductor words, the first match wins.
-_SKIP_KINDS = [
-    ("mutated inputs", re.compile(r"mutated inputs")),
-    ("input storage mutation", re.compile(r"input storage mutation")),
-    ("CPU tensors", re.compile(r"cpu device")),
-    ("multiple devices", re.compile(r"multiple devices")),
-    ("incompatible op", re.compile(r"incompatible op")),
-    ("dynamic shapes", re.compile(r"symbolic shapes")),
-    ("non-tensor inputs", re.compile(r"non-Tensor inputs")),
-    ("re-record limit", re.compile(r"re-recording limit")),
-    ("caching allocator off", re.compile(r"caching allocator")),
-]
 # What inductor does without a message: a graph with no CUDA tensor is counted as skipped.
 NOT_ON_CUDA = "not on CUDA"
 
@@ -162,9 +150,8 @@ class CudaGraphSkip:
 
 def parse_skip(text: str) -> CudaGraphSkip:
     """A CudaGraphSkip from one message inductor logged ("skipping cudagraphs due to ...")."""
-    message, _, stack = text.partition("Found from")
-    message = message.strip().rstrip(".").strip()
-    kind = next((kind for kind, pattern in _SKIP_KINDS if pattern.search(message)), "other")
+    message, stack = torch_cudagraphs.split_skip_message(text)
+    kind = torch_cudagraphs.skip_kind(message)
     return CudaGraphSkip(kind, message.splitlines()[0] if message else text, _user_frame(stack), text)
 
 
@@ -295,7 +282,7 @@ class CudaGraphTracker:
     def __init__(self, function: str, *, warmup: int, device: int | None) -> None:
         self._function = function
         self._lock = threading.Lock()
-        self._tree_calls: list[tuple[_compat.TreeCall, int | None]] = []
+        self._tree_calls: list[tuple[torch_cudagraphs.TreeCall, int | None]] = []
         self._skips = _Skips()
         self._call: int | None = None
         self._warmup = warmup
@@ -335,14 +322,14 @@ class CudaGraphTracker:
     def __repr__(self) -> str:
         return f"<CudaGraphTracker: {self.report().summary()}>"
 
-    def _record(self, call: _compat.TreeCall) -> None:
+    def _record(self, call: torch_cudagraphs.TreeCall) -> None:
         with self._lock:
             self._tree_calls.append((call, self._call))
 
     def _start(self) -> None:
         if not torch.cuda.is_available():
             return
-        self._pool_at_start = _compat.cudagraph_pool_bytes(self._device)
+        self._pool_at_start = torch_cudagraphs.cudagraph_pool_bytes(self._device)
         if self._warmup == 0:
             self._baseline = torch.cuda.memory_reserved(self._device)
 
@@ -372,9 +359,9 @@ class CudaGraphTracker:
 @contextlib.contextmanager
 def _tracking(function: str, *, warmup: int, device: int | None) -> Iterator[CudaGraphTracker]:
     # The skip logger must exist before the state snapshot, so its level is restored.
-    logging.getLogger(_compat.CUDAGRAPH_LOGGER)
+    logging.getLogger(torch_cudagraphs.CUDAGRAPH_LOGGER)
     tracker = CudaGraphTracker(function, warmup=warmup, device=device)
-    with preserved_torch_state(), _compat.cudagraph_tree_hook(tracker._record), \
+    with preserved_torch_state(), torch_cudagraphs.cudagraph_tree_hook(tracker._record), \
             tracker._skips.attached():
         tracker._start()
         try:
@@ -399,7 +386,7 @@ def track_cudagraphs() -> Iterator[CudaGraphTracker]:
 # -- running a function under CUDA graphs --------------------------------------------------------
 
 def _function_name(fn: Callable) -> str:
-    target = _compat.compiled_target(fn)
+    target = torch_dynamo.compiled_target(fn)
     return getattr(target, "__qualname__", None) or type(target).__name__
 
 
@@ -445,7 +432,8 @@ def cudagraph_report(fn: Callable, inputs: Iterable[Any], *, warmup: int = 2,
     calls = calls_of(inputs)
     torch.compiler.reset()
     try:
-        compiled = torch.compile(_compat.compiled_target(fn), mode="reduce-overhead", dynamic=dynamic)
+        compiled = torch.compile(torch_dynamo.compiled_target(fn), mode="reduce-overhead",
+                                 dynamic=dynamic)
         first = next(calls)
         with _tracking(name, warmup=warmup, device=_cuda_device(first)) as tracker:
             for number, args in enumerate(_prepend(first, calls), start=1):

@@ -22,6 +22,9 @@ import torch
 
 from . import _compat
 from ._args import check_backend
+from ._compat import breaks as torch_breaks
+from ._compat import dynamo as torch_dynamo
+from ._compat import hooks as torch_hooks
 from ._message import CheckFailure, Frame, check_msg, format_failure
 from ._state import fresh_dynamo, preserved_torch_state
 
@@ -144,7 +147,7 @@ def find_graph_breaks(fn: Callable, *args: Any, backend: str | Callable = "eager
         events.append(_break_event(exc, code, lineno, above))
 
     output = error = None
-    with preserved_torch_state(), fresh_dynamo(), _compat.graph_break_hook(record_break):
+    with preserved_torch_state(), fresh_dynamo(), torch_hooks.graph_break_hook(record_break):
         torch.compiler.set_stance("default")
         try:
             output = _call_compiled(torch.compile(fn, backend=record_graph), args, kwargs)
@@ -213,7 +216,7 @@ def _user_frames_above_dynamo(is_entry: Callable[[types.FrameType], bool]
 def _break_event(exc: BaseException, code: types.CodeType, lineno: int | None,
                  above: list[_StackEntry]) -> tuple[str, str, list[_StackEntry]]:
     """(gb_type, torch's message, user stack outermost first) of one break graph_break_hook saw."""
-    gb_type, message, traced = _compat.graph_break_details(exc)
+    gb_type, message, traced = torch_breaks.graph_break_details(exc)
     if not traced:  # a break at the first instruction has no traced frame yet
         traced = [traceback.FrameSummary(code.co_filename, lineno or code.co_firstlineno,
                                          code.co_name, lookup_line=False)]
@@ -224,7 +227,7 @@ def _break_event(exc: BaseException, code: types.CodeType, lineno: int | None,
 
 
 def _is_resume(code_name: str) -> bool:
-    return _compat.remove_resume_prefix(code_name) != code_name
+    return torch_breaks.remove_resume_prefix(code_name) != code_name
 
 
 def _is_user_file(filename: str) -> bool:
@@ -233,19 +236,19 @@ def _is_user_file(filename: str) -> bool:
 
 
 def _graph_break(gb_type: str, message: str, stack: list[_StackEntry]) -> GraphBreak:
-    chain = _compat.split_break_message(message)
-    parsed = chain[-1] or _compat.graph_break_registry_text(gb_type)
+    chain = torch_breaks.split_break_message(message)
+    parsed = chain[-1] or torch_breaks.graph_break_registry_text(gb_type)
     first_cause = chain[0].gb_type if len(chain) > 1 and chain[0] is not None else None
     return GraphBreak(
         gb_type=gb_type,
-        gb_id=_compat.graph_break_id(gb_type),
+        gb_id=torch_breaks.graph_break_id(gb_type),
         explanation=parsed.explanation if parsed else "",
         hints=parsed.hints if parsed else (),
         frames=_user_frames(stack),
-        disabled=gb_type in _compat.DISABLED_GB_TYPES,
+        disabled=gb_type in torch_breaks.DISABLED_GB_TYPES,
         caused_by=first_cause,
         reason=message,
-        url=_compat.graph_break_url(gb_type),
+        url=torch_breaks.graph_break_url(gb_type),
     )
 
 
@@ -256,7 +259,7 @@ def _user_frames(stack: list[_StackEntry]) -> tuple[Frame, ...]:
     for summary, resumes in stack:
         if not _is_user_file(summary.filename):
             continue
-        name = _compat.remove_resume_prefix(summary.name)
+        name = torch_breaks.remove_resume_prefix(summary.name)
         if resumes and frames and (frames[-1].filename, frames[-1].function) == (summary.filename, name):
             frames.pop()  # the same call of the function, further down
         frames.append(Frame.at(summary.filename, summary.lineno, name))
@@ -307,7 +310,7 @@ def _entry(brk: GraphBreak, *, url: bool = False) -> list[str]:
 
 def _compiler(backend: str | Callable) -> Callable:
     check_backend("find_graph_breaks", backend)
-    return _compat.lookup_backend(backend) if isinstance(backend, str) else backend
+    return torch_dynamo.lookup_backend(backend) if isinstance(backend, str) else backend
 
 
 def _function_name(fn: Callable) -> str:

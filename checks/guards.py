@@ -18,7 +18,6 @@ runs eagerly; `find_unstable_guards` calls a function a few times and names such
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,7 +25,8 @@ from typing import Any
 
 import torch
 
-from . import _compat, _guard_text
+from ._compat import dynamo as torch_dynamo
+from ._compat import guards as torch_guards
 from ._message import CheckFailure, Frame, format_failure
 from .recompiles import (
     VALUE_KINDS,
@@ -81,11 +81,11 @@ def guards_of(obj: Any) -> list[GuardSet]:
     code = _code_of(obj)
     reasons = _recompile_reasons(code)
     sets = []
-    for entry in _compat.cache_entries(code):
-        compile_id = _compat.entry_compile_id(entry)
-        sets.append(GuardSet(compile_id, tuple(_compat.entry_guards(entry)),
+    for entry in torch_dynamo.cache_entries(code):
+        compile_id = torch_dynamo.entry_compile_id(entry)
+        sets.append(GuardSet(compile_id, tuple(torch_guards.entry_guards(entry)),
                              reasons.get(compile_id)))
-    return sorted(sets, key=lambda guard_set: _compile_order(guard_set.compile_id))
+    return sorted(sets, key=lambda guard_set: torch_dynamo.compile_order(guard_set.compile_id))
 
 
 def _recompile_reasons(code: Any) -> dict[str, str]:
@@ -95,7 +95,7 @@ def _recompile_reasons(code: Any) -> dict[str, str]:
     the cache entries alive now are newer than any compile before the reset.
     """
     reasons = {}
-    for metrics in _compat.compilation_metrics():
+    for metrics in torch_dynamo.compilation_metrics():
         if (metrics.co_name, metrics.co_filename, metrics.co_firstlineno) == (
                 code.co_name, code.co_filename, code.co_firstlineno) and metrics.compile_id:
             reasons[metrics.compile_id] = metrics.recompile_reason
@@ -103,7 +103,7 @@ def _recompile_reasons(code: Any) -> dict[str, str]:
 
 
 def _code_of(obj: Any) -> Any:
-    target = _compat.compiled_target(obj)
+    target = torch_dynamo.compiled_target(obj)
     if isinstance(target, torch.nn.Module):
         target = target.forward
     target = getattr(target, "__func__", target)  # a bound method
@@ -112,10 +112,6 @@ def _code_of(obj: Any) -> Any:
         raise TypeError(f"obj must be a function, a method or an nn.Module, compiled or not; "
                         f"got {type(obj).__name__}")
     return code
-
-
-def _compile_order(compile_id: str) -> tuple[int, ...]:
-    return tuple(int(number) for number in re.findall(r"\d+", compile_id))
 
 
 # -- diffing -------------------------------------------------------------------------------------
@@ -201,13 +197,13 @@ def diff_guards(a: GuardSet | int, b: GuardSet | int, *, of: Any = None) -> Guar
     # sort is stable: within a rank, the guards keep dynamo's order.
     changes.sort(key=lambda change: (not change.failed, _CATEGORY_RANK[categories[change.source]],
                                      change.before is None or change.after is None))
-    shared = sum((Counter(map(_guard_text.normalised, a.guards))
-                  & Counter(map(_guard_text.normalised, b.guards))).values())
+    shared = sum((Counter(map(torch_guards.normalised, a.guards))
+                  & Counter(map(torch_guards.normalised, b.guards))).values())
     return GuardDiff(a.compile_id, b.compile_id, tuple(changes), shared)
 
 
 _NONE = (None, None)  # no such guard: no value, no category
-_CATEGORY_RANK = {_guard_text.TENSOR: 0, _guard_text.VALUE: 1, _guard_text.OTHER: 2}
+_CATEGORY_RANK = {torch_guards.TENSOR: 0, torch_guards.VALUE: 1, torch_guards.OTHER: 2}
 
 
 def _failure(a: GuardSet, b: GuardSet) -> GuardFailure | None:
@@ -233,7 +229,7 @@ def _facts(guards: Iterable[str]) -> dict[str, tuple[str, str]]:
     line up."""
     facts: dict[str, tuple[str, str]] = {}
     for guard in guards:
-        for key, value, category in _guard_text.guard_facts(guard):
+        for key, value, category in torch_guards.guard_facts(guard):
             facts.setdefault(key, (value, category))
     return facts
 
@@ -252,7 +248,7 @@ def _names(key: str, failure: GuardFailure) -> bool:
     if failure.kind == "device":  # dynamo guards the device through the dispatch keys
         return key in {source, source.removesuffix(".device") + ".dispatch_keys"}
     if failure.kind in {"size", "stride"}:
-        return key == source or _guard_text.mentions_size(key, source)
+        return key == source or torch_guards.mentions_size(key, source)
     return key == _FACT_OF_FAILURE.get(failure.kind, "{}").format(source)
 
 
@@ -293,7 +289,7 @@ def unstable_guards(report: CompileReport, *, calls: int) -> list[UnstableGuard]
                 seen[(event.function, failure.source)].append((event.compile_id, failure))
     found = []
     for (function, source), hits in seen.items():
-        oldest_first = sorted(hits, key=lambda hit: _compile_order(hit[1].entry))
+        oldest_first = sorted(hits, key=lambda hit: torch_dynamo.compile_order(hit[1].entry))
         values = tuple(dict.fromkeys(failure.expected or "?" for _, failure in oldest_first))
         recompiles = len({compile_id for compile_id, _ in hits})
         if recompiles >= 2 and len(values) >= 2:

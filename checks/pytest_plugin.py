@@ -83,7 +83,7 @@ def compile_tracker():
 def fresh_dynamo():
     """torch.compiler.reset() before and after the test: it compiles from scratch, and leaves
     nothing compiled for the next test. Compile callbacks the suite registered are kept."""
-    from ._compat import reset_dynamo
+    from ._compat.dynamo import reset_dynamo
 
     reset_dynamo()
     yield
@@ -260,7 +260,7 @@ class _Watcher:
         limits = item.stash.get(_LIMITS, None)
         if limits is None and not self.every_test:
             return (yield)
-        from ._compat import reset_dynamo
+        from ._compat.dynamo import reset_dynamo
         from .watch import watch
 
         if self._starts_fresh(limits):

@@ -27,21 +27,21 @@ Guard sources are written the way torch's recompile messages write them: an argu
 from __future__ import annotations
 
 import contextlib
-import glob
 import itertools
 import logging
-import os
-import re
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import _compat, _guard_text, _state
+from . import _compat, _state
 from ._args import check_backend, prefixed
+from ._compat import dynamo as torch_dynamo
+from ._compat import guard_failures as torch_guard_failures
+from ._compat import guards as torch_guards
+from ._compat import hooks as torch_hooks
 from ._message import CheckFailure, Frame, format_failure
 
 __all__ = [
@@ -54,7 +54,6 @@ __all__ = [
     "assert_recompiles_at_most",
 ]
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
 # Metrics kept while a tracker is open: torch keeps 64, fewer than a long shape sweep makes.
 _RETAINED_METRICS = 4096
 
@@ -94,11 +93,7 @@ class GuardFailure:
         """What kind of object the guard watches: argument, module attribute, global or state."""
         if self.kind in {"grad_mode", "global_state", "backend"}:
             return "global state"
-        if self.source.startswith("G["):
-            return "global"
-        if self.source.startswith("self."):
-            return "module attribute"
-        return "argument"
+        return torch_guards.source_origin(self.source)
 
     def describe(self) -> str:
         """One line: `dtype guard on x.dtype: expected Float, actual Double`."""
@@ -130,52 +125,36 @@ def parse_guard_failure(reason: str, *, scope: dict[str, Any] | None = None) -> 
     scope: the local variables of the call that failed the guard, where known; a size guard's
     actual value is read from them, since torch's text gives only the bounds.
     """
-    entry, expression, comment, rest = _guard_text.split_reason(reason)
-    kind, source, expected, actual = _guard_text.classify_failure(expression)
+    entry, expression, comment, rest = torch_guard_failures.split_reason(reason)
+    kind, source, expected, actual = torch_guard_failures.classify_failure(expression)
     if actual is None and kind in {"size", "stride"} and scope is not None:
-        value = _guard_text.size_value(source, scope)
+        value = torch_guard_failures.size_value(source, scope)
         actual = None if value is None else str(value)
     return GuardFailure(entry=entry, kind=kind, source=source, expected=expected, actual=actual,
                         where=_user_frame(rest) or _commented_frame(comment),
-                        note=_guard_text.note_of(comment), text=reason)
+                        note=torch_guard_failures.note_of(comment), text=reason)
 
 
 def _user_frame(stack_text: str) -> Frame | None:
     """The innermost frame outside torch in a "User stack trace:" block."""
-    frames = [frame for frame in _guard_text.stack_frames(stack_text)
-              if not os.path.abspath(frame[0]).startswith(_TORCH_DIR)]
+    frames = [frame for frame in torch_guard_failures.stack_frames(stack_text)
+              if not _compat.is_torch_file(frame[0])]
     return Frame.at(*frames[-1]) if frames else None
 
 
 def _commented_frame(comment: str) -> Frame | None:
     """The frame in dynamo's comment ("# <code>  # tests/m.py:40 in fn"), for guards that come
     without a user stack (symbolic-shape guards)."""
-    found = _guard_text.commented_frame(comment)
-    path = _unshortened(found[0]) if found else None
+    found = torch_guard_failures.commented_frame(comment)
+    path = torch_guard_failures.unshortened(found[0]) if found else None
     return Frame.at(path, found[1], found[2]) if path else None
-
-
-def _unshortened(short: str) -> str | None:
-    """The file torch's shorten_filename wrote as `short`.
-
-    It writes the path relative to the longest directory the file shares with torch's install, so
-    look for it under each of that directory's ancestors.
-    """
-    torch_parent = Path(_TORCH_DIR).parent
-    for directory in (torch_parent, *torch_parent.parents):
-        if (directory / short).is_file():
-            return str(directory / short)
-    # Sharing only the root, it cuts one character too many: /work/m.py is written "ork/m.py".
-    # Any one character may stand before it; take the file if just one fits.
-    found = glob.glob(os.sep + "?" + glob.escape(short))
-    return found[0] if len(found) == 1 else None
 
 
 def failures_from_log(message: str, *, scope: dict[str, Any] | None = None
                       ) -> list[GuardFailure]:
     """The GuardFailures listed in one `recompiles` (or `recompiles_verbose`) log message."""
     return [parse_guard_failure(reason, scope=scope)
-            for reason in _guard_text.log_reasons(message)]
+            for reason in torch_guard_failures.log_reasons(message)]
 
 
 # -- compile events and the report ---------------------------------------------------------------
@@ -287,10 +266,6 @@ def failure_lines(failures: Iterable[GuardFailure], *, limit: int = 6) -> list[s
 
 # -- collecting ----------------------------------------------------------------------------------
 
-_LIMIT_WARNING = re.compile(r"hit config\.(?P<limit>\w+) \((?P<value>\d+)\)\s*\n\s*function: "
-                            r"'(?P<function>.*?)' \((?P<file>.*):(?P<line>\d+)\)")
-
-
 class _Collector(logging.Handler):
     """Hears the recompile reasons and the recompile-limit warning; turns metrics into events."""
 
@@ -299,30 +274,30 @@ class _Collector(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self._reasons: dict[str, deque[list[GuardFailure]]] = defaultdict(deque)
-        self._limit_warnings: dict[str, re.Match] = {}
+        self._limit_warnings: dict[str, torch_guard_failures.LimitWarning] = {}
         # Identity tells new metrics from old ones; holding the old ones keeps their ids unique.
-        self._old = _compat.compilation_metrics()
+        self._old = torch_dynamo.compilation_metrics()
         self._seen = {id(metrics) for metrics in self._old}
         self._functions: dict[str, Frame] = {}
         for metrics in self._old:
             self._remember_function(metrics)
 
     def emit(self, record: logging.LogRecord) -> None:
-        compile_id = _compat.current_compile_id() or "?"
+        compile_id = torch_dynamo.current_compile_id() or "?"
         message = record.getMessage()
-        if record.name in _compat.RECOMPILES_LOGGERS:
+        if record.name in torch_guard_failures.RECOMPILES_LOGGERS:
             # Parsed now, while the call that failed the guards is still on the stack: a size
             # guard's actual value is read from its locals.
             self._reasons[compile_id].append(
-                failures_from_log(message, scope=_compat.recompiling_locals()))
+                failures_from_log(message, scope=torch_guard_failures.recompiling_locals()))
         else:
-            match = _LIMIT_WARNING.search(message)
-            if match:
-                self._limit_warnings[compile_id] = match
+            warning = torch_guard_failures.limit_warning(message)
+            if warning:
+                self._limit_warnings[compile_id] = warning
 
     def drain(self) -> list[CompileEvent]:
         events = []
-        for metrics in _compat.compilation_metrics():
+        for metrics in torch_dynamo.compilation_metrics():
             if id(metrics) in self._seen:
                 continue
             self._seen.add(id(metrics))
@@ -337,13 +312,13 @@ class _Collector(logging.Handler):
 
     def _remember_function(self, metrics: Any) -> None:
         if metrics.co_name and metrics.compile_id:
-            self._functions[_frame_key(metrics.compile_id)] = Frame.at(
+            self._functions[torch_dynamo.frame_of_compile(metrics.compile_id)] = Frame.at(
                 metrics.co_filename, metrics.co_firstlineno, metrics.co_name)
 
     def _event(self, metrics: Any) -> CompileEvent:
         compile_id = metrics.compile_id or "?"
         warning = self._limit_warnings.pop(compile_id, None)
-        limit_hit = warning is not None or _compat.is_recompile_limit_failure(
+        limit_hit = warning is not None or torch_guard_failures.is_recompile_limit_failure(
             metrics.fail_type, metrics.fail_reason)
         reasons = self._reasons.get(compile_id)
         if reasons:
@@ -354,8 +329,8 @@ class _Collector(logging.Handler):
             failures = []
         if limit_hit:
             kind = "recompile_limit"
-            limit = (f"{warning['limit']} ({warning['value']})" if warning
-                     else f"recompile_limit ({_compat.recompile_limit()})")
+            limit = (f"{warning.limit} ({warning.value})" if warning
+                     else f"recompile_limit ({torch_dynamo.recompile_limit()})")
             error = f"hit torch._dynamo.config.{limit}: runs eagerly from now on"
         else:
             kind = "recompile" if metrics.recompile_reason or failures else "compile"
@@ -364,35 +339,30 @@ class _Collector(logging.Handler):
                             function=self._function(metrics, warning),
                             failures=tuple(failures), error=error)
 
-    def _function(self, metrics: Any, warning: re.Match | None) -> Frame:
+    def _function(self, metrics: Any, warning: torch_guard_failures.LimitWarning | None) -> Frame:
         if metrics.co_name:
             return Frame.at(metrics.co_filename, metrics.co_firstlineno, metrics.co_name)
         # A refused attempt's metrics name no code object: take it from the warning, or from an
         # earlier compile of the same frame.
         if warning is not None:
-            return Frame.at(warning["file"], int(warning["line"]), warning["function"])
-        known = self._functions.get(_frame_key(metrics.compile_id or "?"))
+            return Frame.at(warning.file, warning.line, warning.function)
+        known = self._functions.get(torch_dynamo.frame_of_compile(metrics.compile_id or "?"))
         return known if known is not None else Frame("<unknown>", 0, "<unknown>")
-
-
-def _frame_key(compile_id: str) -> str:
-    """"3/2" -> "3": the frame part of a compile id, shared by every compile of one code object."""
-    return compile_id.rsplit("/", 1)[0]
 
 
 def _attach(collector: _Collector) -> None:
     """Listen to the recompile reasons without printing them unless the user already asked to."""
-    user_enabled = any(_compat.log_artifact_enabled(name)
+    user_enabled = any(torch_hooks.log_artifact_enabled(name)
                        for name in ("recompiles", "recompiles_verbose"))
     if not user_enabled:
-        _compat.enable_log_artifact("recompiles")
-    for name in _compat.RECOMPILES_LOGGERS:
+        torch_hooks.enable_log_artifact("recompiles")
+    for name in torch_guard_failures.RECOMPILES_LOGGERS:
         logger = logging.getLogger(name)
         logger.addHandler(collector)
         if not user_enabled:
             logger.setLevel(logging.DEBUG)
             logger.propagate = False
-    logging.getLogger(_compat.CONVERT_FRAME_LOGGER).addHandler(collector)
+    logging.getLogger(torch_guard_failures.CONVERT_FRAME_LOGGER).addHandler(collector)
 
 
 @contextlib.contextmanager
@@ -405,9 +375,10 @@ def track_compiles() -> Iterator[CompileReport]:
     compilation-metrics store are left as they were, pass or fail.
     """
     # Import torch._dynamo.utils (and with it the guard loggers) before the state snapshot.
-    _compat.compilation_metrics()
+    torch_dynamo.compilation_metrics()
     report = CompileReport()
-    with _state.preserved_torch_state(), _compat.retained_compilation_metrics(_RETAINED_METRICS):
+    with _state.preserved_torch_state(), \
+            torch_dynamo.retained_compilation_metrics(_RETAINED_METRICS):
         collector = _Collector()
         _attach(collector)
         report._collector = collector
@@ -578,7 +549,7 @@ def compiled_run(fn: Callable, inputs: Iterable[Any], *, dynamic: bool | None, b
     calls = calls_of(inputs)
     first = next(calls)  # now, so that empty inputs are refused before the reset
     with _state.fresh_dynamo():
-        compiled = torch.compile(_compat.compiled_target(fn), dynamic=dynamic, backend=backend)
+        compiled = torch.compile(torch_dynamo.compiled_target(fn), dynamic=dynamic, backend=backend)
         with track_compiles() as report:
             for args in itertools.chain([first], calls):
                 if before_call is not None:

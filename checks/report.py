@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _compat
+from ._compat import breaks as torch_breaks
 from ._message import display_path
 from .env import environment
 from .graph_breaks import GraphBreak
@@ -418,7 +419,7 @@ def _compiled_label(brk: dict) -> str:
 
 def _resumed(code_name: str) -> str:
     """`f (resumed)` for dynamo's resume function `torch_dynamo_resume_in_f_at_12`."""
-    name = _compat.remove_resume_prefix(code_name)
+    name = torch_breaks.remove_resume_prefix(code_name)
     return f"{name} (resumed)" if name != code_name else name
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from . import _compat
+from ._compat import sdpa as torch_sdpa
 from ._matrix import (
     as_args,
     backend_name,
@@ -72,25 +71,10 @@ PLACEMENTS = ("inside", "outside")
 # Sizes 0 and 1 are specialised into graphs of their own; these stay clear of them.
 DEFAULT_SIZES = ((2, 16), (4, 32), (3, 24))
 
-# The aten ops that name a kernel in profiler events, by backend. Each fused backend's op names
-# contain these (flash on CPU is _scaled_dot_product_flash_attention_for_cpu). Math runs as
-# _scaled_dot_product_attention_math in eager; AOTAutograd decomposes it, and of it only
-# _safe_softmax, which nothing but SDPA's math path calls, is left to recognise it by.
-_KERNEL_OPS = {
-    "flash": ("aten::_scaled_dot_product_flash_attention", "aten::_flash_attention_forward"),
-    "efficient": ("aten::_scaled_dot_product_efficient_attention",
-                  "aten::_efficient_attention_forward"),
-    "cudnn": ("aten::_scaled_dot_product_cudnn_attention", "aten::_cudnn_attention_forward"),
-    "math": ("aten::_scaled_dot_product_attention_math", "aten::_safe_softmax"),
-}
 # The compile backends whose graphs run aten's SDPA ops as such; inductor fuses them into code
 # whose profiler events name no kernel.
 _KERNEL_READABLE = ("eager", "aot_eager")
-# What torch raises when no allowed kernel can run the call: CUDA, then CPU.
-_NO_KERNEL = ("No available kernel", "No viable backend")
 _CUDA_ONLY = ("efficient", "cudnn")
-# Where in ATen a warning came from: "(Triggered internally at .../sdp_utils.cpp:986.)".
-_TORCH_SOURCE = re.compile(r"\s*\(Triggered internally at [^)]*\)")
 
 
 @dataclass(frozen=True)
@@ -273,10 +257,11 @@ class _Run:
             try:
                 self.fn(*self.inputs[0], **kwargs)
             except RuntimeError as error:
-                if not any(text in str(error) for text in _NO_KERNEL):
+                if not torch_sdpa.is_no_kernel_error(error):
                     raise
                 said = [str(error).strip().splitlines()[0]]
-                said += [_TORCH_SOURCE.sub("", str(warning.message)).strip() for warning in caught]
+                said += [torch_sdpa.without_torch_source(str(warning.message))
+                         for warning in caught]
                 device = _device_of(self.inputs[0])
                 if sdpa in _CUDA_ONLY and not device.startswith("cuda"):
                     said.insert(0, f"{sdpa} runs on CUDA only, the inputs are on {device}")
@@ -342,21 +327,13 @@ class _Run:
 
 def _kernels_of(call: Callable[[], Any]) -> tuple[str, ...]:
     """The SDPA kernel ops the profiler records during one call."""
-    with warnings.catch_warnings():
-        # torch 2.11 warns that one profiling cycle keeps its own events only: all this needs.
-        warnings.filterwarnings("ignore", "Warning: Profiler clears events", UserWarning)
-        with _compat.quiet_profiler(), torch.profiler.profile(
-                activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
-            call()
-    names = {event.name for event in profiler.events()}
-    return tuple(sorted(name for name in names
-                        if any(name.startswith(op) for ops in _KERNEL_OPS.values() for op in ops)))
+    return tuple(sorted(name for name in torch_sdpa.profiled_op_names(call)
+                        if torch_sdpa.kernel_backend(name) is not None))
 
 
 def _kernel_backend(kernels: tuple[str, ...]) -> str | None:
     """The backend the kernels belong to, "mixed" for several, None for none."""
-    found = {sdpa for sdpa, ops in _KERNEL_OPS.items()
-             for name in kernels if any(name.startswith(op) for op in ops)}
+    found = {torch_sdpa.kernel_backend(name) for name in kernels} - {None}
     if len(found) > 1:
         return "mixed"
     return found.pop() if found else None

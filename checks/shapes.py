@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from . import _compat
+from ._compat import dynamo as torch_dynamo
+from ._compat import guards as torch_guards
 from ._message import format_failure
 from .guards import GuardSet, guards_of
 from .recompiles import (
@@ -215,7 +216,7 @@ class _SizeRecorder:
     """Before each call: resolve every Dim on the arguments, note its size, mark it dynamic."""
 
     def __init__(self, fn: Callable, dims: tuple[Dim, ...], marked: tuple[Dim, ...]) -> None:
-        self._fn = _compat.compiled_target(fn)
+        self._fn = torch_dynamo.compiled_target(fn)
         # A module's own signature is __call__'s (*args, **kwargs): read forward's.
         called = self._fn.forward if isinstance(self._fn, torch.nn.Module) else self._fn
         self._signature = inspect.signature(called)
@@ -245,7 +246,7 @@ class _SizeRecorder:
                 if (path, axis) == dim.at[0] and size not in self.sizes[dim.name]:
                     self.sizes[dim.name].append(size)
                 if dim in self._marked:
-                    torch._dynamo.mark_dynamic(tensor, axis)
+                    torch_dynamo.mark_dynamic(tensor, axis)
 
     def _self_is(self, root: str) -> bool:
         """Whether `root` is the `self` of a bound method or module, which no call passes."""
@@ -311,19 +312,8 @@ def _dim_report(report: CompileReport, dims: tuple[Dim, ...], recorder: _SizeRec
 
 def _charged(event: CompileEvent, places: list[tuple[str, int]]) -> bool:
     """Whether a size guard on one of these places failed in the recompile."""
-    patterns = [re.compile(r"(?<![\w.'\]])" + re.escape(f"{path}.size()[{axis}]") + r"(?!\w)")
-                for path, axis in places]
-    return any(pattern.search(f"{failure.source} {failure.expected or ''}")
-               for failure in event.failures if failure.kind == "size" for pattern in patterns)
-
-
-def _qualified(path: str) -> str:
-    """tokens -> L['tokens'], cache.k -> L['cache'].k: the source as guard code writes it."""
-    root = re.match(r"[A-Za-z_]\w*", path)[0]
-    return f"L['{root}']{path[len(root):]}"
-
-
-_TENSOR_SIZES = re.compile(r"check_tensor\((?P<source>.+?), .*?size=\[(?P<size>.*?)\]")
+    return any(torch_guards.names_size(f"{failure.source} {failure.expected or ''}", path, axis)
+               for failure in event.failures if failure.kind == "size" for path, axis in places)
 
 
 def _state_in(graph: GuardSet, places: list[tuple[str, int]]
@@ -333,31 +323,20 @@ def _state_in(graph: GuardSet, places: list[tuple[str, int]]
     found = False
     bounds: list[str] = []
     for path, axis in places:
-        source = _qualified(path)
+        source = torch_guards.guard_source(path)
         term = f"{source}.size()[{axis}]"
         for guard in graph.guards:
-            match = _TENSOR_SIZES.match(guard)
-            if match and match["source"] == source:
+            sizes = torch_guards.tensor_sizes(guard)
+            if sizes and sizes[0] == source:
                 found = True
-                value = match["size"].split(", ")[axis]
+                value = sizes[1][axis]
                 if value != "None":
                     static = int(value)
             else:
-                bound = _bound(guard, term)
+                bound = torch_guards.size_bound(guard, term)
                 if bound:
                     bounds.append(bound)
     return (static, tuple(dict.fromkeys(bounds))) if found else None
-
-
-def _bound(guard: str, term: str) -> str | None:
-    """">= 2" from "2 <= L['x'].size()[0]", "<= 512" from "L['x'].size()[0] <= 512"; None for
-    guards that are not a numeric bound on `term` (strides, sizes equal to other sizes)."""
-    number = r"(?P<number>-?\d+)"
-    below = re.fullmatch(number + r" (?P<op><=|<) " + re.escape(term), guard)
-    if below:
-        return f"{'>=' if below['op'] == '<=' else '>'} {below['number']}"
-    above = re.fullmatch(re.escape(term) + r" (?P<op><=|<) " + number, guard)
-    return f"{above['op']} {above['number']}" if above else None
 
 
 def _shown(state: tuple[int | None, tuple[str, ...]] | None) -> str:

@@ -30,6 +30,7 @@ from fullgraph.model.generate import _step_functions, decode_step
 from fullgraph.model.quant import dequantize, quantize
 from fullgraph.model.tensor_parallel import fake_process_group, make_all_reduce, shard_params
 
+from ._compat import breaks as torch_breaks
 from ._message import CheckFailure
 from .collectives import assert_collectives, find_collectives
 from .cudagraphs import assert_cudagraphs
@@ -145,11 +146,11 @@ def check_cached_decode_parity(t: Target) -> str:
 
 def _assert_one_graph(fn: Callable, *args, **kwargs) -> str:
     report = assert_no_graph_breaks(fn, *args, backend="eager", **kwargs)
-    torch._dynamo.reset()
+    torch.compiler.reset()
     try:
         # A break dynamo raises before tracing (a generator, say) shows only under fullgraph=True.
         torch.compile(fn, fullgraph=True, backend="eager")(*args, **kwargs)
-    except torch._dynamo.exc.Unsupported as error:
+    except torch_breaks.unsupported_error() as error:
         raise CheckFailure(f"graph break under fullgraph=True (limit 0)\n  {error}") from None
     return f"{report.graph_count} graph, {sum(report.ops_per_graph)} ops, 0 breaks"
 
@@ -478,7 +479,7 @@ def run_checks(target: Target, *, checks: list[tuple[str, Callable[[Target], str
     """Run every check in order, each from a clean dynamo; one failing does not stop the rest."""
     results = []
     for name, check in checks:
-        torch._dynamo.reset()
+        torch.compiler.reset()
         start = time.perf_counter()
         try:
             detail, passed, message = check(target), True, ""
@@ -492,7 +493,7 @@ def run_checks(target: Target, *, checks: list[tuple[str, Callable[[Target], str
         results.append(result)
         if on_result is not None:
             on_result(result)
-    torch._dynamo.reset()
+    torch.compiler.reset()
     return results
 
 

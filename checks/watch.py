@@ -29,7 +29,11 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import _compat, graph_breaks
+from . import graph_breaks
+from ._compat import breaks as torch_breaks
+from ._compat import cudagraphs as torch_cudagraphs
+from ._compat import dynamo as torch_dynamo
+from ._compat import hooks as torch_hooks
 from ._message import Frame
 from ._state import preserved_torch_state
 from .graph_breaks import GraphBreak
@@ -111,7 +115,7 @@ class Watch:
     @property
     def dynamo_config(self) -> dict[str, Any]:
         """Dynamo config that differed from torch's defaults, as the block left it."""
-        return self._final_or("dynamo_config", _compat.non_default_dynamo_config)
+        return self._final_or("dynamo_config", torch_dynamo.non_default_dynamo_config)
 
     def transformed_code(self, brk: GraphBreak) -> tuple[types.CodeType, ...]:
         """The bytecode dynamo produced for the frame it was compiling when `brk` happened, one
@@ -152,7 +156,7 @@ class Watch:
                  "cudagraph_skips": self._skips.messages(),
                  "cudagraph_skip_count": self._skips.count(),
                  "graph_count": self.graph_count,
-                 "dynamo_config": _compat.non_default_dynamo_config(),
+                 "dynamo_config": torch_dynamo.non_default_dynamo_config(),
                  "transformed": self._breaks.all_transformed_code()}
 
 
@@ -170,12 +174,13 @@ def watch(on_change: Callable[[], None] | None = None) -> Iterator[Watch]:
     """
     # Both touch torch (an import, a torch.compile wrapper) and must not do so mid-compile; the
     # skip logger must exist before the snapshot so its level is restored.
-    _compat.compilation_metrics()
-    _compat.compile_wrapper_code()
-    logging.getLogger(_compat.CUDAGRAPH_LOGGER)
+    torch_dynamo.compilation_metrics()
+    torch_dynamo.compile_wrapper_code()
+    logging.getLogger(torch_cudagraphs.CUDAGRAPH_LOGGER)
     seen = Watch(on_change)
     with preserved_torch_state(), track_compiles() as report, \
-            _compat.graph_break_hook(seen._breaks.record), _compat.counter_hook(seen._heard.add), \
+            torch_hooks.graph_break_hook(seen._breaks.record), \
+            torch_hooks.counter_hook(seen._heard.add), \
             seen._skips.attached():
         seen._start(report)
         try:
@@ -208,7 +213,7 @@ class _BreakRecorder:
         above = graph_breaks._user_frames_above_dynamo(self._is_entry) or []
         brk = graph_breaks._graph_break(*graph_breaks._break_event(exc, code, lineno, above))
         key = graph_breaks._break_key(brk)
-        compile_id = _compat.current_compile_id()
+        compile_id = torch_dynamo.current_compile_id()
         depth = _depth(brk.frames, code)
         thread = threading.get_ident()
         with self._lock:
@@ -225,7 +230,7 @@ class _BreakRecorder:
     @staticmethod
     def _is_entry(frame: types.FrameType) -> bool:
         # watch() has made the wrapper already: torch.compile is not called mid-compile here.
-        return frame.f_code is _compat.compile_wrapper_code()
+        return frame.f_code is torch_dynamo.compile_wrapper_code()
 
     def breaks(self) -> tuple[GraphBreak, ...]:
         with self._lock:
@@ -237,7 +242,7 @@ class _BreakRecorder:
             code = self._codes.get(key)
         if code is None:
             return ()
-        return tuple(filter(None, map(_compat.entry_code, _compat.cache_entries(code))))
+        return tuple(filter(None, map(torch_dynamo.entry_code, torch_dynamo.cache_entries(code))))
 
     def all_transformed_code(self) -> dict[Hashable, tuple[types.CodeType, ...]]:
         with self._lock:
@@ -250,7 +255,7 @@ def _depth(frames: tuple[Frame, ...], code: types.CodeType) -> int:
 
     Matched by file, name and line: two methods called `forward` can share a file.
     """
-    name = _compat.remove_resume_prefix(code.co_name)
+    name = torch_breaks.remove_resume_prefix(code.co_name)
     lines = {line for _, _, line in code.co_lines()}
     for index in range(len(frames) - 1, -1, -1):
         frame = frames[index]
@@ -290,7 +295,7 @@ class SkipRecorder(logging.Handler):
         self._heard = _HeardCounts()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if _compat.is_cudagraph_skip(record):
+        if torch_cudagraphs.is_cudagraph_skip(record):
             self._messages.append(record.getMessage())
             if self._on_change is not None:
                 self._on_change()
@@ -309,14 +314,14 @@ class SkipRecorder(logging.Handler):
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[None]:
-        logger = logging.getLogger(_compat.CUDAGRAPH_LOGGER)
+        logger = logging.getLogger(torch_cudagraphs.CUDAGRAPH_LOGGER)
         # Skips are warnings: heard even where torch's logging is quieter (preserved_torch_state
         # puts the level back).
         if logger.getEffectiveLevel() > logging.WARNING:
             logger.setLevel(logging.WARNING)
         logger.addHandler(self)
         try:
-            with _compat.counter_hook(self._heard.add):
+            with torch_hooks.counter_hook(self._heard.add):
                 yield
         finally:
             logger.removeHandler(self)
@@ -334,13 +339,13 @@ class _MetricsReader:
 
     def start(self) -> None:
         # Holding the old metrics keeps their ids from being reused by new ones.
-        self._old = _compat.compilation_metrics()
+        self._old = torch_dynamo.compilation_metrics()
         self._seen = {id(metrics) for metrics in self._old}
         self._started = time.time()
 
     def timings(self, events: tuple[CompileEvent, ...]) -> tuple[CompileTiming, ...]:
         # Compile ids restart after a reset: pair each event with the first unused metrics of its id.
-        unused = [metrics for metrics in _compat.compilation_metrics()
+        unused = [metrics for metrics in torch_dynamo.compilation_metrics()
                   if id(metrics) not in self._seen and metrics.is_forward is not False]
         timings = []
         for event in events:

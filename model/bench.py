@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch._inductor.config
 import torch.distributed as dist
 
+from . import _torch
 from .cache import new_cache
 from .config import LlamaConfig
 from .generate import CACHE_KINDS, _step_functions
@@ -276,7 +276,7 @@ def _decode_tuning(coordinate_descent: bool) -> contextlib.AbstractContextManage
     # here and undone after, since the config is process-wide.
     if not coordinate_descent:
         return contextlib.nullcontext()
-    return torch._inductor.config.patch(coordinate_descent_tuning=True)
+    return _torch.coordinate_descent_tuning()
 
 
 # Kernel-name fragments, lower case, checked in this order: the first match names the category.

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import _torch
 from .cache import KVCache, new_cache
 from .config import LlamaConfig
 from .llama import AllReduce, forward, head_counts
@@ -153,14 +154,14 @@ def _step_functions(params: dict[str, Tensor], cache: KVCache | PagedKVCache, *,
     # quantized one: other shapes and dtypes under the same names) gets static graphs of its own;
     # unsaid, automatic dynamic shapes would turn the weights' sizes into symbols on its recompile.
     for tensor in params.values():
-        torch._dynamo.mark_static(tensor)
+        _torch.mark_static(tensor)
     if device.type != "cuda":
         return _compiled(prefill, None), _compiled(decode_step, None)
     # CUDA graphs copy every input that may move into a static buffer before each replay, and
     # refuse graphs that mutate such inputs. Params and cache stay put, so say so: no copies,
     # and the in-place cache write is allowed.
     for tensor in (*params.values(), *cache.tensors()):
-        torch._dynamo.mark_static_address(tensor)
+        _torch.mark_static_address(tensor)
     return _compiled(prefill, None), _compiled(decode_step, "reduce-overhead")
 
 

@@ -47,6 +47,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from . import _torch
+
 __all__ = [
     "GRACE_S",
     "Ended",
@@ -348,9 +350,6 @@ def fake_process_group(world_size: int, *, rank: int = 0) -> Iterator[dist.Proce
     Collectives return without communicating, so values are wrong but shapes and traced graphs are
     exactly a real rank's: enough to check sharding and tracing for any world size, no spawning.
     """
-    # Importing the module registers the "fake" backend with torch.distributed.
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
     if not dist.is_available():
         raise RuntimeError(f"fake_process_group: torch.distributed is not available in torch "
                            f"{torch.__version__}")
@@ -359,7 +358,7 @@ def fake_process_group(world_size: int, *, rank: int = 0) -> Iterator[dist.Proce
     # init_process_group wraps sys.excepthook to prefix "[rankN]:" and destroying the group does
     # not unwrap it; without this, prefixes pile up on every later traceback of the process.
     excepthook = sys.excepthook
-    dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
+    dist.init_process_group("fake", store=_torch.fake_store(), rank=rank, world_size=world_size)
     try:
         yield dist.group.WORLD
     finally:
@@ -375,5 +374,5 @@ def teardown_process_group() -> None:
     alive (pytorch/pytorch#115388), and a decode step compiled with mode="reduce-overhead" holds
     one. Resetting dynamo frees those graphs, along with every compiled function of the process.
     """
-    torch._dynamo.reset()
+    torch.compiler.reset()
     dist.destroy_process_group()

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import _torch
+
 __all__ = ["SCHEMES", "INT4_GROUP_SIZES", "DEFAULT_INT4_GROUP_SIZE", "ErrorBound", "ERROR_BOUNDS",
            "check_scheme", "quantize", "dequantize", "linear", "weight_shape", "concat_linears"]
 
@@ -152,8 +154,8 @@ def _pack_int4(q: Tensor, inner_k_tiles: int) -> Tensor:
     if q.device.type == "cuda":
         # Two values a byte, even columns in the high nibble, as the CUDA conversion expects.
         nibbles = (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8)
-        return torch.ops.aten._convert_weight_to_int4pack(nibbles, inner_k_tiles)
-    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, inner_k_tiles)
+        return _torch.convert_weight_to_int4pack(nibbles, inner_k_tiles)
+    return _torch.convert_weight_to_int4pack_for_cpu(q, inner_k_tiles)
 
 
 def linear(params: dict[str, Tensor], x: Tensor, name: str) -> Tensor:
@@ -173,8 +175,8 @@ def linear(params: dict[str, Tensor], x: Tensor, name: str) -> Tensor:
 def _int4_linear(x: Tensor, packed: Tensor, scales_and_zeros: Tensor) -> Tensor:
     groups, n, _ = scales_and_zeros.shape
     k = x.shape[-1]
-    mm = (torch.ops.aten._weight_int4pack_mm if packed.device.type == "cuda"
-          else torch.ops.aten._weight_int4pack_mm_for_cpu)
+    mm = (_torch.weight_int4pack_mm if packed.device.type == "cuda"
+          else _torch.weight_int4pack_mm_for_cpu)
     y = mm(x.reshape(-1, k).to(scales_and_zeros.dtype), packed, k // groups, scales_and_zeros)
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
 

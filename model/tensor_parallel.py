@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed._functional_collectives as funcol
 from torch import Tensor
 
+from . import _torch
 from .config import LlamaConfig
 from .launch import fake_process_group, launch_ranks, teardown_process_group
 from .llama import AllReduce
@@ -132,7 +132,7 @@ def make_all_reduce(group: dist.ProcessGroup | None = None) -> AllReduce:
     group = dist.group.WORLD if group is None else group
 
     def all_reduce(x: Tensor) -> Tensor:
-        return funcol.all_reduce(x, "sum", group)
+        return _torch.functional_all_reduce(x, "sum", group)
 
     return all_reduce
 

@@ -12,13 +12,13 @@ from fullgraph.checks import (
     CudaGraphReport,
     CudaGraphSkip,
     Recording,
-    _compat,
     assert_cudagraphs,
     cudagraph_report,
     cudagraphs,
     suite,
     track_cudagraphs,
 )
+from fullgraph.checks._compat import cudagraphs as torch_cudagraphs
 from fullgraph.checks._message import Frame
 from fullgraph.model import forward, generate, init_params, new_cache
 from fullgraph.model.generate import _step_functions, decode_step
@@ -232,13 +232,13 @@ def test_a_report_prints_each_recording_and_skip():
 # -- the tracker leaves torch as it found it -------------------------------------------------------
 
 def _tree_methods():
-    manager = _compat._tree_manager_class()
-    return {name: getattr(manager, name) for name in _compat._TREE_METHODS}
+    manager = torch_cudagraphs._tree_manager_class()
+    return {name: getattr(manager, name) for name in torch_cudagraphs._TREE_METHODS}
 
 
 def test_tracking_patches_cudagraph_trees_only_inside_the_block():
     before = _tree_methods()
-    logger = logging.getLogger(_compat.CUDAGRAPH_LOGGER)
+    logger = logging.getLogger(torch_cudagraphs.CUDAGRAPH_LOGGER)
     handlers, level = list(logger.handlers), logger.level
     with track_cudagraphs() as outer:
         inside = _tree_methods()

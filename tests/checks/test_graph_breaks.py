@@ -18,10 +18,11 @@ from fullgraph.checks import (
     CheckFailure,
     GraphBreakError,
     GraphBreakReport,
-    _compat,
     assert_no_graph_breaks,
     find_graph_breaks,
 )
+from fullgraph.checks._compat import dynamo as torch_dynamo
+from fullgraph.checks._compat import hooks as torch_hooks
 from fullgraph.checks._message import display_path
 from fullgraph.model import forward, new_cache
 
@@ -309,10 +310,10 @@ def test_msg_must_be_a_string():
 
 def _torch_state():
     loggers = [logging.getLogger(name) for name in GRAPH_BREAK_LOGGERS]
-    log_state = _compat.get_log_state()
+    log_state = torch_hooks.get_log_state()
     return {
         "config": torch._dynamo.config.get_config_copy(),
-        "stance": _compat.get_stance(),
+        "stance": torch_dynamo.get_stance(),
         "loggers": [(lg.level, lg.propagate, lg.disabled, list(lg.handlers)) for lg in loggers],
         "log_state": (dict(log_state.log_qname_to_level), set(log_state.artifact_names)),
         "hook": torch._dynamo.symbolic_convert.InstructionTranslatorBase.log_graph_break,
@@ -353,7 +354,7 @@ def test_torch_state_is_left_exactly_as_found(torch_state, fn, x):
 def test_a_force_eager_stance_does_not_hide_breaks(x):
     with torch.compiler.set_stance("force_eager"):
         report = find_graph_breaks(zoo.prints, x)
-        assert _compat.get_stance().stance == "force_eager"
+        assert torch_dynamo.get_stance().stance == "force_eager"
     assert report.graph_break_count == 1
 
 
@@ -362,7 +363,7 @@ def test_a_hook_on_one_thread_does_not_hold_up_a_check_on_another(x):
     unpatched = translator.log_graph_break
     seen_by_outer: list[str] = []
     reports: list[GraphBreakReport] = []
-    with _compat.graph_break_hook(lambda exc, code, lineno: seen_by_outer.append(code.co_name)):
+    with torch_hooks.graph_break_hook(lambda exc, code, lineno: seen_by_outer.append(code.co_name)):
         worker = threading.Thread(target=lambda: reports.append(find_graph_breaks(zoo.prints, x)))
         worker.start()
         worker.join(timeout=120)

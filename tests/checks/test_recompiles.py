@@ -5,7 +5,9 @@ import pytest
 import torch
 
 import recompile_zoo as zoo
-from fullgraph.checks import _compat, _state
+from fullgraph.checks import _state
+from fullgraph.checks._compat import dynamo as torch_dynamo
+from fullgraph.checks._compat import hooks as torch_hooks
 from fullgraph.checks.recompiles import (
     GuardFailure,
     RecompileBudgetError,
@@ -253,21 +255,21 @@ def test_the_user_message_comes_first():
 # -- torch's global state --------------------------------------------------------------------
 
 def _torch_state():
-    log_state = _compat.get_log_state()
+    log_state = torch_hooks.get_log_state()
     return {
-        "config": _compat.dynamo_config().get_config_copy(),
-        "stance": _compat.get_stance(),
+        "config": torch_dynamo.dynamo_config().get_config_copy(),
+        "stance": torch_dynamo.get_stance(),
         "log levels": dict(log_state.log_qname_to_level),
         "artifacts": set(log_state.artifact_names),
         "loggers": {logger.name: (logger.level, logger.propagate, tuple(logger.handlers))
-                    for logger in _compat.torch_loggers()},
-        "metrics kept": _compat.compilation_metrics_capacity(),
+                    for logger in torch_hooks.torch_loggers()},
+        "metrics kept": torch_dynamo.compilation_metrics_capacity(),
     }
 
 
 @pytest.mark.parametrize("fails", [False, True], ids=["pass", "fail"])
 def test_torch_state_is_restored(fails):
-    _compat.compilation_metrics()  # import the loggers before the snapshot
+    torch_dynamo.compilation_metrics()  # import the loggers before the snapshot
     before = _torch_state()
     # Failing with the most to undo: a recompile-limit hit, torch's warning logged meanwhile.
     limit = 3 if fails else 8
@@ -312,7 +314,7 @@ def test_recompiles_verbose_logging_set_by_the_user_is_kept_and_read():
         torch._logging.set_logs(recompiles_verbose=True)
         logging.getLogger("torch._dynamo").addHandler(records)
         report = assert_recompiles_at_most(zoo.scale, [torch.ones(2), torch.ones(3, 2)], 1)
-        assert _compat.log_artifact_enabled("recompiles_verbose")
+        assert torch_hooks.log_artifact_enabled("recompiles_verbose")
     assert only_recompile(report).failures[0].kind == "ndim"
     assert [message for message in records.messages if "Recompiling function" in message]
 

@@ -7,7 +7,10 @@ import pytest
 import torch
 
 import zoo
-from fullgraph.checks import _compat
+from fullgraph.checks._compat import breaks as torch_breaks
+from fullgraph.checks._compat import cudagraphs as torch_cudagraphs
+from fullgraph.checks._compat import dynamo as torch_dynamo
+from fullgraph.checks._compat import hooks as torch_hooks
 from fullgraph.checks.watch import watch
 
 BUILTIN = "Failed to trace builtin operator"
@@ -35,7 +38,7 @@ def test_sees_breaks_and_recompiles_in_several_functions():
                              ("_log", zoo.line_of("helper"))]
     assert helper.gb_type == BUILTIN and helper.count == 2  # one per compile of calls_helpers
     assert where(scalar) == [("reads_item", zoo.line_of("item"))] and scalar.count == 1
-    recompiled = {_compat.remove_resume_prefix(event.function.function) for event in seen.recompiles}
+    recompiled = {torch_breaks.remove_resume_prefix(event.function.function) for event in seen.recompiles}
     assert {"calls_helpers", "_scale_and_log", "_log"} <= recompiled
     assert all(event.failures[0].kind == "size" for event in seen.recompiles)
     assert seen.compiles[0].function.function == "calls_helpers" and not seen.limit_hits
@@ -82,7 +85,7 @@ def test_does_not_reset_dynamo():
     with watch() as seen:
         fn(torch.ones(2))  # served from the cache compiled before the block
     assert seen.compiles == () and seen.graph_breaks == ()
-    assert _compat.cache_entries(zoo.clean.__code__)  # nor after
+    assert torch_dynamo.cache_entries(zoo.clean.__code__)  # nor after
 
 
 def test_compile_times_run_parallel_to_compiles_and_the_dict_is_json():
@@ -107,7 +110,7 @@ def test_keeps_the_bytecode_dynamo_produced_for_each_break():
 def test_hears_cudagraph_skips_logged_or_only_counted():
     from torch._inductor.cudagraph_utils import log_cudagraph_skip_and_bump_counter
 
-    logger = logging.getLogger(_compat.CUDAGRAPH_LOGGER)
+    logger = logging.getLogger(torch_cudagraphs.CUDAGRAPH_LOGGER)
     handlers = list(logger.handlers)
     with watch() as seen:
         log_cudagraph_skip_and_bump_counter("skipping cudagraphs due to mutated inputs (1 instances)")
@@ -151,9 +154,9 @@ def test_leaves_torch_counters_plain_and_counting():
 
 def _torch_state():
     loggers = {logger.name: (logger.level, logger.propagate, list(logger.handlers))
-               for logger in _compat.torch_loggers()}
-    log_state = _compat.get_log_state()
-    return (torch._dynamo.config.get_config_copy(), _compat.get_stance(), loggers,
+               for logger in torch_hooks.torch_loggers()}
+    log_state = torch_hooks.get_log_state()
+    return (torch._dynamo.config.get_config_copy(), torch_dynamo.get_stance(), loggers,
             dict(log_state.log_qname_to_level), set(log_state.artifact_names))
 
 
@@ -167,7 +170,7 @@ def test_leaves_torch_state_as_it_found_it(fails):
             torch.compiler.set_stance("force_eager")
             torch.compiler.set_stance("default")
             torch._logging.set_logs(graph_breaks=True)
-            logging.getLogger(_compat.DYNAMO_LOGGER).addHandler(logging.NullHandler())
+            logging.getLogger(torch_hooks.DYNAMO_LOGGER).addHandler(logging.NullHandler())
             fn(torch.ones(2))
             if fails:
                 raise RuntimeError("inside")

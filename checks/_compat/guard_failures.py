@@ -1,147 +1,106 @@
-"""torch's guard text, read: the guard code of cache entries and the reasons a guard failed.
+"""Why a function compiled again, as dynamo words it: guard-failure reasons, the `recompiles` log
+artifact, and the recompile-limit warning.
 
-The companion of _compat for text rather than APIs: every regular expression over what dynamo
-prints about guards lives here, so a torch release that rewords a guard changes this file and
-tests/data/guard_failures/ (one recording per torch version), nothing else.
-
-Two kinds of text:
-  - guard code, as a cache entry's guard manager lists it: `check_tensor(L['x'], ...)`,
-    `L['n'] == 1`, `___check_obj_id(G['__builtins_dict___0']['len'], 9001)`,
-    `2 <= L['x'].size()[0]`;
-  - guard-failure reasons, as the `recompiles` log artifact and compilation metrics word them:
-    `0/0: tensor 'x' size mismatch at index 0. expected 2, actual 3`, `0/1: 2 <= x.size()[0] <= 11`.
-
-Both name some globals by names dynamo makes up per compile (`__builtins_dict___0` in one compile,
-`__builtins_dict___2` in the next, for the same builtins); `normalised` writes those the same way
-every time, so one guard compared across compiles is one guard.
+Reads `0/0: tensor 'x' size mismatch at index 0. expected 2, actual 3` and `0/1: 2 <= x.size()[0]
+<= 11  # return x  # m.py:4 in f` (torch._dynamo.guards' reasons, in compilation metrics'
+recompile_reason and the `recompiles` / `recompiles_verbose` artifacts), and convert_frame's
+warning "torch._dynamo hit config.recompile_limit (8)\\n   function: 'f' (/p/m.py:3)". Every
+guard failure as torch 2.11, 2.13, 2.14 and 2.15 word it is recorded in tests/data/guard_failures/
+and parsed by tests/checks/test_guard_failures.py, the warning in tests/checks/test_torch_text.py;
+a release that rewords one changes this file and a recording, nothing else.
 """
 
 from __future__ import annotations
 
 import ast
+import glob
 import json
+import os
 import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from . import TORCH_DIR
+from .guards import SIZE_EXPR, normalised, readable
+
 __all__ = [
-    "normalised",
-    "readable",
-    "guard_facts",
-    "mentions_size",
-    "TENSOR",
-    "VALUE",
-    "OTHER",
+    "RECOMPILES_LOGGERS",
+    "CONVERT_FRAME_LOGGER",
+    "LimitWarning",
+    "limit_warning",
+    "is_recompile_limit_failure",
+    "recompiling_locals",
     "split_reason",
     "classify_failure",
     "stack_frames",
     "commented_frame",
+    "unshortened",
     "note_of",
     "log_reasons",
     "size_value",
 ]
 
-
-# -- names dynamo makes up per compile -----------------------------------------------------------
-
-_ODICT_GETITEM = re.compile(r"___odict_getitem\((?P<mapping>(?:(?!___odict_getitem\().)+?), "
-                            r"(?P<key>'[^']*'|\"[^\"]*\"|-?\d+)\)")
-_SYNTHETIC_GLOBALS: list[tuple[re.Pattern, str]] = [
-    # OutputGraph.install_global: unique_id(prefix), a process-wide counter after the prefix.
-    (re.compile(r"G\[(['\"])(?P<name>__builtins_dict__|__warnings_warn_wrapper|__gen_rand_values)"
-                r"_\d+\1\]"), r"G['\g<name>']"),
-    # OutputGraph.install_global_by_id: prefix_<id(value)>_c<frame count>; the id is the object's.
-    (re.compile(r"G\[(['\"])(?P<name>\w*_\d+)_c\d+\1\]"), r"G['\g<name>']"),
-    # InstructionTranslator.import_source: a module reached from another module's code.
-    (re.compile(r"G\[(['\"])__import_(?P<module>\w+)\1\]"),
-     lambda match: match["module"].replace("_dot_", ".")),
-]
+# The artifact loggers the recompile reasons go to; `recompiles_verbose` replaces `recompiles`
+# when both are on.
+RECOMPILES_LOGGERS = ("torch._dynamo.guards.__recompiles", "torch._dynamo.guards.__recompiles_verbose")
+# convert_frame logs the recompile-limit warning here.
+CONVERT_FRAME_LOGGER = "torch._dynamo.convert_frame"
+# The function in torch._dynamo.guards that logs the reasons, its `frame` the call that failed.
+_LOG_REASONS_FUNCTION = "get_and_maybe_log_recompilation_reasons"
+# The gb_type of the Unsupported that convert_frame raises when a code object reaches the limit.
+_RECOMPILE_LIMIT_GB_TYPE = "Dynamo recompile limit exceeded"
 
 
-def normalised(text: str) -> str:
-    """Guard code or a guard's source with dynamo's per-compile names written one way.
+# -- the recompile limit -------------------------------------------------------------------------
 
-    `G['__builtins_dict___2']['len']` -> `G['__builtins_dict__']['len']`; a module alias
-    `G['__import_torch_dot_nn']` -> `torch.nn`; `___odict_getitem(S, 'k')` (how older torch
-    wrote an OrderedDict lookup) -> `S['k']`.
+_LIMIT_WARNING = re.compile(r"hit config\.(?P<limit>\w+) \((?P<value>\d+)\)\s*\n\s*function: "
+                            r"'(?P<function>.*?)' \((?P<file>.*):(?P<line>\d+)\)")
+
+
+@dataclass(frozen=True)
+class LimitWarning:
+    """convert_frame's warning that a function hit a recompile limit and now runs eagerly."""
+
+    limit: str  # the config entry: recompile_limit, accumulated_recompile_limit, ...
+    value: str
+    function: str
+    file: str
+    line: int
+
+
+def limit_warning(message: str) -> LimitWarning | None:
+    """The recompile-limit warning in one convert_frame log message, or None for another message."""
+    match = _LIMIT_WARNING.search(message)
+    if match is None:
+        return None
+    return LimitWarning(match["limit"], match["value"], match["function"], match["file"],
+                        int(match["line"]))
+
+
+def is_recompile_limit_failure(fail_type: str | None, fail_reason: str | None) -> bool:
+    """Whether a compile attempt's metrics say it was refused for hitting the recompile limit.
+
+    Without fullgraph, dynamo raises Unsupported with this gb_type and runs the frame eagerly from
+    then on; with fullgraph=True (or fail_on_recompile_limit_hit) it raises FailOnRecompileLimitHit.
     """
-    for pattern, replacement in _SYNTHETIC_GLOBALS:
-        text = pattern.sub(replacement, text)
-    while True:  # innermost lookup first, so nested ones unwind
-        unwound = _ODICT_GETITEM.sub(r"\g<mapping>[\g<key>]", text)
-        if unwound == text:
-            return text
-        text = unwound
+    return (fail_type == "FailOnRecompileLimitHit"
+            or bool(fail_reason) and fail_reason.startswith(_RECOMPILE_LIMIT_GB_TYPE))
 
 
-def readable(source: str) -> str:
-    """L['x'].size()[1] -> x.size()[1], as torch's recompile messages write it."""
-    return re.sub(r"L\[\s*['\"](.*?)['\"]\s*\]", r"\1", source)
+def recompiling_locals() -> dict[str, Any] | None:
+    """The local variables of the call dynamo is logging recompile reasons for, or None.
 
-
-# -- guard code ----------------------------------------------------------------------------------
-
-# What a guard checks, by how likely a change in it made a function compile again: a tensor's
-# sizes, strides, dtype or device (and relations between sizes); a Python value, type, identity,
-# length or the global state; anything else (an attribute's absence, a dict's key).
-TENSOR, VALUE, OTHER = "tensor", "value", "other"
-
-_CHECK_TENSOR = re.compile(
-    r"check_tensor\((?P<source>.+?), (?P<type>\w+), (?P<keys>DispatchKeySet\(.*?\)), "
-    r"(?P<dtype>[\w.]+), device=(?P<device>[^,]+), requires_grad=(?P<requires_grad>\w+), "
-    r"size=\[(?P<size>.*?)\], stride=\[(?P<stride>.*?)\]\)")
-_GLOBAL_STATE = re.compile(r"___check_global_state\(\) against (?P<state>\{.*\})")
-_OBJECT_ID = re.compile(r"___check_(?P<what>obj|type)_id\((?P<source>.+), (?P<id>\d+)\)"
-                        r"(?:, type=(?P<type>.*))?")
-_LENGTH = re.compile(r"len\((?P<source>.+)\) == (?P<value>\d+)")
-_EQUALS = re.compile(r"(?P<source>.+?) == (?P<value>.+)")
-_SIZE_TERM = re.compile(r"\.(?:size|stride)\(\)\[\d+\]")
-
-
-def guard_facts(guard: str) -> list[tuple[str, str, str]]:
-    """(what it checks, the value it wants, TENSOR/VALUE/OTHER) for each fact in one guard.
-
-    Keys are readable and normalised, so two compiles' guards line up key by key.
+    Read from the stack while the `recompiles` artifact is emitted: torch's reasons name a size
+    guard's bounds but not the size the call had, and the call's frame holds it.
     """
-    guard = normalised(guard)
-    tensor = _CHECK_TENSOR.fullmatch(guard)
-    if tensor:
-        source = readable(tensor["source"])
-        facts = [(f"{source}.{field}", tensor[field], TENSOR)
-                 for field in ("dtype", "device", "requires_grad")]
-        facts.append((f"{source}.dispatch_keys", tensor["keys"], TENSOR))
-        for field in ("size", "stride"):
-            values = tensor[field].split(", ") if tensor[field] else []  # [] for a scalar
-            facts += [(f"{source}.{field}()[{index}]", "dynamic" if value == "None" else value,
-                       TENSOR) for index, value in enumerate(values)]
-        return facts
-    state = _GLOBAL_STATE.fullmatch(guard)
-    if state:
-        return [(f"global {name}", json.dumps(value), VALUE)
-                for name, value in json.loads(state["state"]).items()]
-    obj = _OBJECT_ID.fullmatch(guard)
-    if obj:
-        source = readable(obj["source"])
-        if obj["what"] == "type":
-            return [(f"type({source})", obj["type"] or f"type id {obj['id']}", VALUE)]
-        return [(f"id({source})", f"id {obj['id']}", VALUE)]
-    if _SIZE_TERM.search(guard):
-        # A relation between sizes ("2 <= L['x'].size()[0]"): present or not.
-        return [(readable(guard), "guarded", TENSOR)]
-    length = _LENGTH.fullmatch(guard)
-    if length:
-        return [(f"len({readable(length['source'])})", length["value"], VALUE)]
-    equals = _EQUALS.fullmatch(guard)
-    if equals:
-        return [(readable(equals["source"]), equals["value"], VALUE)]
-    return [(readable(guard), "guarded", OTHER)]
-
-
-def mentions_size(guard: str, size: str) -> bool:
-    """Whether `guard` ("2 <= x.size()[0]") is about the size or stride `size` ("x.size()[0]"),
-    not merely about one whose name ends the same ("xx.size()[0]")."""
-    if not re.fullmatch(_SIZE_EXPR, size):
-        return False
-    return re.search(rf"(?<![\w.\]'\"]){re.escape(size)}", guard) is not None
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == _LOG_REASONS_FUNCTION:
+            return getattr(frame.f_locals.get("frame"), "f_locals", None)
+        frame = frame.f_back
+    return None
 
 
 # -- guard-failure reasons -----------------------------------------------------------------------
@@ -153,9 +112,8 @@ _COMMENT = re.compile(r"\s{2,}#\s")
 _STACK_FRAME = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<function>\S+)')
 _COMMENTED_FRAME = re.compile(r"#\s(?P<file>[^#\s]+):(?P<line>\d+) in (?P<function>[\w<>]+)")
 _HINT = re.compile(r"\(HINT: (?P<hint>.*)\)\s*$")
-_SIZE_EXPR = r"[\w.\[\]'\"()]+?\.(?:size|stride)\(\)\[\d+\]"
 _RELATION = re.compile(r"(?P<lhs>.+?) (?P<op><=|>=|==|!=|<|>) (?P<rhs>.+)")
-_RANGE = re.compile(rf"(?P<low>-?\d+) (?P<low_op><=|<) (?P<subject>{_SIZE_EXPR}) "
+_RANGE = re.compile(rf"(?P<low>-?\d+) (?P<low_op><=|<) (?P<subject>{SIZE_EXPR}) "
                     rf"(?P<high_op><=|<) (?P<high>-?\d+)")
 _FLIP = {"<=": ">=", ">=": "<=", "<": ">", ">": "<", "==": "==", "!=": "!="}
 
@@ -225,7 +183,7 @@ def _classify(expression: str) -> tuple[str, str, str | None, str | None]:
     if two_sided:
         return _classify_range(two_sided)
     relation = _RELATION.fullmatch(expression)
-    if relation and re.search(_SIZE_EXPR, expression):
+    if relation and re.search(SIZE_EXPR, expression):
         return _classify_shape(relation)
     if relation and relation["op"] == "==":
         return "value", relation["lhs"], relation["rhs"], None
@@ -277,11 +235,13 @@ def _classify_range(match: re.Match) -> tuple[str, str, str | None, str | None]:
 def _classify_shape(relation: re.Match) -> tuple[str, str, str | None, str | None]:
     # "2 <= x.size()[0]" reads as: x.size()[0] expected >= 2. Put the size on the left.
     lhs, op, rhs = relation["lhs"], relation["op"], relation["rhs"]
-    if not re.fullmatch(_SIZE_EXPR, lhs) and re.fullmatch(_SIZE_EXPR, rhs):
+    if not re.fullmatch(SIZE_EXPR, lhs) and re.fullmatch(SIZE_EXPR, rhs):
         lhs, op, rhs = rhs, _FLIP[op], lhs
     kind = "stride" if ".stride()" in lhs else "size"
     return kind, lhs, rhs if op == "==" else f"{op} {rhs}", None
 
+
+# -- where the guard came from -------------------------------------------------------------------
 
 def stack_frames(stack_text: str) -> list[tuple[str, int, str]]:
     """(file, line, function) of each frame in a "User stack trace:" block, outermost first."""
@@ -293,6 +253,22 @@ def commented_frame(comment: str) -> tuple[str, int, str] | None:
     """(shortened file, line, function) in dynamo's comment ("return x  # m.py:40 in fn")."""
     match = _COMMENTED_FRAME.search(comment)
     return (match["file"], int(match["line"]), match["function"]) if match else None
+
+
+def unshortened(short: str) -> str | None:
+    """The file torch's shorten_filename wrote as `short`.
+
+    It writes the path relative to the longest directory the file shares with torch's install, so
+    look for it under each of that directory's ancestors.
+    """
+    torch_parent = Path(TORCH_DIR).parent
+    for directory in (torch_parent, *torch_parent.parents):
+        if (directory / short).is_file():
+            return str(directory / short)
+    # Sharing only the root, it cuts one character too many: /work/m.py is written "ork/m.py".
+    # Any one character may stand before it; take the file if just one fits.
+    found = glob.glob(os.sep + "?" + glob.escape(short))
+    return found[0] if len(found) == 1 else None
 
 
 def note_of(comment: str) -> str:
