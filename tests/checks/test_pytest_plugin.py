@@ -9,15 +9,19 @@ checked in-process, where nothing compiles.
 
 import json
 import re
+import runpy
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 # Imported before the in-process runs, which would otherwise import it for the first time and
 # have pytester drop it from sys.modules afterwards.
 import fullgraph.checks.report  # noqa: F401
 from fullgraph.checks.pytest_plugin import Increase, increases, load_baseline, marker_limits
-from fullgraph.checks.report import render_markdown
+from fullgraph.checks.report import Report, render_markdown
+from fullgraph.checks.watch import watch
 
 pytest_plugins = "pytester"
 
@@ -432,6 +436,7 @@ def test_watch_report_and_baseline_then_compare_under_xdist(pytester, run_pytest
     assert printed["count"] == 2
     assert printed["tests"] == ["test_suite.py::test_prints_once", "test_suite.py::test_prints_again"]
     assert [c["test"] for c in report["compiles"] if c["recompile"]] == ["test_suite.py::test_recompiles"]
+    assert_shaped_like_a_programs_report(report, pytester.path)
     # The Markdown the plugin writes from that same dict.
     assert_markdown_names_the_tests(render_markdown(SimpleNamespace(to_dict=lambda: report)))
 
@@ -462,6 +467,26 @@ def test_watch_report_and_baseline_then_compare_under_xdist(pytester, run_pytest
     compared.stdout.no_fnmatch_line("*test_prints_once: graph breaks*")
     assert_html_names_the_tests((pytester.path / "run.html").read_text())
     assert json.loads(baseline.read_text()) == stored  # compared, not rewritten
+
+
+def assert_shaped_like_a_programs_report(run: dict, folder: Path) -> None:
+    """A test run's report has every field of a program's report of the same functions, and
+    neither has a path under `folder` (the temporary directory both ran in) left unshortened."""
+    functions = runpy.run_path(str(folder / "functions.py"))
+    torch.compiler.reset()
+    with watch() as seen:
+        torch.compile(functions["prints"], backend="eager")(torch.ones(3))
+        functions["compile_adds"]([1, 2])
+    torch.compiler.reset()
+    program = Report(seen, command=f"python {folder / 'functions.py'}").to_dict()
+    assert set(run) - {"tests"} == set(program)
+    for name in ("exit", "env", "summary", "reproduction"):
+        assert set(run[name]) == set(program[name]), name
+    assert set(run["graph_breaks"][0]) - {"tests"} == set(program["graph_breaks"][0])
+    assert set(run["compiles"][0]) - {"test"} == set(program["compiles"][0])
+    for data in (run, program):
+        assert str(folder) not in json.dumps(data)
+    assert program["command"] == "python ./functions.py"
 
 
 def the_break(sections: list[str], gb_type: str) -> str:
