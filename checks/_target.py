@@ -20,12 +20,12 @@ import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from ._frames import CHECKS_DIR
 from ._message import display_path
 
 __all__ = ["TargetError", "Target", "Outcome", "load_target", "run_target"]
 
 _CALLABLE = re.compile(r"(?P<module>[A-Za-z_][\w.]*):(?P<attribute>[A-Za-z_][\w.]*)")
-_THIS_PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 
 class TargetError(ValueError):
@@ -179,4 +179,4 @@ def _user_traceback(tb: types.TracebackType | None) -> types.TracebackType | Non
 def _is_runner_frame(filename: str) -> bool:
     # runpy's code may be frozen: its filename is then "<frozen runpy>", not runpy.__file__.
     return (filename == runpy.run_path.__code__.co_filename
-            or os.path.abspath(filename).startswith(_THIS_PACKAGE + os.sep))
+            or os.path.abspath(filename).startswith(CHECKS_DIR + os.sep))

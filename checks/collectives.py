@@ -44,11 +44,11 @@ import torch.distributed as dist
 from fullgraph.model.launch import Ended, exit_description, fake_process_group, run_processes
 
 from . import _compat
-from ._args import check_backend
-from ._message import CheckFailure, Frame, check_msg, format_failure
-from .graph_breaks import _OP_KINDS, GraphBreak, _backend_name, _function_name, find_graph_breaks
-from .graph_breaks import _is_user_file as _is_user_source
-from .recompiles import check_count, counted, track_compiles
+from ._args import backend_name, check_backend
+from ._frames import innermost_user_frame, is_user_file
+from ._message import CheckFailure, Frame, check_msg, counted, format_failure, function_name
+from .graph_breaks import OP_KINDS, GraphBreak, find_graph_breaks
+from .recompiles import check_count, track_compiles
 
 __all__ = [
     "CapturedGraph",
@@ -274,7 +274,7 @@ def find_collectives(fn: Callable, *args: Any, world_size: int | None = None, ra
 def _report_this_rank(fn: Callable, args: tuple, kwargs: dict, *, backend: str | Callable
                       ) -> CollectiveReport:
     name, report = _check_rank(fn, args, kwargs, backend=backend)
-    return CollectiveReport(name, _backend_name(backend), dist.get_backend(),
+    return CollectiveReport(name, backend_name(backend), dist.get_backend(),
                             dist.get_world_size(), (report,))
 
 
@@ -330,7 +330,7 @@ def _check_rank(fn: Callable, args: tuple, kwargs: dict, *, backend: str | Calla
     graphs: list[CapturedGraph] = []
     runs = _Runs(progress)
     if progress is not None:
-        progress({"function": _function_name(fn)})
+        progress({"function": function_name(fn)})
 
     def record(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
         graphs.append(_captured_graph(gm))
@@ -357,13 +357,13 @@ def _check_rank(fn: Callable, args: tuple, kwargs: dict, *, backend: str | Calla
 def _captured_graph(gm: torch.fx.GraphModule) -> CapturedGraph:
     # Higher-order ops (checkpoint, cond) keep their bodies as submodules: look inside those too.
     nodes = [node for module in gm.modules() if isinstance(module, torch.fx.GraphModule)
-             for node in module.graph.nodes if node.op in _OP_KINDS]
+             for node in module.graph.nodes if node.op in OP_KINDS]
     collectives = [(kind, node) for node in nodes if node.op == "call_function"
                    for kind in [_compat.collective_kind(node.target)] if kind is not None]
     targets = "\n".join(f"{node.op} {_target_name(node.target)}" for node in nodes)
     return CapturedGraph(
         compile_id=_compat.current_compile_id() or "?",
-        ops=sum(node.op in _OP_KINDS for node in gm.graph.nodes),
+        ops=sum(node.op in OP_KINDS for node in gm.graph.nodes),
         collectives=tuple(kind for kind, _ in collectives),
         sites=tuple(_traced_from(node) for _, node in collectives),
         signature=hashlib.sha1(targets.encode()).hexdigest()[:12])
@@ -371,11 +371,14 @@ def _captured_graph(gm: torch.fx.GraphModule) -> CapturedGraph:
 
 def _traced_from(node: torch.fx.Node) -> Frame | None:
     """The innermost user frame of the stack dynamo recorded for a node."""
-    frames = [match for match in _STACK_FRAME.finditer(node.meta.get("stack_trace") or "")
-              if _is_user_file(match["file"])]
-    if not frames:
-        return None
-    return Frame.at(frames[-1]["file"], int(frames[-1]["line"]), frames[-1]["function"])
+    return innermost_user_frame(_stack_frames(node.meta.get("stack_trace") or ""),
+                                with_source=True)
+
+
+def _stack_frames(text: str) -> list[tuple[str, int, str]]:
+    """(file, line, function) of each frame in a traceback or faulthandler layout, in its order."""
+    return [(match["file"], int(match["line"]), match["function"])
+            for match in _STACK_FRAME.finditer(text)]
 
 
 def _target_name(target: Any) -> str:
@@ -390,14 +393,9 @@ def _describe_recompile(event: Any) -> str:
     return f"{event.compile_id} of {event.function.location()}: {reason}"
 
 
-def _is_user_file(filename: str) -> bool:
-    # <string>, <eval_with_key>.N (FX's code): code without a file is nobody's line to point at.
-    return not filename.startswith("<") and _is_user_source(filename)
-
-
 def _innermost_user_frame() -> Frame | None:
     frame = sys._getframe(1)
-    while frame is not None and not _is_user_file(frame.f_code.co_filename):
+    while frame is not None and not is_user_file(frame.f_code.co_filename, with_source=True):
         frame = frame.f_back
     if frame is None:
         return None
@@ -405,10 +403,8 @@ def _innermost_user_frame() -> Frame | None:
 
 
 def _innermost_user_frame_of(frames: list[traceback.FrameSummary]) -> Frame | None:
-    user = [summary for summary in frames if _is_user_file(summary.filename)]
-    if not user:
-        return None
-    return Frame.at(user[-1].filename, user[-1].lineno, user[-1].name)
+    return innermost_user_frame(((summary.filename, summary.lineno, summary.name)
+                                 for summary in frames), with_source=True)
 
 
 # -- real ranks, in processes of their own ---------------------------------------------------------
@@ -529,10 +525,8 @@ def _stuck_at(dump: str) -> tuple[Frame | None, str]:
     starts = [match.start() for match in _DUMP_THREAD.finditer(dump)] + [len(dump)]
     threads = [dump[start:end] for start, end in zip(starts, starts[1:])]
     main = next((thread for thread in threads if f"in {_rank_main.__name__}" in thread), "")
-    for match in _STACK_FRAME.finditer(main):
-        if _is_user_file(match["file"]):
-            return Frame.at(match["file"], int(match["line"]), match["function"]), main.strip()
-    return None, main.strip()
+    # A dump lists the most recent call first.
+    return innermost_user_frame(reversed(_stack_frames(main)), with_source=True), main.strip()
 
 
 def _rank_main() -> None:
@@ -689,7 +683,7 @@ def _failure_lines(rank: RankReport) -> list[str]:
         return [f"crashed: {rank.error}", *rank.detail.splitlines()[-3:]]
     lines = [f"{rank.error}{where}", rank.where.line if rank.where else ""]
     innermost = next(iter(_STACK_FRAME.finditer(rank.detail)), None)
-    if innermost and not _is_user_file(innermost["file"]):
+    if innermost and not is_user_file(innermost["file"], with_source=True):
         lines.append(f"waiting in {os.path.basename(innermost['file'])}:{innermost['line']} "
                      f"in {innermost['function']}")
     if rank.sequence:
@@ -771,15 +765,18 @@ def _kinds(kinds: tuple[str, ...]) -> str:
     return ", ".join(kinds) if kinds else "no collectives"
 
 
+# {counted} is the number of entries of the category with its noun in _COUNTED.
 _HEADLINES = {
-    "failed": "{n} rank{s} did not finish",
-    "uncaptured": "{n} collective{s} ran outside the graph (limit 0)",
-    "breaks": "{n} graph break{s} (limit {max_breaks})",
-    "recompiles": "{n} recompile{s} (limit {max_recompiles})",
+    "failed": "{counted} did not finish",
+    "uncaptured": "{counted} ran outside the graph (limit 0)",
+    "breaks": "{counted} (limit {max_breaks})",
+    "recompiles": "{counted} (limit {max_recompiles})",
     "counts": "unexpected collective counts",
     "sequence": "ranks disagree on the collective sequence",
     "graphs": "ranks compiled different graphs",
 }
+_COUNTED = {"failed": "rank", "uncaptured": "collective", "breaks": "graph break",
+            "recompiles": "recompile"}
 _HINTS = {
     "failed": "A rank that fails or hangs leaves the others waiting in a collective: start with "
               "the first error; the traceback or stack of each rank is in .report.",
@@ -796,7 +793,8 @@ _HINTS = {
 def _failure_message(report: CollectiveReport, problems: list[_Problem], limits: dict[str, int],
                      msg: str | None) -> str:
     counts = Counter(problem.category for problem in problems)
-    parts = [_HEADLINES[category].format(n=count, s="" if count == 1 else "s", **limits)
+    parts = [_HEADLINES[category].format(counted=counted(count, _COUNTED.get(category, "")),
+                                         **limits)
              for category, count in counts.items()]
     headline = f"{'; '.join(parts)} in {report.function} on {_where_run(report)}"
     entries = [[f"{_rank_label(problem.ranks)}: {problem.lines[0]}" if problem.ranks

@@ -27,13 +27,12 @@ from typing import Any
 import torch
 
 from . import _compat, _guard_text
-from ._message import CheckFailure, Frame, format_failure
+from ._message import CheckFailure, Frame, counted, format_failure
 from .recompiles import (
     VALUE_KINDS,
     CompileReport,
     GuardFailure,
     compiled_run,
-    counted,
     parse_guard_failure,
 )
 

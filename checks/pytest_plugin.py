@@ -133,9 +133,9 @@ def marker_limits(marker: pytest.Mark) -> Limits:
 def _enforce(limits: Limits, watched: Any, test: str) -> None:
     """Raise GraphBreakError or RecompileBudgetError (the first that applies, with both messages)."""
     __tracebackhide__ = True
-    from ._message import format_failure
-    from .graph_breaks import GraphBreakError, _entry
-    from .recompiles import RecompileBudgetError, budget_message, counted, over_budget
+    from ._message import counted, format_failure
+    from .graph_breaks import GraphBreakError, break_entry
+    from .recompiles import RecompileBudgetError, budget_message, over_budget
 
     failures = []
     breaks = [brk for brk in watched.graph_breaks if not brk.disabled]
@@ -144,7 +144,7 @@ def _enforce(limits: Limits, watched: Any, test: str) -> None:
                     f"(limit {limits.max_graph_breaks})")
         hint = "fix them in order, as one break can cause the next"
         failures.append((GraphBreakError,
-                         format_failure(headline, [_entry(brk) for brk in breaks], hint)))
+                         format_failure(headline, [break_entry(brk) for brk in breaks], hint)))
     # Without a budget only the recompile-limit hits are offenders.
     budget = sys.maxsize if limits.max_recompiles is None else limits.max_recompiles
     offenders = over_budget(watched.compiles, budget, per_function=True)

@@ -42,7 +42,8 @@ import torch
 
 from . import _compat, _guard_text, _state
 from ._args import check_backend, prefixed
-from ._message import CheckFailure, Frame, format_failure
+from ._frames import user_frame_in
+from ._message import CheckFailure, Frame, counted, format_failure
 
 __all__ = [
     "GuardFailure",
@@ -136,15 +137,8 @@ def parse_guard_failure(reason: str, *, scope: dict[str, Any] | None = None) -> 
         value = _guard_text.size_value(source, scope)
         actual = None if value is None else str(value)
     return GuardFailure(entry=entry, kind=kind, source=source, expected=expected, actual=actual,
-                        where=_user_frame(rest) or _commented_frame(comment),
+                        where=user_frame_in(rest) or _commented_frame(comment),
                         note=_guard_text.note_of(comment), text=reason)
-
-
-def _user_frame(stack_text: str) -> Frame | None:
-    """The innermost frame outside torch in a "User stack trace:" block."""
-    frames = [frame for frame in _guard_text.stack_frames(stack_text)
-              if not os.path.abspath(frame[0]).startswith(_TORCH_DIR)]
-    return Frame.at(*frames[-1]) if frames else None
 
 
 def _commented_frame(comment: str) -> Frame | None:
@@ -206,11 +200,14 @@ class CompileEvent:
 
 
 class CompileReport:
-    """Every compile inside a `track_compiles` block: live while the block runs, frozen after."""
+    """Every compile inside a `track_compiles` block: live while the block runs, frozen after.
 
-    def __init__(self) -> None:
+    collector: what feeds it while the block runs (track_compiles attaches one); None for none.
+    """
+
+    def __init__(self, collector: _Collector | None = None) -> None:
         self._events: list[CompileEvent] = []
-        self._collector: _Collector | None = None
+        self._collector = collector
 
     @property
     def events(self) -> tuple[CompileEvent, ...]:
@@ -406,11 +403,10 @@ def track_compiles() -> Iterator[CompileReport]:
     """
     # Import torch._dynamo.utils (and with it the guard loggers) before the state snapshot.
     _compat.compilation_metrics()
-    report = CompileReport()
     with _state.preserved_torch_state(), _compat.retained_compilation_metrics(_RETAINED_METRICS):
         collector = _Collector()
         _attach(collector)
-        report._collector = collector
+        report = CompileReport(collector)
         try:
             yield report
         finally:
@@ -418,11 +414,6 @@ def track_compiles() -> Iterator[CompileReport]:
 
 
 # -- budgets -------------------------------------------------------------------------------------
-
-def counted(number: int, noun: str) -> str:
-    """`1 recompile`, `2 recompiles`."""
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
 
 def check_count(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int):

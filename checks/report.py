@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _compat
-from ._message import display_path
+from ._message import counted, display_path
 from ._report_data import SCHEMA_VERSION, compile_report, scrubbed
 from .env import environment
 from .graph_breaks import GraphBreak
@@ -290,19 +290,15 @@ def _title(data: dict) -> str:
                 f"({data['target']})")
     parts = []
     if summary["graph_breaks"]:
-        parts.append(_plural(summary["graph_breaks"], "graph break"))
+        parts.append(counted(summary["graph_breaks"], "graph break"))
     if summary["recompiles"]:
-        parts.append(_plural(summary["recompiles"], "recompile"))
+        parts.append(counted(summary["recompiles"], "recompile"))
     if summary["limit_hits"]:
         parts.append("recompile limit hit")
     if summary["cudagraph_skips"]:
         parts.append("CUDA graphs skipped")
     found = ", ".join(parts) if parts else "no graph breaks or recompiles"
     return f"torch.compile: {found} in {data['target']}"
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 # A pytest run's report (pytest_plugin._RunReport) adds "tests", each break's "tests" and each
@@ -324,8 +320,8 @@ def _tests_table(tests: dict[str, dict]) -> tuple[list[str], list[tuple[str, lis
     if not clean:
         return labels, listed, "" if listed else "No test was watched."
     if not listed:
-        return labels, [], f"{_plural(clean, 'test')} watched: {none}."
-    return labels, listed, f"Not listed: {_plural(clean, 'test')} with {none}."
+        return labels, [], f"{counted(clean, 'test')} watched: {none}."
+    return labels, listed, f"Not listed: {counted(clean, 'test')} with {none}."
 
 
 def _met_in(tests: list[str]) -> tuple[list[str], str]:
@@ -383,7 +379,7 @@ def _resumed(code_name: str) -> str:
 def _break_heading(number: int, brk: dict) -> str:
     gb_id = f" ({brk['gb_id']})" if brk["gb_id"] else ""
     deliberate = ", torch.compiler.disable'd, not counted" if brk["disabled"] else ""
-    return f"{number}. {brk['gb_type']}{gb_id}: {_plural(brk['count'], 'time')}{deliberate}"
+    return f"{number}. {brk['gb_type']}{gb_id}: {counted(brk['count'], 'time')}{deliberate}"
 
 
 def _where(brk: dict) -> list[str]:
@@ -506,7 +502,7 @@ def _why(compile_: dict) -> str:
     why = reasons[0] if reasons else "-"
     if len(reasons) > 1:
         older = len(reasons) - 1
-        why += f" ({older} older {'entry' if older == 1 else 'entries'} failed too)"
+        why += f" ({counted(older, 'older entry', 'older entries')} failed too)"
     if compile_["error"]:
         why += f" ({compile_['error']})"
     return why

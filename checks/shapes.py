@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from . import _compat
-from ._message import format_failure
+from ._message import counted, format_failure
 from .guards import GuardSet, guards_of
 from .recompiles import (
     CompileEvent,
@@ -33,7 +33,6 @@ from .recompiles import (
     RecompileBudgetError,
     check_count,
     compiled_run,
-    counted,
     failure_lines,
 )
 

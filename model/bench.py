@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from .cache import new_cache
 from .config import LlamaConfig
-from .generate import CACHE_KINDS, _step_functions
+from .generate import CACHE_KINDS, step_functions
 from .paged import paged_cache_for
 from .params import fuse_projections_, init_params
 from .quant import quantize as quantize_params
@@ -157,7 +157,7 @@ class _DecodeLoop:
         else:
             self.cache = new_cache(self.cfg, batch_size=batch_size, dtype=dtype, device=device,
                                    n_kv_heads=self.n_kv_heads)
-        self.prefill_fn, self.decode_fn = _step_functions(self.params, self.cache, compile=compile,
+        self.prefill_fn, self.decode_fn = step_functions(self.params, self.cache, compile=compile,
                                                           device=device)
         # Seeded, so every tensor-parallel rank feeds the same prompt.
         generator = torch.Generator(device=device).manual_seed(0)
