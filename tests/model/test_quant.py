@@ -360,11 +360,12 @@ def test_cuda_quantized_decode_records_one_cuda_graph_and_replays_it(tiny_cfg, s
 
 
 def test_bench_counts_the_quantized_bytes():
-    from fullgraph.model.bench import run_bench
+    from fullgraph.model.bench import BenchSpec, run_bench
 
-    runs = {scheme: run_bench("tiny", device="cpu", dtype=torch.float32, prompt_len=4, new_tokens=4,
-                              compile=False, bandwidth_gbps=10.0, quantize=scheme,
-                              group_size=32 if scheme == "int4" else None)
+    runs = {scheme: run_bench(BenchSpec("tiny", device="cpu", dtype=torch.float32, prompt_len=4,
+                                        new_tokens=4, compile=False, quantize=scheme,
+                                        group_size=32 if scheme == "int4" else None),
+                              bandwidth_gbps=10.0)
             for scheme in (None, "int8", "int4")}
     assert [(run.quantize, run.group_size) for run in runs.values()] == [(None, None), ("int8", None),
                                                                          ("int4", 32)]
