@@ -9,12 +9,13 @@ one line has to stand for the stack.
 from __future__ import annotations
 
 import os
+import traceback
 from collections.abc import Iterable
 
 from . import _compat, _guard_text
 from ._message import Frame
 
-__all__ = ["CHECKS_DIR", "is_user_file", "innermost_user_frame", "user_frame_in"]
+__all__ = ["CHECKS_DIR", "is_user_file", "innermost_user_frame", "raised_at", "user_frame_in"]
 
 CHECKS_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -38,3 +39,10 @@ def innermost_user_frame(frames: Iterable[tuple[str, int, str]], *, with_source:
 def user_frame_in(stack_text: str) -> Frame | None:
     """The innermost user frame of a stack torch wrote out ("User stack trace:", "Found from")."""
     return innermost_user_frame(_guard_text.stack_frames(stack_text))
+
+
+def raised_at(error: BaseException, *, with_source: bool = False) -> Frame | None:
+    """The innermost user frame of the traceback `error` carries."""
+    return innermost_user_frame(((summary.filename, summary.lineno, summary.name)
+                                 for summary in traceback.extract_tb(error.__traceback__)),
+                                with_source=with_source)

@@ -12,8 +12,8 @@ while no compiled graph is running ran eagerly, whatever API called it.
     find_collectives       one rank, in this process: a fake process group of any world size, or
                            the group already initialised
     run_collective_check   real ranks (gloo or NCCL) in processes of their own
-                           (fullgraph.model.launch), with a timeout; a rank that fails, hangs or
-                           crashes is named with its error or stack
+                           (fullgraph.model.launch, driven by _ranks.py), with a timeout; a rank
+                           that fails, hangs or crashes is named with its error or stack
     assert_collectives     raises CollectiveError on breaks, uncaptured collectives, unexpected
                            counts, recompiles, failed ranks or ranks that disagree
 
@@ -24,14 +24,10 @@ AOT autograd's, not one dynamo hands to the backend.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
-import importlib
-import json
 import os
 import re
 import sys
-import tempfile
 import traceback
 from collections import Counter
 from collections.abc import Callable
@@ -41,11 +37,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from fullgraph.model.launch import Ended, exit_description, fake_process_group, run_processes
+from fullgraph.model.launch import fake_process_group
 
-from . import _compat
+from . import _compat, _dumps
 from ._args import backend_name, check_backend
-from ._frames import innermost_user_frame, is_user_file
+from ._frames import innermost_user_frame, is_user_file, raised_at
 from ._message import CheckFailure, Frame, check_msg, counted, format_failure, function_name
 from .graph_breaks import OP_KINDS, GraphBreak, find_graph_breaks
 from .recompiles import check_count, track_compiles
@@ -60,15 +56,13 @@ __all__ = [
     "run_collective_check",
     "assert_collectives",
 ]
+# Not exported: check_rank, the check each rank's process runs (_ranks.py).
 
 _TARGET = re.compile(r"(?P<module>[A-Za-z_][\w.]*):(?P<attribute>[A-Za-z_][\w.]*)")
 # Breaks whose reason names the collective machinery (async_op=True, Work.wait); a break on the
 # line of an uncaptured collective (dist.broadcast builds options dynamo cannot trace) is one too.
 _COLLECTIVE_BREAK = re.compile(r"distributed|collective|c10d|\bWork\b|ProcessGroup")
-# faulthandler's layout: 'Current thread 0x... (most recent call first):' or 'Thread 0x...',
-# then '  File "path", line N in function' per frame; FX's stack_trace has traceback's layout,
-# '  File "path", line N, in function'.
-_DUMP_THREAD = re.compile(r"^(?:Current thread|Thread) 0x", re.M)
+# FX's stack_trace has traceback's layout, '  File "path", line N, in function'.
 _STACK_FRAME = re.compile(r'^\s+File "(?P<file>[^"]+)", line (?P<line>\d+),? in (?P<function>\S+)',
                           re.M)
 
@@ -273,7 +267,7 @@ def find_collectives(fn: Callable, *args: Any, world_size: int | None = None, ra
 
 def _report_this_rank(fn: Callable, args: tuple, kwargs: dict, *, backend: str | Callable
                       ) -> CollectiveReport:
-    name, report = _check_rank(fn, args, kwargs, backend=backend)
+    name, report = check_rank(fn, args, kwargs, backend=backend)
     return CollectiveReport(name, backend_name(backend), dist.get_backend(),
                             dist.get_world_size(), (report,))
 
@@ -323,7 +317,7 @@ class _Runs:
                      for (kind, op, frame), count in self.eager.items())
 
 
-def _check_rank(fn: Callable, args: tuple, kwargs: dict, *, backend: str | Callable,
+def check_rank(fn: Callable, args: tuple, kwargs: dict, *, backend: str | Callable,
                 progress: _Progress | None = None) -> tuple[str, RankReport]:
     """(fn's name, this rank's report) for one compiled call of fn."""
     compiler = _compat.lookup_backend(backend) if isinstance(backend, str) else backend
@@ -344,7 +338,7 @@ def _check_rank(fn: Callable, args: tuple, kwargs: dict, *, backend: str | Calla
     detail = ""
     if found.error is not None:
         error = f"{type(found.error).__name__}: {found.error}"
-        where = _innermost_user_frame_of(traceback.extract_tb(found.error.__traceback__))
+        where = raised_at(found.error, with_source=True)
         detail = "".join(traceback.format_exception(found.error))
     report = RankReport(
         rank=dist.get_rank(), status="ok" if found.error is None else "failed",
@@ -376,7 +370,7 @@ def _traced_from(node: torch.fx.Node) -> Frame | None:
 
 
 def _stack_frames(text: str) -> list[tuple[str, int, str]]:
-    """(file, line, function) of each frame in a traceback or faulthandler layout, in its order."""
+    """(file, line, function) of each frame of a stack in traceback's layout, outermost first."""
     return [(match["file"], int(match["line"]), match["function"])
             for match in _STACK_FRAME.finditer(text)]
 
@@ -402,9 +396,6 @@ def _innermost_user_frame() -> Frame | None:
     return Frame.at(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
 
 
-def _innermost_user_frame_of(frames: list[traceback.FrameSummary]) -> Frame | None:
-    return innermost_user_frame(((summary.filename, summary.lineno, summary.name)
-                                 for summary in frames), with_source=True)
 
 
 # -- real ranks, in processes of their own ---------------------------------------------------------
@@ -440,14 +431,11 @@ def run_collective_check(target: str | Callable, *, world_size: int = 2,
         raise TypeError(f"run_collective_check: timeout must be a number, got {timeout!r}")
     if timeout <= 0:
         raise ValueError(f"run_collective_check: timeout must be > 0, got {timeout!r}")
-    with tempfile.TemporaryDirectory(prefix="fullgraph-collectives-") as workdir:
-        spec = {"target": target, "world_size": world_size, "dist_backend": dist_backend,
-                "backend": backend, "timeout": timeout, "sys_path": sys.path,
-                "store": os.path.join(workdir, "store"), "workdir": workdir}
-        spec_path = os.path.join(workdir, "spec.json")
-        with open(spec_path, "w") as out:
-            json.dump(spec, out)
-        ranks = _launch(spec_path, workdir, world_size=world_size, timeout=timeout)
+    # The ranks' module imports this one for the reports and the check each rank runs.
+    from ._ranks import run_ranks
+
+    ranks = run_ranks(target, world_size=world_size, dist_backend=dist_backend, backend=backend,
+                      timeout=timeout)
     function = next((name for name, _ in ranks if name), target.partition(":")[2])
     return CollectiveReport(function, backend, dist_backend, world_size,
                             tuple(report for _, report in ranks))
@@ -463,141 +451,6 @@ def _target_spec(target: str | Callable) -> str:
         raise TypeError("run_collective_check: target must be 'module:function' or a top-level "
                         f"function of an importable module, got {target!r}")
     return f"{module}:{qualname}"
-
-
-def _launch(spec_path: str, workdir: str, *, world_size: int, timeout: float
-            ) -> list[tuple[str | None, RankReport]]:
-    rank_command = ["-c", f"from {__name__} import _rank_main; _rank_main()", spec_path]
-    launched = run_processes([[*rank_command, str(rank)] for rank in range(world_size)],
-                             workdir=workdir, timeout=timeout, label="rank")
-    return [_collect(workdir, rank) for rank in launched.ended]
-
-
-def _collect(workdir: str, rank: Ended) -> tuple[str | None, RankReport]:
-    """(function name, report) of one rank: its own report if it wrote one, else what the
-    launcher knows: why it was stopped and where it was, or how it exited."""
-    written = _read(os.path.join(workdir, f"rank{rank.index}.json"))
-    if written:
-        data = json.loads(written)
-        return data["function"], RankReport.from_dict(data["report"])
-    if rank.stopped is not None:
-        where, stack = _stuck_at(rank.stack)
-        function, graphs, sequence = _progress(workdir, rank.index)
-        status = "timed out" if rank.stopped.startswith("timed out") else "stopped"
-        return function, RankReport(rank.index, status, graphs=graphs, sequence=sequence,
-                                    error=rank.stopped, where=where, detail=stack)
-    return None, RankReport(rank.index, "crashed",
-                            error=f"exited with {exit_description(rank.returncode)} without a "
-                                  "report", detail=rank.output())
-
-
-def _progress_path(workdir: str, rank: int) -> str:
-    return os.path.join(workdir, f"rank{rank}.progress")
-
-
-def _progress(workdir: str, rank: int
-              ) -> tuple[str | None, tuple[CapturedGraph, ...], tuple[str, ...]]:
-    """The function a rank checked, the graphs it captured and the collectives it started, from
-    its progress file."""
-    events = []
-    for line in _read(_progress_path(workdir, rank)).splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:  # the last line, cut short by the kill
-            break
-    function = next((event["function"] for event in events if "function" in event), None)
-    return (function,
-            tuple(CapturedGraph.from_dict(event["graph"]) for event in events if "graph" in event),
-            tuple(event["ran"] for event in events if "ran" in event))
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as file:
-            return file.read()
-    except FileNotFoundError:
-        return ""
-
-
-def _stuck_at(dump: str) -> tuple[Frame | None, str]:
-    """The innermost user frame of the rank's main thread, and that thread's stack, from a
-    faulthandler dump (most recent call first)."""
-    starts = [match.start() for match in _DUMP_THREAD.finditer(dump)] + [len(dump)]
-    threads = [dump[start:end] for start, end in zip(starts, starts[1:])]
-    main = next((thread for thread in threads if f"in {_rank_main.__name__}" in thread), "")
-    # A dump lists the most recent call first.
-    return innermost_user_frame(reversed(_stack_frames(main)), with_source=True), main.strip()
-
-
-def _rank_main() -> None:
-    """One rank: `python -c ... SPEC RANK`. Writes rank{RANK}.json and exits 0 if the call
-    returned, 1 otherwise."""
-    spec_path, rank = sys.argv[1], int(sys.argv[2])
-    with open(spec_path) as file:
-        spec = json.load(file)
-    workdir, world_size = spec["workdir"], spec["world_size"]
-    sys.path[:] = spec["sys_path"]
-    # The ranks share the machine's cores: more threads than that only contend.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-    function = None
-    try:
-        if spec["dist_backend"] == "nccl":
-            torch.cuda.set_device(rank % torch.cuda.device_count())
-        dist.init_process_group(spec["dist_backend"], rank=rank, world_size=world_size,
-                                store=dist.FileStore(spec["store"], world_size),
-                                timeout=datetime.timedelta(seconds=spec["timeout"]))
-        fn, args, kwargs = _unpack(spec["target"], _load(spec["target"])())
-        with open(_progress_path(workdir, rank), "w") as progress:
-            function, report = _check_rank(fn, args, kwargs, backend=spec["backend"],
-                                           progress=lambda event: _append(progress, event))
-    except Exception as error:  # setup failed: the report says so, the launcher goes on
-        report = RankReport(rank, "failed", error=f"{type(error).__name__}: {error}",
-                            where=_innermost_user_frame_of(traceback.extract_tb(error.__traceback__)),
-                            detail="".join(traceback.format_exception(error)))
-    _write_json(os.path.join(workdir, f"rank{rank}.json"),
-                {"function": function, "report": report.to_dict()})
-    if report.status == "ok":
-        # Only on success: after a failure the peers may be blocked in a collective, where
-        # tearing the group down would hang. CUDA graphs that captured NCCL collectives (a
-        # target compiled with mode="reduce-overhead") must go first, or destroying the group
-        # hangs too (pytorch/pytorch#115388); the reset frees them.
-        torch._dynamo.reset()
-        dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # A gloo worker thread can still hold the last collective's tensors at interpreter shutdown,
-    # and releasing them then aborts the process (pytorch/pytorch#179291): skip the shutdown.
-    os._exit(0 if report.status == "ok" else 1)
-
-
-def _load(target: str) -> Callable:
-    match = _TARGET.fullmatch(target)
-    found: Any = importlib.import_module(match["module"])
-    for part in match["attribute"].split("."):
-        found = getattr(found, part)
-    return found
-
-
-def _unpack(target: str, returned: Any) -> tuple[Callable, tuple, dict]:
-    if (not isinstance(returned, tuple) or len(returned) not in (2, 3)
-            or not callable(returned[0]) or not isinstance(returned[1], (tuple, list))
-            or len(returned) == 3 and not isinstance(returned[2], dict)):
-        raise TypeError(f"{target} must return (fn, args) or (fn, args, kwargs), got "
-                        f"{type(returned).__name__}")
-    fn, args, kwargs = (*returned, {}) if len(returned) == 2 else returned
-    return fn, tuple(args), kwargs
-
-
-def _append(file: Any, event: dict) -> None:
-    file.write(json.dumps(event) + "\n")
-    file.flush()
-
-
-def _write_json(path: str, data: dict) -> None:
-    # Written whole or not at all: a rank killed mid-write leaves no half report.
-    with open(path + ".tmp", "w") as out:
-        json.dump(data, out)
-    os.replace(path + ".tmp", path)
 
 
 # -- the assertion -------------------------------------------------------------------------------
@@ -682,10 +535,11 @@ def _failure_lines(rank: RankReport) -> list[str]:
     if rank.status == "crashed":
         return [f"crashed: {rank.error}", *rank.detail.splitlines()[-3:]]
     lines = [f"{rank.error}{where}", rank.where.line if rank.where else ""]
-    innermost = next(iter(_STACK_FRAME.finditer(rank.detail)), None)
-    if innermost and not is_user_file(innermost["file"], with_source=True):
-        lines.append(f"waiting in {os.path.basename(innermost['file'])}:{innermost['line']} "
-                     f"in {innermost['function']}")
+    # A rank that did not finish: its detail is its main thread's stack, from a faulthandler dump.
+    innermost = next(reversed(_dumps.frames(rank.detail)), None)
+    if innermost and not is_user_file(innermost[0], with_source=True):
+        filename, line, function = innermost
+        lines.append(f"waiting in {os.path.basename(filename)}:{line} in {function}")
     if rank.sequence:
         lines.append(f"the last collective it started: {rank.sequence[-1]} "
                      f"(#{len(rank.sequence)})")

@@ -1,5 +1,5 @@
-"""The helpers the checkers share (checks/_frames.py, _message.py, _args.py): which frames are the
-user's, counted nouns, function names, backend names."""
+"""The helpers the checkers share (checks/_frames.py, _dumps.py, _message.py, _args.py): which
+frames are the user's, faulthandler's dumps, counted nouns, function names, backend names."""
 
 import functools
 import os
@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from fullgraph.checks import _compat
+from fullgraph.checks import _compat, _dumps
 from fullgraph.checks._args import backend_name, check_callable
 from fullgraph.checks._frames import CHECKS_DIR, innermost_user_frame, is_user_file, user_frame_in
 from fullgraph.checks._message import counted, function_name
@@ -80,3 +80,37 @@ def test_a_backend_is_named_by_its_name_or_its_function():
 
     assert backend_name("aot_eager") == "aot_eager"
     assert backend_name(my_backend) == "my_backend"
+
+
+# As faulthandler writes them: the thread the signal arrived on first, marked "Current".
+DUMP = """Thread 0x00007f0000000002 (most recent call first):
+  File "/usr/lib/python3.11/threading.py", line 324 in wait
+  File "/usr/lib/python3.11/threading.py", line 995 in _bootstrap
+
+Current thread 0x00007f0000000001 (most recent call first):
+  File "/work/train.py", line 12 in step
+  File "/work/train.py", line 30 in main
+
+Extension modules: numpy.core._multiarray_umath, torch._C (total: 2)
+"""
+
+
+def test_a_dump_splits_into_threads_with_the_extension_modules_apart():
+    head, stacks, tail = _dumps.threads(DUMP)
+    assert head == "" and tail.startswith("Extension modules: numpy")
+    assert [stack.splitlines()[0] for stack in stacks] == [
+        "Thread 0x00007f0000000002 (most recent call first):",
+        "Current thread 0x00007f0000000001 (most recent call first):"]
+    assert _dumps.threads("Main thread (most recent call last):") == (
+        "Main thread (most recent call last):", [], "")
+
+
+def test_the_main_thread_goes_first_and_its_frames_read_outermost_first():
+    ordered = _dumps.main_thread_first(DUMP)
+    assert ordered.startswith("Current thread 0x00007f0000000001")
+    assert ordered.index("Thread 0x00007f0000000002") < ordered.index("Extension modules")
+    current = _dumps.threads(DUMP)[1][1]
+    assert _dumps.frames(current) == [("/work/train.py", 30, "main"), ("/work/train.py", 12, "step")]
+    # Without a current thread, the oldest (listed last) is the main thread.
+    two = DUMP.replace("Current thread", "Thread")
+    assert _dumps.main_thread_first(two).startswith("Thread 0x00007f0000000001")
