@@ -318,7 +318,7 @@ class _Runs:
 
 
 def check_rank(fn: Callable, args: tuple, kwargs: dict, *, backend: str | Callable,
-                progress: _Progress | None = None) -> tuple[str, RankReport]:
+               progress: _Progress | None = None) -> tuple[str, RankReport]:
     """(fn's name, this rank's report) for one compiled call of fn."""
     compiler = _compat.lookup_backend(backend) if isinstance(backend, str) else backend
     graphs: list[CapturedGraph] = []

@@ -192,7 +192,7 @@ def _is_call_compiled(frame: types.FrameType) -> bool:
 
 
 def user_frames_above_dynamo(is_entry: Callable[[types.FrameType], bool]
-                              ) -> list[_StackEntry] | None:
+                             ) -> list[_StackEntry] | None:
     """The user frames running eagerly between the compiled call and the frame dynamo is compiling.
 
     `is_entry` tells the frame that made the compiled call. A helper compiled as its own frame
