@@ -43,6 +43,7 @@ from . import _compat, _dumps
 from ._args import backend_name, check_backend
 from ._frames import innermost_user_frame, is_user_file, raised_at
 from ._message import CheckFailure, Frame, check_msg, counted, format_failure, function_name
+from ._target import CALLABLE
 from .graph_breaks import OP_KINDS, GraphBreak, find_graph_breaks
 from .recompiles import check_count, track_compiles
 
@@ -58,7 +59,6 @@ __all__ = [
 ]
 # Not exported: check_rank, the check each rank's process runs (_ranks.py).
 
-_TARGET = re.compile(r"(?P<module>[A-Za-z_][\w.]*):(?P<attribute>[A-Za-z_][\w.]*)")
 # Breaks whose reason names the collective machinery (async_op=True, Work.wait); a break on the
 # line of an uncaptured collective (dist.broadcast builds options dynamo cannot trace) is one too.
 _COLLECTIVE_BREAK = re.compile(r"distributed|collective|c10d|\bWork\b|ProcessGroup")
@@ -443,7 +443,7 @@ def run_collective_check(target: str | Callable, *, world_size: int = 2,
 
 def _target_spec(target: str | Callable) -> str:
     if isinstance(target, str):
-        if not _TARGET.fullmatch(target):
+        if not CALLABLE.fullmatch(target):
             raise ValueError(f"run_collective_check: target must be 'module:function', got {target!r}")
         return target
     module, qualname = getattr(target, "__module__", None), getattr(target, "__qualname__", "")
