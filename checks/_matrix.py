@@ -3,30 +3,15 @@ and the walk over the tensors in nested arguments, which the CUDA-graph checker 
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ._compat import breaks as torch_breaks
 from .graph_breaks import GraphBreak
-from .graph_breaks import _backend_name as backend_name
 
-__all__ = ["as_args", "backend_name", "break_lines", "describe", "function_name", "hint_for",
-           "named_tensors", "tensors_in"]
-
-
-def function_name(fn: Callable) -> str:
-    """`forward` for fn, functools.partial(forward, ...) and a module whose forward it is."""
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if isinstance(fn, torch.nn.Module):
-        return f"{type(fn).__qualname__}.forward"
-    return getattr(fn, "__qualname__", None) or repr(fn)
+__all__ = ["as_args", "break_lines", "describe", "hint_for", "named_tensors", "tensors_in"]
 
 
 def as_args(made: Any) -> tuple:

@@ -1,4 +1,5 @@
-"""The one failure-message layout every checker uses, and the frame type reports share.
+"""The one failure-message layout every checker uses, the frame type reports share, and the
+words messages are made of: counted nouns and function names.
 
     <headline: what was counted, the count and the limit>
       1. path:line in function: <kind>
@@ -10,11 +11,16 @@
 
 from __future__ import annotations
 
+import functools
 import linecache
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Frame", "CheckFailure", "check_msg", "display_path", "format_failure"]
+import torch
+
+__all__ = ["Frame", "CheckFailure", "check_msg", "counted", "display_path", "format_failure",
+           "function_name"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,21 @@ def display_path(path: str) -> str:
     except ValueError:  # another drive on Windows
         return path
     return path if relative.startswith("..") else relative
+
+
+def counted(number: int, noun: str, plural: str | None = None) -> str:
+    """`1 recompile`, `2 recompiles`; `plural` for a noun that does not just add an s."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
+
+
+def function_name(fn: Callable) -> str:
+    """How a report names `fn`: its qualified name, through functools.partial;
+    `Module.forward` for a module."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if isinstance(fn, torch.nn.Module):
+        return f"{type(fn).__qualname__}.forward"
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
 def check_msg(checker: str, msg: object) -> None:

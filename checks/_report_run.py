@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from collections.abc import Iterator
 
 from fullgraph.model.launch import Ended, read_written, run_processes
 
+from ._dumps import main_thread_first
 from ._target import Outcome, load_target, run_target
 from .env import environment
 from .report import RecordedReport, Report, ended_outside
@@ -38,9 +38,6 @@ __all__ = ["SAMPLE_S", "TIMEOUT_CODE", "run_reported", "main"]
 
 SAMPLE_S = 0.2
 TIMEOUT_CODE = 124
-# Each thread's stack in a faulthandler dump starts so ("Current thread" is the one the signal
-# arrived on: the main thread here).
-_THREAD_START = re.compile(r"^(?:Current thread|Thread) 0x", re.M)
 
 
 def run_reported(argv: list[str], *, command: str, label: str, timeout: float | None
@@ -84,24 +81,9 @@ def _killed(data: dict, child: Ended, sample: str) -> RecordedReport:
 
 
 def _crash(signal_name: str | None, stack: str, taken: str) -> dict:
-    return {"signal": signal_name, "stack": _main_thread_first(stack.strip()),
+    # The sampled stack is traceback's, one thread: main_thread_first leaves it as it is.
+    return {"signal": signal_name, "stack": main_thread_first(stack.strip()),
             "stack_taken": taken}
-
-
-def _main_thread_first(dump: str) -> str:
-    """faulthandler's dump with the main thread's stack first: the current thread where there is
-    one, else the oldest thread, which faulthandler lists last."""
-    starts = [match.start() for match in _THREAD_START.finditer(dump)]
-    if len(starts) < 2:
-        return dump
-    ends = [*starts[1:], len(dump)]
-    threads = [dump[start:end].strip("\n") for start, end in zip(starts, ends, strict=True)]
-    tail = ""
-    if "\n\n" in threads[-1]:  # "Extension modules: ..." follows the last thread
-        threads[-1], tail = threads[-1].split("\n\n", 1)
-    main = next((thread for thread in threads if thread.startswith("Current")), threads[-1])
-    ordered = [main, *(thread for thread in threads if thread is not main)]
-    return "\n\n".join(filter(None, [dump[:starts[0]].strip("\n"), *ordered, tail]))
 
 
 def _read_json(path: str) -> dict | None:

@@ -20,12 +20,13 @@ import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from ._frames import CHECKS_DIR
 from ._message import display_path
 
-__all__ = ["TargetError", "Target", "Outcome", "load_target", "run_target"]
+__all__ = ["CALLABLE", "TargetError", "Target", "Outcome", "load_target", "run_target"]
 
-_CALLABLE = re.compile(r"(?P<module>[A-Za-z_][\w.]*):(?P<attribute>[A-Za-z_][\w.]*)")
-_THIS_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+# "module:function" (`fullgraph report`'s third TARGET form, run_collective_check's target).
+CALLABLE = re.compile(r"(?P<module>[A-Za-z_][\w.]*):(?P<attribute>[A-Za-z_][\w.]*)")
 
 
 class TargetError(ValueError):
@@ -61,7 +62,7 @@ def load_target(argv: list[str]) -> Target:
         if not args:
             raise TargetError("TARGET: -m needs a module name")
         return _module(args[0], args[1:])
-    if not first.endswith(".py") and _CALLABLE.fullmatch(first):
+    if not first.endswith(".py") and CALLABLE.fullmatch(first):
         if args:
             raise TargetError(f"TARGET: {first} is called with no arguments, got {args}")
         return _callable(first)
@@ -97,7 +98,7 @@ def _module(name: str, args: list[str]) -> Target:
 
 
 def _callable(spec: str) -> Target:
-    match = _CALLABLE.fullmatch(spec)
+    match = CALLABLE.fullmatch(spec)
     with _on_path(os.getcwd()):
         try:
             module = importlib.import_module(match["module"])
@@ -179,4 +180,4 @@ def _user_traceback(tb: types.TracebackType | None) -> types.TracebackType | Non
 def _is_runner_frame(filename: str) -> bool:
     # runpy's code may be frozen: its filename is then "<frozen runpy>", not runpy.__file__.
     return (filename == runpy.run_path.__code__.co_filename
-            or os.path.abspath(filename).startswith(_THIS_PACKAGE + os.sep))
+            or os.path.abspath(filename).startswith(CHECKS_DIR + os.sep))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -282,7 +283,7 @@ def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float,
                    tensor_parallel: bool) -> list:
     import torch
 
-    from fullgraph.model.bench import profile_decode, run_bench
+    from fullgraph.model.bench import BenchSpec, profile_decode, run_bench
 
     results = []
     for batch in args.batch:
@@ -290,15 +291,15 @@ def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float,
         # the reset, the second size would run the dynamic-shape graph compiled for both.
         torch.compiler.reset()
         # The build both the timed runs and the profile measure.
-        build = dict(device=str(device), dtype=dtype, batch_size=batch, prompt_len=args.prompt_len,
-                     new_tokens=args.new_tokens, fuse=not args.no_fuse,
-                     sdpa_backend=args.sdpa_backend, tensor_parallel=tensor_parallel,
-                     quantize=args.quantize, group_size=args.group_size,
-                     cache=args.cache, block_size=args.block_size,
-                     min_prompt_len=args.min_prompt_len)
+        build = BenchSpec(args.config, device=str(device), dtype=dtype, batch_size=batch,
+                          prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+                          fuse=not args.no_fuse, sdpa_backend=args.sdpa_backend,
+                          tensor_parallel=tensor_parallel, quantize=args.quantize,
+                          group_size=args.group_size, cache=args.cache,
+                          block_size=args.block_size, min_prompt_len=args.min_prompt_len)
         modes = [True] if args.no_eager else [True, False]
-        runs = [run_bench(args.config, **build, compile=compiled,
-                          coordinate_descent=args.coordinate_descent and compiled,
+        runs = [run_bench(dataclasses.replace(build, compile=compiled,
+                                              coordinate_descent=args.coordinate_descent and compiled),
                           bandwidth_gbps=bandwidth)
                 for compiled in modes]
         for run in runs:
@@ -310,8 +311,9 @@ def _bench_batches(args: argparse.Namespace, *, device, dtype, bandwidth: float,
                   file=out, flush=True)
         results.extend(runs)
         if args.profile:
-            breakdown = profile_decode(args.config, **build, steps=min(32, args.new_tokens - 4),
-                                       coordinate_descent=args.coordinate_descent)
+            breakdown = profile_decode(
+                dataclasses.replace(build, coordinate_descent=args.coordinate_descent),
+                steps=min(32, args.new_tokens - 4))
             parts = ", ".join(f"{name} {ms:.3f}" for name, ms in breakdown.by_category.items())
             print(f"{batch:>5}  profile ms/step {breakdown.total_ms:.3f}: {parts}", file=out)
             if (gbps := breakdown.matmul_gbps()) is not None:

@@ -12,8 +12,8 @@ while no compiled graph is running ran eagerly, whatever API called it.
     find_collectives       one rank, in this process: a fake process group of any world size, or
                            the group already initialised
     run_collective_check   real ranks (gloo or NCCL) in processes of their own
-                           (fullgraph.model.launch), with a timeout; a rank that fails, hangs or
-                           crashes is named with its error or stack
+                           (fullgraph.model.launch, driven by _ranks.py), with a timeout; a rank
+                           that fails, hangs or crashes is named with its error or stack
     assert_collectives     raises CollectiveError on breaks, uncaptured collectives, unexpected
                            counts, recompiles, failed ranks or ranks that disagree
 
@@ -24,14 +24,9 @@ AOT autograd's, not one dynamo hands to the backend.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
-import importlib
-import json
 import os
-import re
 import sys
-import tempfile
 import traceback
 from collections import Counter
 from collections.abc import Callable
@@ -41,17 +36,19 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from fullgraph.model.launch import Ended, exit_description, fake_process_group, run_processes
+from fullgraph.model.launch import fake_process_group
 
-from . import _compat
-from ._args import check_backend
+from . import _compat, _dumps
+from ._args import backend_name, check_backend
 from ._compat import distributed as torch_distributed
 from ._compat import dynamo as torch_dynamo
+from ._compat import guard_failures as torch_guard_failures
 from ._compat import hooks as torch_hooks
-from ._message import CheckFailure, Frame, check_msg, format_failure
-from .graph_breaks import _OP_KINDS, GraphBreak, _backend_name, _function_name, find_graph_breaks
-from .graph_breaks import _is_user_file as _is_user_source
-from .recompiles import check_count, counted, track_compiles
+from ._frames import innermost_user_frame, is_user_file, raised_at
+from ._message import CheckFailure, Frame, check_msg, counted, format_failure, function_name
+from ._target import CALLABLE
+from .graph_breaks import OP_KINDS, GraphBreak, find_graph_breaks
+from .recompiles import check_count, track_compiles
 
 __all__ = [
     "CapturedGraph",
@@ -63,14 +60,7 @@ __all__ = [
     "run_collective_check",
     "assert_collectives",
 ]
-
-_TARGET = re.compile(r"(?P<module>[A-Za-z_][\w.]*):(?P<attribute>[A-Za-z_][\w.]*)")
-# faulthandler's layout: 'Current thread 0x... (most recent call first):' or 'Thread 0x...',
-# then '  File "path", line N in function' per frame; FX's stack_trace has traceback's layout,
-# '  File "path", line N, in function'.
-_DUMP_THREAD = re.compile(r"^(?:Current thread|Thread) 0x", re.M)
-_STACK_FRAME = re.compile(r'^\s+File "(?P<file>[^"]+)", line (?P<line>\d+),? in (?P<function>\S+)',
-                          re.M)
+# Not exported: check_rank, the check each rank's process runs (_ranks.py).
 
 
 # -- reports ---------------------------------------------------------------------------------------
@@ -273,8 +263,8 @@ def find_collectives(fn: Callable, *args: Any, world_size: int | None = None, ra
 
 def _report_this_rank(fn: Callable, args: tuple, kwargs: dict, *, backend: str | Callable
                       ) -> CollectiveReport:
-    name, report = _check_rank(fn, args, kwargs, backend=backend)
-    return CollectiveReport(name, _backend_name(backend), dist.get_backend(),
+    name, report = check_rank(fn, args, kwargs, backend=backend)
+    return CollectiveReport(name, backend_name(backend), dist.get_backend(),
                             dist.get_world_size(), (report,))
 
 
@@ -323,14 +313,14 @@ class _Runs:
                      for (kind, op, frame), count in self.eager.items())
 
 
-def _check_rank(fn: Callable, args: tuple, kwargs: dict, *, backend: str | Callable,
-                progress: _Progress | None = None) -> tuple[str, RankReport]:
+def check_rank(fn: Callable, args: tuple, kwargs: dict, *, backend: str | Callable,
+               progress: _Progress | None = None) -> tuple[str, RankReport]:
     """(fn's name, this rank's report) for one compiled call of fn."""
     compiler = torch_dynamo.lookup_backend(backend) if isinstance(backend, str) else backend
     graphs: list[CapturedGraph] = []
     runs = _Runs(progress)
     if progress is not None:
-        progress({"function": _function_name(fn)})
+        progress({"function": function_name(fn)})
 
     def record(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
         graphs.append(_captured_graph(gm))
@@ -344,7 +334,7 @@ def _check_rank(fn: Callable, args: tuple, kwargs: dict, *, backend: str | Calla
     detail = ""
     if found.error is not None:
         error = f"{type(found.error).__name__}: {found.error}"
-        where = _innermost_user_frame_of(traceback.extract_tb(found.error.__traceback__))
+        where = raised_at(found.error, with_source=True)
         detail = "".join(traceback.format_exception(found.error))
     report = RankReport(
         rank=dist.get_rank(), status="ok" if found.error is None else "failed",
@@ -357,13 +347,13 @@ def _check_rank(fn: Callable, args: tuple, kwargs: dict, *, backend: str | Calla
 def _captured_graph(gm: torch.fx.GraphModule) -> CapturedGraph:
     # Higher-order ops (checkpoint, cond) keep their bodies as submodules: look inside those too.
     nodes = [node for module in gm.modules() if isinstance(module, torch.fx.GraphModule)
-             for node in module.graph.nodes if node.op in _OP_KINDS]
+             for node in module.graph.nodes if node.op in OP_KINDS]
     collectives = [(kind, node) for node in nodes if node.op == "call_function"
                    for kind in [torch_distributed.collective_kind(node.target)] if kind is not None]
     targets = "\n".join(f"{node.op} {_target_name(node.target)}" for node in nodes)
     return CapturedGraph(
         compile_id=torch_dynamo.current_compile_id() or "?",
-        ops=sum(node.op in _OP_KINDS for node in gm.graph.nodes),
+        ops=sum(node.op in OP_KINDS for node in gm.graph.nodes),
         collectives=tuple(kind for kind, _ in collectives),
         sites=tuple(_traced_from(node) for _, node in collectives),
         signature=hashlib.sha1(targets.encode()).hexdigest()[:12])
@@ -371,11 +361,8 @@ def _captured_graph(gm: torch.fx.GraphModule) -> CapturedGraph:
 
 def _traced_from(node: torch.fx.Node) -> Frame | None:
     """The innermost user frame of the stack dynamo recorded for a node."""
-    frames = [match for match in _STACK_FRAME.finditer(node.meta.get("stack_trace") or "")
-              if _is_user_file(match["file"])]
-    if not frames:
-        return None
-    return Frame.at(frames[-1]["file"], int(frames[-1]["line"]), frames[-1]["function"])
+    frames = torch_guard_failures.stack_frames(node.meta.get("stack_trace") or "")
+    return innermost_user_frame(frames, with_source=True)
 
 
 def _target_name(target: Any) -> str:
@@ -390,25 +377,15 @@ def _describe_recompile(event: Any) -> str:
     return f"{event.compile_id} of {event.function.location()}: {reason}"
 
 
-def _is_user_file(filename: str) -> bool:
-    # <string>, <eval_with_key>.N (FX's code): code without a file is nobody's line to point at.
-    return not filename.startswith("<") and _is_user_source(filename)
-
-
 def _innermost_user_frame() -> Frame | None:
     frame = sys._getframe(1)
-    while frame is not None and not _is_user_file(frame.f_code.co_filename):
+    while frame is not None and not is_user_file(frame.f_code.co_filename, with_source=True):
         frame = frame.f_back
     if frame is None:
         return None
     return Frame.at(frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name)
 
 
-def _innermost_user_frame_of(frames: list[traceback.FrameSummary]) -> Frame | None:
-    user = [summary for summary in frames if _is_user_file(summary.filename)]
-    if not user:
-        return None
-    return Frame.at(user[-1].filename, user[-1].lineno, user[-1].name)
 
 
 # -- real ranks, in processes of their own ---------------------------------------------------------
@@ -444,14 +421,11 @@ def run_collective_check(target: str | Callable, *, world_size: int = 2,
         raise TypeError(f"run_collective_check: timeout must be a number, got {timeout!r}")
     if timeout <= 0:
         raise ValueError(f"run_collective_check: timeout must be > 0, got {timeout!r}")
-    with tempfile.TemporaryDirectory(prefix="fullgraph-collectives-") as workdir:
-        spec = {"target": target, "world_size": world_size, "dist_backend": dist_backend,
-                "backend": backend, "timeout": timeout, "sys_path": sys.path,
-                "store": os.path.join(workdir, "store"), "workdir": workdir}
-        spec_path = os.path.join(workdir, "spec.json")
-        with open(spec_path, "w") as out:
-            json.dump(spec, out)
-        ranks = _launch(spec_path, workdir, world_size=world_size, timeout=timeout)
+    # The ranks' module imports this one for the reports and the check each rank runs.
+    from ._ranks import run_ranks
+
+    ranks = run_ranks(target, world_size=world_size, dist_backend=dist_backend, backend=backend,
+                      timeout=timeout)
     function = next((name for name, _ in ranks if name), target.partition(":")[2])
     return CollectiveReport(function, backend, dist_backend, world_size,
                             tuple(report for _, report in ranks))
@@ -459,7 +433,7 @@ def run_collective_check(target: str | Callable, *, world_size: int = 2,
 
 def _target_spec(target: str | Callable) -> str:
     if isinstance(target, str):
-        if not _TARGET.fullmatch(target):
+        if not CALLABLE.fullmatch(target):
             raise ValueError(f"run_collective_check: target must be 'module:function', got {target!r}")
         return target
     module, qualname = getattr(target, "__module__", None), getattr(target, "__qualname__", "")
@@ -467,143 +441,6 @@ def _target_spec(target: str | Callable) -> str:
         raise TypeError("run_collective_check: target must be 'module:function' or a top-level "
                         f"function of an importable module, got {target!r}")
     return f"{module}:{qualname}"
-
-
-def _launch(spec_path: str, workdir: str, *, world_size: int, timeout: float
-            ) -> list[tuple[str | None, RankReport]]:
-    rank_command = ["-c", f"from {__name__} import _rank_main; _rank_main()", spec_path]
-    launched = run_processes([[*rank_command, str(rank)] for rank in range(world_size)],
-                             workdir=workdir, timeout=timeout, label="rank")
-    return [_collect(workdir, rank) for rank in launched.ended]
-
-
-def _collect(workdir: str, rank: Ended) -> tuple[str | None, RankReport]:
-    """(function name, report) of one rank: its own report if it wrote one, else what the
-    launcher knows: why it was stopped and where it was, or how it exited."""
-    written = _read(os.path.join(workdir, f"rank{rank.index}.json"))
-    if written:
-        data = json.loads(written)
-        return data["function"], RankReport.from_dict(data["report"])
-    if rank.stopped is not None:
-        where, stack = _stuck_at(rank.stack)
-        function, graphs, sequence = _progress(workdir, rank.index)
-        status = "timed out" if rank.stopped.startswith("timed out") else "stopped"
-        return function, RankReport(rank.index, status, graphs=graphs, sequence=sequence,
-                                    error=rank.stopped, where=where, detail=stack)
-    return None, RankReport(rank.index, "crashed",
-                            error=f"exited with {exit_description(rank.returncode)} without a "
-                                  "report", detail=rank.output())
-
-
-def _progress_path(workdir: str, rank: int) -> str:
-    return os.path.join(workdir, f"rank{rank}.progress")
-
-
-def _progress(workdir: str, rank: int
-              ) -> tuple[str | None, tuple[CapturedGraph, ...], tuple[str, ...]]:
-    """The function a rank checked, the graphs it captured and the collectives it started, from
-    its progress file."""
-    events = []
-    for line in _read(_progress_path(workdir, rank)).splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:  # the last line, cut short by the kill
-            break
-    function = next((event["function"] for event in events if "function" in event), None)
-    return (function,
-            tuple(CapturedGraph.from_dict(event["graph"]) for event in events if "graph" in event),
-            tuple(event["ran"] for event in events if "ran" in event))
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as file:
-            return file.read()
-    except FileNotFoundError:
-        return ""
-
-
-def _stuck_at(dump: str) -> tuple[Frame | None, str]:
-    """The innermost user frame of the rank's main thread, and that thread's stack, from a
-    faulthandler dump (most recent call first)."""
-    starts = [match.start() for match in _DUMP_THREAD.finditer(dump)] + [len(dump)]
-    threads = [dump[start:end] for start, end in zip(starts, starts[1:])]
-    main = next((thread for thread in threads if f"in {_rank_main.__name__}" in thread), "")
-    for match in _STACK_FRAME.finditer(main):
-        if _is_user_file(match["file"]):
-            return Frame.at(match["file"], int(match["line"]), match["function"]), main.strip()
-    return None, main.strip()
-
-
-def _rank_main() -> None:
-    """One rank: `python -c ... SPEC RANK`. Writes rank{RANK}.json and exits 0 if the call
-    returned, 1 otherwise."""
-    spec_path, rank = sys.argv[1], int(sys.argv[2])
-    with open(spec_path) as file:
-        spec = json.load(file)
-    workdir, world_size = spec["workdir"], spec["world_size"]
-    sys.path[:] = spec["sys_path"]
-    # The ranks share the machine's cores: more threads than that only contend.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-    function = None
-    try:
-        if spec["dist_backend"] == "nccl":
-            torch.cuda.set_device(rank % torch.cuda.device_count())
-        dist.init_process_group(spec["dist_backend"], rank=rank, world_size=world_size,
-                                store=dist.FileStore(spec["store"], world_size),
-                                timeout=datetime.timedelta(seconds=spec["timeout"]))
-        fn, args, kwargs = _unpack(spec["target"], _load(spec["target"])())
-        with open(_progress_path(workdir, rank), "w") as progress:
-            function, report = _check_rank(fn, args, kwargs, backend=spec["backend"],
-                                           progress=lambda event: _append(progress, event))
-    except Exception as error:  # setup failed: the report says so, the launcher goes on
-        report = RankReport(rank, "failed", error=f"{type(error).__name__}: {error}",
-                            where=_innermost_user_frame_of(traceback.extract_tb(error.__traceback__)),
-                            detail="".join(traceback.format_exception(error)))
-    _write_json(os.path.join(workdir, f"rank{rank}.json"),
-                {"function": function, "report": report.to_dict()})
-    if report.status == "ok":
-        # Only on success: after a failure the peers may be blocked in a collective, where
-        # tearing the group down would hang. CUDA graphs that captured NCCL collectives (a
-        # target compiled with mode="reduce-overhead") must go first, or destroying the group
-        # hangs too (pytorch/pytorch#115388); the reset frees them.
-        torch.compiler.reset()
-        dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # A gloo worker thread can still hold the last collective's tensors at interpreter shutdown,
-    # and releasing them then aborts the process (pytorch/pytorch#179291): skip the shutdown.
-    os._exit(0 if report.status == "ok" else 1)
-
-
-def _load(target: str) -> Callable:
-    match = _TARGET.fullmatch(target)
-    found: Any = importlib.import_module(match["module"])
-    for part in match["attribute"].split("."):
-        found = getattr(found, part)
-    return found
-
-
-def _unpack(target: str, returned: Any) -> tuple[Callable, tuple, dict]:
-    if (not isinstance(returned, tuple) or len(returned) not in (2, 3)
-            or not callable(returned[0]) or not isinstance(returned[1], (tuple, list))
-            or len(returned) == 3 and not isinstance(returned[2], dict)):
-        raise TypeError(f"{target} must return (fn, args) or (fn, args, kwargs), got "
-                        f"{type(returned).__name__}")
-    fn, args, kwargs = (*returned, {}) if len(returned) == 2 else returned
-    return fn, tuple(args), kwargs
-
-
-def _append(file: Any, event: dict) -> None:
-    file.write(json.dumps(event) + "\n")
-    file.flush()
-
-
-def _write_json(path: str, data: dict) -> None:
-    # Written whole or not at all: a rank killed mid-write leaves no half report.
-    with open(path + ".tmp", "w") as out:
-        json.dump(data, out)
-    os.replace(path + ".tmp", path)
 
 
 # -- the assertion -------------------------------------------------------------------------------
@@ -688,10 +525,11 @@ def _failure_lines(rank: RankReport) -> list[str]:
     if rank.status == "crashed":
         return [f"crashed: {rank.error}", *rank.detail.splitlines()[-3:]]
     lines = [f"{rank.error}{where}", rank.where.line if rank.where else ""]
-    innermost = next(iter(_STACK_FRAME.finditer(rank.detail)), None)
-    if innermost and not _is_user_file(innermost["file"]):
-        lines.append(f"waiting in {os.path.basename(innermost['file'])}:{innermost['line']} "
-                     f"in {innermost['function']}")
+    # A rank that did not finish: its detail is its main thread's stack, from a faulthandler dump.
+    innermost = next(reversed(_dumps.frames(rank.detail)), None)
+    if innermost and not is_user_file(innermost[0], with_source=True):
+        filename, line, function = innermost
+        lines.append(f"waiting in {os.path.basename(filename)}:{line} in {function}")
     if rank.sequence:
         lines.append(f"the last collective it started: {rank.sequence[-1]} "
                      f"(#{len(rank.sequence)})")
@@ -774,15 +612,18 @@ def _kinds(kinds: tuple[str, ...]) -> str:
     return ", ".join(kinds) if kinds else "no collectives"
 
 
+# {counted} is the number of entries of the category with its noun in _COUNTED.
 _HEADLINES = {
-    "failed": "{n} rank{s} did not finish",
-    "uncaptured": "{n} collective{s} ran outside the graph (limit 0)",
-    "breaks": "{n} graph break{s} (limit {max_breaks})",
-    "recompiles": "{n} recompile{s} (limit {max_recompiles})",
+    "failed": "{counted} did not finish",
+    "uncaptured": "{counted} ran outside the graph (limit 0)",
+    "breaks": "{counted} (limit {max_breaks})",
+    "recompiles": "{counted} (limit {max_recompiles})",
     "counts": "unexpected collective counts",
     "sequence": "ranks disagree on the collective sequence",
     "graphs": "ranks compiled different graphs",
 }
+_COUNTED = {"failed": "rank", "uncaptured": "collective", "breaks": "graph break",
+            "recompiles": "recompile"}
 _HINTS = {
     "failed": "A rank that fails or hangs leaves the others waiting in a collective: start with "
               "the first error; the traceback or stack of each rank is in .report.",
@@ -799,7 +640,8 @@ _HINTS = {
 def _failure_message(report: CollectiveReport, problems: list[_Problem], limits: dict[str, int],
                      msg: str | None) -> str:
     counts = Counter(problem.category for problem in problems)
-    parts = [_HEADLINES[category].format(n=count, s="" if count == 1 else "s", **limits)
+    parts = [_HEADLINES[category].format(counted=counted(count, _COUNTED.get(category, "")),
+                                         **limits)
              for category, count in counts.items()]
     headline = f"{'; '.join(parts)} in {report.function} on {_where_run(report)}"
     entries = [[f"{_rank_label(problem.ranks)}: {problem.lines[0]}" if problem.ranks

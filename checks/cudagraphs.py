@@ -35,10 +35,11 @@ import torch
 
 from ._compat import cudagraphs as torch_cudagraphs
 from ._compat import dynamo as torch_dynamo
+from ._frames import user_frame_in
 from ._matrix import tensors_in
-from ._message import CheckFailure, Frame, format_failure
+from ._message import CheckFailure, Frame, counted, format_failure, function_name
 from ._state import preserved_torch_state
-from .recompiles import _user_frame, calls_of, check_count, counted
+from .recompiles import calls_of, check_count
 from .watch import SkipRecorder
 
 __all__ = [
@@ -152,7 +153,7 @@ def parse_skip(text: str) -> CudaGraphSkip:
     """A CudaGraphSkip from one message inductor logged ("skipping cudagraphs due to ...")."""
     message, stack = torch_cudagraphs.split_skip_message(text)
     kind = torch_cudagraphs.skip_kind(message)
-    return CudaGraphSkip(kind, message.splitlines()[0] if message else text, _user_frame(stack), text)
+    return CudaGraphSkip(kind, message.splitlines()[0] if message else text, user_frame_in(stack), text)
 
 
 def _unlogged_skips(count: int) -> list[CudaGraphSkip]:
@@ -268,13 +269,6 @@ def _status(recordings: int, skips: int) -> str:
 
 # -- collecting ----------------------------------------------------------------------------------
 
-class _Skips(SkipRecorder):
-    """watch()'s skip recorder, with the logged messages and the unlogged count kept apart."""
-
-    def logged(self) -> tuple[str, ...]:
-        return tuple(self._messages)
-
-
 class CudaGraphTracker:
     """What cudagraph trees did inside a `track_cudagraphs` block; `report()` at any time, final
     after the block."""
@@ -283,7 +277,7 @@ class CudaGraphTracker:
         self._function = function
         self._lock = threading.Lock()
         self._tree_calls: list[tuple[torch_cudagraphs.TreeCall, int | None]] = []
-        self._skips = _Skips()
+        self._skips = SkipRecorder()
         self._call: int | None = None
         self._warmup = warmup
         self._device = device
@@ -385,11 +379,6 @@ def track_cudagraphs() -> Iterator[CudaGraphTracker]:
 
 # -- running a function under CUDA graphs --------------------------------------------------------
 
-def _function_name(fn: Callable) -> str:
-    target = torch_dynamo.compiled_target(fn)
-    return getattr(target, "__qualname__", None) or type(target).__name__
-
-
 def _cuda_device(args: tuple) -> int | None:
     return next((t.device.index for t in tensors_in(args) if t.is_cuda), None)
 
@@ -426,7 +415,7 @@ def cudagraph_report(fn: Callable, inputs: Iterable[Any], *, warmup: int = 2,
     Dynamo is reset before and after, which frees the recorded graphs and their memory pool.
     """
     _check_options(fn, inputs, warmup=warmup, dynamic=dynamic)
-    name = _function_name(fn)
+    name = function_name(torch_dynamo.compiled_target(fn))
     if not torch.cuda.is_available():
         return _not_applicable(name, warmup)
     calls = calls_of(inputs)

@@ -28,20 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._matrix import (
-    as_args,
-    backend_name,
-    break_lines,
-    describe,
-    function_name,
-    hint_for,
-    named_tensors,
-)
-from ._message import CheckFailure, check_msg, format_failure
+from ._args import backend_name, check_callable
+from ._matrix import as_args, break_lines, describe, hint_for, named_tensors
+from ._message import CheckFailure, check_msg, counted, format_failure, function_name
 from ._state import fresh_dynamo, preserved_torch_state
 from .graph_breaks import GraphBreak
 from .parity import ParityError, assert_parity, exact_matmuls
-from .recompiles import CompileEvent, check_compile_options, check_count, counted, failure_lines
+from .recompiles import CompileEvent, check_compile_options, check_count, failure_lines
 from .watch import watch
 
 __all__ = ["MODES", "ModeResult", "GradModeReport", "GradModeError", "grad_mode_matrix",
@@ -134,6 +127,7 @@ def grad_mode_matrix(fn: Callable, make_inputs: Callable[[], Any], *,
     mode's calls cause: 1, the one graph every mode needs, by default. dtype, atol and rtol are
     assert_parity's, for outputs and gradients (default: each tensor's dtype).
     """
+    check_callable(None, fn)
     name = function_name(fn)
     modes = _check_modes(modes)
     check_compile_options("grad_mode_matrix", None, backend)

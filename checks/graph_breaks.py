@@ -10,7 +10,6 @@ it: its type, torch's explanation and hints, and every user frame down to the br
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 import types
@@ -20,12 +19,12 @@ from typing import Any
 
 import torch
 
-from . import _compat
-from ._args import check_backend
+from ._args import backend_name, check_backend, check_callable
 from ._compat import breaks as torch_breaks
 from ._compat import dynamo as torch_dynamo
 from ._compat import hooks as torch_hooks
-from ._message import CheckFailure, Frame, check_msg, format_failure
+from ._frames import is_user_file
+from ._message import CheckFailure, Frame, check_msg, counted, format_failure, function_name
 from ._state import fresh_dynamo, preserved_torch_state
 
 __all__ = [
@@ -35,10 +34,11 @@ __all__ = [
     "find_graph_breaks",
     "assert_no_graph_breaks",
 ]
+# Not exported, shared with the package's other recorders and messages (watch, collectives, the
+# pytest plugin): OP_KINDS, user_frames_above_dynamo, graph_break_of, break_key, break_entry.
 
 # What counts as an op in a captured graph: everything but placeholders, get_attr and output.
-_OP_KINDS = frozenset({"call_function", "call_method", "call_module"})
-_THIS_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+OP_KINDS = frozenset({"call_function", "call_method", "call_module"})
 # A user frame, and whether it is a dynamo resume function (which continues its caller's call).
 _StackEntry = tuple[traceback.FrameSummary, bool]
 
@@ -109,10 +109,10 @@ class GraphBreakReport:
     def __str__(self) -> str:
         ops = ", ".join(map(str, self.ops_per_graph))
         headline = (f"{self.function} (backend {self.backend}): "
-                    f"{_plural(self.graph_count, 'graph')} ({ops or 'no'} ops), "
-                    f"{_plural(self.graph_break_count, 'graph break')}, "
-                    f"{_plural(self.disabled_count, 'disabled call')}")
-        entries = [_entry(brk, url=True) for brk in self.breaks]
+                    f"{counted(self.graph_count, 'graph')} ({ops or 'no'} ops), "
+                    f"{counted(self.graph_break_count, 'graph break')}, "
+                    f"{counted(self.disabled_count, 'disabled call')}")
+        entries = [break_entry(brk, url=True) for brk in self.breaks]
         text = format_failure(headline, entries)
         return text if self.error is None else f"{text}\nThe call raised {_describe(self.error)}"
 
@@ -131,20 +131,21 @@ def find_graph_breaks(fn: Callable, *args: Any, backend: str | Callable = "eager
     "default" during the call, so a "force_eager" stance cannot make a broken function look
     clean. An exception from the call is kept in the report's `error`, not raised.
     """
-    name = _function_name(fn)
+    check_callable("find_graph_breaks", fn)
+    name = function_name(fn)
     compiler = _compiler(backend)
     ops_per_graph: list[int] = []
-    events: list[tuple[str, str, list[_StackEntry]]] = []
+    seen: list[GraphBreak] = []
 
     def record_graph(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
-        ops_per_graph.append(sum(node.op in _OP_KINDS for node in gm.graph.nodes))
+        ops_per_graph.append(sum(node.op in OP_KINDS for node in gm.graph.nodes))
         return compiler(gm, example_inputs)
 
     def record_break(exc: BaseException, code: types.CodeType, lineno: int | None) -> None:
-        above = _user_frames_above_dynamo(_is_call_compiled)
+        above = user_frames_above_dynamo(_is_call_compiled)
         if above is None:  # a compile on another thread
             return
-        events.append(_break_event(exc, code, lineno, above))
+        seen.append(graph_break_of(exc, code, lineno, above))
 
     output = error = None
     with preserved_torch_state(), fresh_dynamo(), torch_hooks.graph_break_hook(record_break):
@@ -153,8 +154,7 @@ def find_graph_breaks(fn: Callable, *args: Any, backend: str | Callable = "eager
             output = _call_compiled(torch.compile(fn, backend=record_graph), args, kwargs)
         except Exception as exc:  # kept in the report, so the breaks seen before it are too
             error = exc
-    breaks = _unique(_graph_break(*event) for event in events)
-    return GraphBreakReport(name, _backend_name(backend), breaks, tuple(ops_per_graph),
+    return GraphBreakReport(name, backend_name(backend), _unique(seen), tuple(ops_per_graph),
                             output=output, error=error)
 
 
@@ -176,8 +176,8 @@ def assert_no_graph_breaks(fn: Callable, *args: Any, msg: str | None = None,
     report = find_graph_breaks(fn, *args, backend=backend, **kwargs)
     if report.error is not None:
         if report.breaks and hasattr(report.error, "add_note"):  # Python 3.11+
-            seen = f"{_plural(len(report.breaks), 'graph break')} in {report.function} before it raised:"
-            report.error.add_note(format_failure(seen, [_entry(brk) for brk in report.breaks]))
+            seen = f"{counted(len(report.breaks), 'graph break')} in {report.function} before it raised:"
+            report.error.add_note(format_failure(seen, [break_entry(brk) for brk in report.breaks]))
         raise report.error
     if report.graph_break_count > max_breaks:
         raise GraphBreakError(_failure_message(report, max_breaks, msg), report)
@@ -185,7 +185,7 @@ def assert_no_graph_breaks(fn: Callable, *args: Any, msg: str | None = None,
 
 
 def _call_compiled(compiled: Callable, args: tuple, kwargs: dict) -> Any:
-    # Its frame marks where the user's call starts on the stack; see _user_frames_above_dynamo.
+    # Its frame marks where the user's call starts on the stack; see user_frames_above_dynamo.
     return compiled(*args, **kwargs)
 
 
@@ -193,8 +193,8 @@ def _is_call_compiled(frame: types.FrameType) -> bool:
     return frame.f_code is _call_compiled.__code__
 
 
-def _user_frames_above_dynamo(is_entry: Callable[[types.FrameType], bool]
-                              ) -> list[_StackEntry] | None:
+def user_frames_above_dynamo(is_entry: Callable[[types.FrameType], bool]
+                             ) -> list[_StackEntry] | None:
     """The user frames running eagerly between the compiled call and the frame dynamo is compiling.
 
     `is_entry` tells the frame that made the compiled call. A helper compiled as its own frame
@@ -210,7 +210,14 @@ def _user_frames_above_dynamo(is_entry: Callable[[types.FrameType], bool]
         return None
     return [(traceback.FrameSummary(f.f_code.co_filename, f.f_lineno, f.f_code.co_name,
                                     lookup_line=False), _is_resume(f.f_code.co_name))
-            for f in reversed(frames) if f.f_lineno is not None and _is_user_file(f.f_code.co_filename)]
+            for f in reversed(frames) if f.f_lineno is not None and is_user_file(f.f_code.co_filename)]
+
+
+def graph_break_of(exc: BaseException, code: types.CodeType, lineno: int | None,
+                   above: list[_StackEntry]) -> GraphBreak:
+    """The break graph_break_hook saw (its arguments), `above` being the user frames
+    user_frames_above_dynamo found."""
+    return _graph_break(*_break_event(exc, code, lineno, above))
 
 
 def _break_event(exc: BaseException, code: types.CodeType, lineno: int | None,
@@ -228,11 +235,6 @@ def _break_event(exc: BaseException, code: types.CodeType, lineno: int | None,
 
 def _is_resume(code_name: str) -> bool:
     return torch_breaks.remove_resume_prefix(code_name) != code_name
-
-
-def _is_user_file(filename: str) -> bool:
-    path = os.path.abspath(filename)
-    return not (path.startswith(_compat.TORCH_DIR + os.sep) or path.startswith(_THIS_PACKAGE + os.sep))
 
 
 def _graph_break(gb_type: str, message: str, stack: list[_StackEntry]) -> GraphBreak:
@@ -257,7 +259,7 @@ def _user_frames(stack: list[_StackEntry]) -> tuple[Frame, ...]:
     the function they resume (`torch_dynamo_resume_in_f_at_12` is the rest of `f`, called by `f`)."""
     frames: list[Frame] = []
     for summary, resumes in stack:
-        if not _is_user_file(summary.filename):
+        if not is_user_file(summary.filename):
             continue
         name = torch_breaks.remove_resume_prefix(summary.name)
         if resumes and frames and (frames[-1].filename, frames[-1].function) == (summary.filename, name):
@@ -272,27 +274,27 @@ def _unique(breaks: Iterable[GraphBreak]) -> tuple[GraphBreak, ...]:
     its cause: same frames, same first cause, one break."""
     seen, unique = set(), []
     for brk in breaks:
-        key = _break_key(brk)
+        key = break_key(brk)
         if key not in seen:
             seen.add(key)
             unique.append(brk)
     return tuple(unique)
 
 
-def _break_key(brk: GraphBreak) -> Hashable:
+def break_key(brk: GraphBreak) -> Hashable:
     """Two records of one break site share this key (see _unique)."""
     return brk.caused_by or brk.gb_type, brk.frames
 
 
 def _failure_message(report: GraphBreakReport, limit: int, msg: str | None) -> str:
-    counted = [brk for brk in report.breaks if not brk.disabled]
-    headline = f"{_plural(len(counted), 'graph break')} in {report.function} (limit {limit})"
+    breaks = [brk for brk in report.breaks if not brk.disabled]
+    headline = f"{counted(len(breaks), 'graph break')} in {report.function} (limit {limit})"
     hint = ("fix them in order, as one break can cause the next; this error's .report has "
             "torch's whole message and documentation link for each")
-    return format_failure(headline, [_entry(brk) for brk in counted], hint, msg)
+    return format_failure(headline, [break_entry(brk) for brk in breaks], hint, msg)
 
 
-def _entry(brk: GraphBreak, *, url: bool = False) -> list[str]:
+def break_entry(brk: GraphBreak, *, url: bool = False) -> list[str]:
     heading = f"{brk.location.location()}: {brk.gb_type}"
     if brk.caused_by:
         heading += f" (caused by: {brk.caused_by})"
@@ -313,21 +315,6 @@ def _compiler(backend: str | Callable) -> Callable:
     return torch_dynamo.lookup_backend(backend) if isinstance(backend, str) else backend
 
 
-def _function_name(fn: Callable) -> str:
-    if isinstance(fn, torch.nn.Module):
-        return f"{type(fn).__qualname__}.forward"
-    if not callable(fn):
-        raise TypeError(f"find_graph_breaks: fn must be callable, got {type(fn).__name__}")
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
-
-
-def _backend_name(backend: str | Callable) -> str:
-    return backend if isinstance(backend, str) else getattr(backend, "__name__", repr(backend))
-
-
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"

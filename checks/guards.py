@@ -27,13 +27,12 @@ import torch
 
 from ._compat import dynamo as torch_dynamo
 from ._compat import guards as torch_guards
-from ._message import CheckFailure, Frame, format_failure
+from ._message import CheckFailure, Frame, counted, format_failure
 from .recompiles import (
     VALUE_KINDS,
     CompileReport,
     GuardFailure,
     compiled_run,
-    counted,
     parse_guard_failure,
 )
 

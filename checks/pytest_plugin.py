@@ -133,9 +133,9 @@ def marker_limits(marker: pytest.Mark) -> Limits:
 def _enforce(limits: Limits, watched: Any, test: str) -> None:
     """Raise GraphBreakError or RecompileBudgetError (the first that applies, with both messages)."""
     __tracebackhide__ = True
-    from ._message import format_failure
-    from .graph_breaks import GraphBreakError, _entry
-    from .recompiles import RecompileBudgetError, budget_message, counted, over_budget
+    from ._message import counted, format_failure
+    from .graph_breaks import GraphBreakError, break_entry
+    from .recompiles import RecompileBudgetError, budget_message, over_budget
 
     failures = []
     breaks = [brk for brk in watched.graph_breaks if not brk.disabled]
@@ -144,7 +144,7 @@ def _enforce(limits: Limits, watched: Any, test: str) -> None:
                     f"(limit {limits.max_graph_breaks})")
         hint = "fix them in order, as one break can cause the next"
         failures.append((GraphBreakError,
-                         format_failure(headline, [_entry(brk) for brk in breaks], hint)))
+                         format_failure(headline, [break_entry(brk) for brk in breaks], hint)))
     # Without a budget only the recompile-limit hits are offenders.
     budget = sys.maxsize if limits.max_recompiles is None else limits.max_recompiles
     offenders = over_budget(watched.compiles, budget, per_function=True)
@@ -503,7 +503,8 @@ class _RunReport:
 
     Each test's report is made where the test ran; here the breaks met in several tests become
     one entry (their counts added), the compiles are listed in the order they ran, and "tests"
-    gives each test's counts.
+    gives each test's counts. The data is built by the builder of a program's report, so the two
+    have the same fields and shorten paths alike.
     """
 
     def __init__(self, records: dict[str, dict], command: str, exit_status: int) -> None:
@@ -512,31 +513,25 @@ class _RunReport:
         self.exit_status = exit_status
 
     def to_dict(self) -> dict:
+        from ._report_data import compile_report
         from .env import environment
-        from .report import SCHEMA_VERSION
 
         reports = [record["report"] for record in self.records.values()]
         breaks = _merged_breaks(self.records)
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "kind": "compile-report",
-            "target": self.command,
-            "command": self.command,
-            "exit": {"status": "ok" if self.exit_status == 0 else f"exit {self.exit_status}",
-                     "exception": None},
-            "env": environment(),
-            "dynamo_config": {key: value for report in reports
-                              for key, value in report["dynamo_config"].items()},
-            "summary": _merged_summary(reports, len(breaks)),
-            "graph_breaks": breaks,
-            "compiles": _merged_compiles(self.records),
-            "cudagraph_skips": [skip for report in reports for skip in report["cudagraph_skips"]],
-            "reproduction": {"command": self.command,
-                             "sources": _unique(source for report in reports
-                                                for source in report["reproduction"]["sources"])},
-            "tests": {nodeid: {name: record[name] for name in COUNTS}
-                      for nodeid, record in self.records.items()},
-        }
+        return compile_report(
+            target=self.command, command=self.command,
+            status="ok" if self.exit_status == 0 else f"exit {self.exit_status}", exception=None,
+            crash=None, env=environment(),
+            dynamo_config={key: value for report in reports
+                           for key, value in report["dynamo_config"].items()},
+            summary=_merged_summary(reports, len(breaks)),
+            graph_breaks=breaks,
+            compiles=_merged_compiles(self.records),
+            cudagraph_skips=[skip for report in reports for skip in report["cudagraph_skips"]],
+            sources=_unique(source for report in reports
+                            for source in report["reproduction"]["sources"]),
+            tests={nodeid: {name: record[name] for name in COUNTS}
+                   for nodeid, record in self.records.items()})
 
 
 def _merged_summary(reports: list[dict], distinct_breaks: int) -> dict:

@@ -36,13 +36,14 @@ from typing import Any
 
 import torch
 
-from . import _compat, _state
+from . import _state
 from ._args import check_backend, prefixed
 from ._compat import dynamo as torch_dynamo
 from ._compat import guard_failures as torch_guard_failures
 from ._compat import guards as torch_guards
 from ._compat import hooks as torch_hooks
-from ._message import CheckFailure, Frame, format_failure
+from ._frames import user_frame_in
+from ._message import CheckFailure, Frame, counted, format_failure
 
 __all__ = [
     "GuardFailure",
@@ -131,15 +132,8 @@ def parse_guard_failure(reason: str, *, scope: dict[str, Any] | None = None) -> 
         value = torch_guard_failures.size_value(source, scope)
         actual = None if value is None else str(value)
     return GuardFailure(entry=entry, kind=kind, source=source, expected=expected, actual=actual,
-                        where=_user_frame(rest) or _commented_frame(comment),
+                        where=user_frame_in(rest) or _commented_frame(comment),
                         note=torch_guard_failures.note_of(comment), text=reason)
-
-
-def _user_frame(stack_text: str) -> Frame | None:
-    """The innermost frame outside torch in a "User stack trace:" block."""
-    frames = [frame for frame in torch_guard_failures.stack_frames(stack_text)
-              if not _compat.is_torch_file(frame[0])]
-    return Frame.at(*frames[-1]) if frames else None
 
 
 def _commented_frame(comment: str) -> Frame | None:
@@ -185,11 +179,14 @@ class CompileEvent:
 
 
 class CompileReport:
-    """Every compile inside a `track_compiles` block: live while the block runs, frozen after."""
+    """Every compile inside a `track_compiles` block: live while the block runs, frozen after.
 
-    def __init__(self) -> None:
+    collector: what feeds it while the block runs (track_compiles attaches one); None for none.
+    """
+
+    def __init__(self, collector: _Collector | None = None) -> None:
         self._events: list[CompileEvent] = []
-        self._collector: _Collector | None = None
+        self._collector = collector
 
     @property
     def events(self) -> tuple[CompileEvent, ...]:
@@ -376,12 +373,11 @@ def track_compiles() -> Iterator[CompileReport]:
     """
     # Import torch._dynamo.utils (and with it the guard loggers) before the state snapshot.
     torch_dynamo.compilation_metrics()
-    report = CompileReport()
     with _state.preserved_torch_state(), \
             torch_dynamo.retained_compilation_metrics(_RETAINED_METRICS):
         collector = _Collector()
         _attach(collector)
-        report._collector = collector
+        report = CompileReport(collector)
         try:
             yield report
         finally:
@@ -389,11 +385,6 @@ def track_compiles() -> Iterator[CompileReport]:
 
 
 # -- budgets -------------------------------------------------------------------------------------
-
-def counted(number: int, noun: str) -> str:
-    """`1 recompile`, `2 recompiles`."""
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
 
 def check_count(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int):

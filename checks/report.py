@@ -7,9 +7,10 @@
 A Report is the environment, the command, how it ended, and what `watch()` saw. `to_dict()` is the
 one source every renderer reads: JSON is that dict (docs/report-format.md versions its schema),
 Markdown and HTML lay it out; a RecordedReport is that dict, made elsewhere (by the child process
-`fullgraph report` runs its program in). Paths under the current directory are written relative to it, the
-home directory as `~` and torch's own directory as `<torch>`, so nothing about the machine shows
-beyond the environment block. `CheckReport` does the same for the results of `fullgraph check`.
+`fullgraph report` runs its program in). The dict is built by _report_data.compile_report, as the
+pytest plugin's report of a run is: paths under the current directory are written relative to it,
+the home directory as `~` and torch's own directory as `<torch>`, so nothing about the machine
+shows beyond the environment block. `CheckReport` does the same for the results of `fullgraph check`.
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ import json
 import linecache
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _compat
 from ._compat import breaks as torch_breaks
-from ._message import display_path
+from ._message import counted, display_path
+from ._report_data import SCHEMA_VERSION, compile_report, scrubbed
 from .env import environment
 from .graph_breaks import GraphBreak
 from .recompiles import CompileEvent
@@ -51,8 +51,6 @@ __all__ = [
     "format_for_path",
 ]
 
-# Bump on any change a reader of the JSON could notice; docs/report-format.md lists each version.
-SCHEMA_VERSION = 2
 FORMATS = ("md", "json", "html")
 _EXTENSIONS = {".md": "md", ".markdown": "md", ".json": "json", ".html": "html", ".htm": "html"}
 CONTEXT_LINES = 2  # source lines shown either side of a breaking line
@@ -81,26 +79,19 @@ class Report:
         seen = self.watch
         watched = seen.to_dict()
         breaks, timings = seen.graph_breaks, seen.compile_times
-        data = {
-            "schema_version": SCHEMA_VERSION,
-            "kind": "compile-report",
-            "target": self.target or self.command,
-            "command": self.command,
-            "exit": {"status": self.status, "exception": self.exception},
-            "crash": None,
-            "env": dict(self.env),
-            "dynamo_config": watched["dynamo_config"],
-            "summary": {**watched["summary"],
-                        "compiles": len(seen.compiles),
-                        "limit_hits": len(seen.limit_hits),
-                        "cudagraph_skips": seen.cudagraph_skip_count,
-                        "compile_seconds": round(sum(t.seconds or 0.0 for t in timings), 6)},
-            "graph_breaks": [_break_dict(brk, seen) for brk in breaks],
-            "compiles": [_compile_dict(event, timing) for event, timing in zip(seen.compiles, timings)],
-            "cudagraph_skips": watched["cudagraph_skips"],
-            "reproduction": {"command": self.command, "sources": _sources(breaks)},
-        }
-        return _scrubbed(data)
+        return compile_report(
+            target=self.target or self.command, command=self.command, status=self.status,
+            exception=self.exception, crash=None, env=self.env,
+            dynamo_config=watched["dynamo_config"],
+            summary={**watched["summary"],
+                     "compiles": len(seen.compiles),
+                     "limit_hits": len(seen.limit_hits),
+                     "cudagraph_skips": seen.cudagraph_skip_count,
+                     "compile_seconds": round(sum(t.seconds or 0.0 for t in timings), 6)},
+            graph_breaks=[_break_dict(brk, seen) for brk in breaks],
+            compiles=[_compile_dict(event, timing) for event, timing in zip(seen.compiles, timings)],
+            cudagraph_skips=watched["cudagraph_skips"],
+            sources=_sources(breaks))
 
 
 @dataclass(frozen=True)
@@ -118,7 +109,7 @@ def ended_outside(data: dict, *, status: str, crash: dict | None) -> RecordedRep
     that started it saw: `status` ("killed by SIGSEGV", "timed out after 2 s") and `crash`
     ({signal, stack, stack_taken} or None), its paths shortened like the rest."""
     return RecordedReport({**data, "exit": {"status": status, "exception": None},
-                           "crash": _scrubbed(crash)})
+                           "crash": scrubbed(crash)})
 
 
 @dataclass(frozen=True)
@@ -143,7 +134,7 @@ class CheckReport:
                         "seconds": round(self.seconds, 3)},
             "results": [result.to_dict() for result in self.results],
         }
-        return _scrubbed(data)
+        return scrubbed(data)
 
 
 def _break_dict(brk: GraphBreak, seen: Watch) -> dict:
@@ -233,40 +224,6 @@ def _function_source(filename: str, lineno: int, name: str) -> tuple[int, str] |
     return start, "".join(lines[start - 1:found.end_lineno]).rstrip("\n")
 
 
-# -- what may not leave the machine -----------------------------------------------------------
-
-def _scrubbed(data: Any) -> Any:
-    return _map_strings(data, _scrubber())
-
-
-def _scrubber() -> Callable[[str], str]:
-    """Rewrite torch's directory, the current directory and the home directory in any text."""
-    places = [(_compat.TORCH_DIR, "<torch>"), (os.getcwd(), "."), (os.path.expanduser("~"), "~")]
-    # Longest first: torch often lives under the current or the home directory. A root "/"
-    # would match every path.
-    places = sorted(((os.path.normpath(path), short) for path, short in places
-                     if len(Path(path).parts) > 1), key=lambda place: -len(place[0]))
-    if not places:
-        return lambda text: text
-    pattern = re.compile("|".join(f"({re.escape(path)})(?![\\w.-])" for path, _ in places))
-    shorts = [short for _, short in places]
-
-    def scrub(text: str) -> str:
-        return pattern.sub(lambda match: shorts[match.lastindex - 1], text)
-
-    return scrub
-
-
-def _map_strings(data: Any, function: Callable[[str], str]) -> Any:
-    if isinstance(data, str):
-        return function(data)
-    if isinstance(data, dict):
-        return {key: _map_strings(value, function) for key, value in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [_map_strings(item, function) for item in data]
-    return data
-
-
 # -- rendering --------------------------------------------------------------------------------
 
 def render_json(report: Report | CheckReport) -> str:
@@ -333,19 +290,15 @@ def _title(data: dict) -> str:
                 f"({data['target']})")
     parts = []
     if summary["graph_breaks"]:
-        parts.append(_plural(summary["graph_breaks"], "graph break"))
+        parts.append(counted(summary["graph_breaks"], "graph break"))
     if summary["recompiles"]:
-        parts.append(_plural(summary["recompiles"], "recompile"))
+        parts.append(counted(summary["recompiles"], "recompile"))
     if summary["limit_hits"]:
         parts.append("recompile limit hit")
     if summary["cudagraph_skips"]:
         parts.append("CUDA graphs skipped")
     found = ", ".join(parts) if parts else "no graph breaks or recompiles"
     return f"torch.compile: {found} in {data['target']}"
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 # A pytest run's report (pytest_plugin._RunReport) adds "tests", each break's "tests" and each
@@ -367,8 +320,8 @@ def _tests_table(tests: dict[str, dict]) -> tuple[list[str], list[tuple[str, lis
     if not clean:
         return labels, listed, "" if listed else "No test was watched."
     if not listed:
-        return labels, [], f"{_plural(clean, 'test')} watched: {none}."
-    return labels, listed, f"Not listed: {_plural(clean, 'test')} with {none}."
+        return labels, [], f"{counted(clean, 'test')} watched: {none}."
+    return labels, listed, f"Not listed: {counted(clean, 'test')} with {none}."
 
 
 def _met_in(tests: list[str]) -> tuple[list[str], str]:
@@ -426,7 +379,7 @@ def _resumed(code_name: str) -> str:
 def _break_heading(number: int, brk: dict) -> str:
     gb_id = f" ({brk['gb_id']})" if brk["gb_id"] else ""
     deliberate = ", torch.compiler.disable'd, not counted" if brk["disabled"] else ""
-    return f"{number}. {brk['gb_type']}{gb_id}: {_plural(brk['count'], 'time')}{deliberate}"
+    return f"{number}. {brk['gb_type']}{gb_id}: {counted(brk['count'], 'time')}{deliberate}"
 
 
 def _where(brk: dict) -> list[str]:
@@ -549,7 +502,7 @@ def _why(compile_: dict) -> str:
     why = reasons[0] if reasons else "-"
     if len(reasons) > 1:
         older = len(reasons) - 1
-        why += f" ({older} older {'entry' if older == 1 else 'entries'} failed too)"
+        why += f" ({counted(older, 'older entry', 'older entries')} failed too)"
     if compile_["error"]:
         why += f" ({compile_['error']})"
     return why

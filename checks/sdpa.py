@@ -33,17 +33,10 @@ from typing import Any
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ._args import backend_name, check_callable
 from ._compat import sdpa as torch_sdpa
-from ._matrix import (
-    as_args,
-    backend_name,
-    break_lines,
-    describe,
-    function_name,
-    hint_for,
-    tensors_in,
-)
-from ._message import CheckFailure, check_msg, format_failure
+from ._matrix import as_args, break_lines, describe, hint_for, tensors_in
+from ._message import CheckFailure, check_msg, counted, format_failure, function_name
 from ._state import fresh_dynamo, preserved_torch_state
 from .graph_breaks import GraphBreak
 from .parity import ParityError, assert_parity, exact_matmuls
@@ -51,7 +44,6 @@ from .recompiles import (
     CompileEvent,
     check_compile_options,
     check_count,
-    counted,
     failure_lines,
     over_budget,
 )
@@ -187,6 +179,7 @@ def sdpa_matrix(fn: Callable, make_inputs: Callable[[int, int], Any], *,
     (dynamic=None: one per dimension that changes; True: none; False: one per new size).
     dtype, atol and rtol are assert_parity's, for the parity with the math backend.
     """
+    check_callable(None, fn)
     name = function_name(fn)
     backends = _check_backends(backends)
     placements = _check_placements(placements, fn, keyword)

@@ -26,7 +26,7 @@ import torch
 
 from ._compat import dynamo as torch_dynamo
 from ._compat import guards as torch_guards
-from ._message import format_failure
+from ._message import counted, format_failure
 from .guards import GuardSet, guards_of
 from .recompiles import (
     CompileEvent,
@@ -34,7 +34,6 @@ from .recompiles import (
     RecompileBudgetError,
     check_count,
     compiled_run,
-    counted,
     failure_lines,
 )
 

@@ -26,7 +26,7 @@ from fullgraph.model import (
     new_cache,
     new_paged_cache,
 )
-from fullgraph.model.generate import _step_functions, decode_step
+from fullgraph.model.generate import decode_step, step_functions
 from fullgraph.model.quant import dequantize, quantize
 from fullgraph.model.tensor_parallel import fake_process_group, make_all_reduce, shard_params
 
@@ -261,7 +261,7 @@ def check_decode_cudagraphs(t: Target) -> str:
         return f"not applicable: CUDA graphs need a CUDA device (target on {t.device.type})"
     cache = new_cache(t.cfg, batch_size=2, dtype=t.dtype, device=t.device)
     # Marks params and cache as static addresses, as generate does before compiling decode.
-    _step_functions(t.params, cache, compile=True, device=t.device)
+    step_functions(t.params, cache, compile=True, device=t.device)
     with torch.inference_mode():
         token = t.tokens[:, :1].clone()
         calls = ((t.params, token, torch.tensor([pos], device=t.device), cache, t.cfg)
@@ -360,7 +360,7 @@ def check_paged_decode_cudagraphs(t: Target) -> str:
     if t.device.type != "cuda":
         return f"not applicable: CUDA graphs need a CUDA device (target on {t.device.type})"
     cache = _paged_cache(t)
-    _step_functions(t.params, cache, compile=True, device=t.device)  # marks static addresses
+    step_functions(t.params, cache, compile=True, device=t.device)  # marks static addresses
     with torch.inference_mode():
         calls = _paged_decode_calls(t, cache, t.tokens[:, :1].clone())
         report = assert_cudagraphs(_paged_decode, calls, max_recordings=1, max_memory_growth_mb=0)

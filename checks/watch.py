@@ -120,7 +120,7 @@ class Watch:
     def transformed_code(self, brk: GraphBreak) -> tuple[types.CodeType, ...]:
         """The bytecode dynamo produced for the frame it was compiling when `brk` happened, one
         code object per cache entry; empty once dynamo dropped them (a reset)."""
-        key = graph_breaks._break_key(brk)
+        key = graph_breaks.break_key(brk)
         return self._final_or("transformed", self._breaks.all_transformed_code).get(key, ())
 
     def summary(self) -> dict:
@@ -210,9 +210,9 @@ class _BreakRecorder:
         self._last: dict[int, tuple[Hashable, str | None, int]] = {}
 
     def record(self, exc: BaseException, code: types.CodeType, lineno: int | None) -> None:
-        above = graph_breaks._user_frames_above_dynamo(self._is_entry) or []
-        brk = graph_breaks._graph_break(*graph_breaks._break_event(exc, code, lineno, above))
-        key = graph_breaks._break_key(brk)
+        above = graph_breaks.user_frames_above_dynamo(self._is_entry) or []
+        brk = graph_breaks.graph_break_of(exc, code, lineno, above)
+        key = graph_breaks.break_key(brk)
         compile_id = torch_dynamo.current_compile_id()
         depth = _depth(brk.frames, code)
         thread = threading.get_ident()
@@ -304,8 +304,13 @@ class SkipRecorder(logging.Handler):
         # inductor counts every skip it logs; the larger number still wins if that ever changes.
         return max(len(self._messages), self._heard["cudagraph_skips"])
 
+    def logged(self) -> tuple[str, ...]:
+        """The messages inductor logged, without a line for the skips it counted silently."""
+        return tuple(self._messages)
+
     def messages(self) -> tuple[str, ...]:
-        messages = tuple(self._messages)
+        """The logged messages, then one line for the skips counted without one."""
+        messages = self.logged()
         unlogged = self.count() - len(messages)
         if unlogged:
             messages += (f"{unlogged} more skipped without a logged reason (inductor skips graphs "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,14 +20,104 @@ import torch.distributed as dist
 from . import _torch
 from .cache import new_cache
 from .config import LlamaConfig
-from .generate import CACHE_KINDS, _step_functions
+from .generate import CACHE_KINDS, step_functions
+from .llama import ATTENTION_BACKENDS
 from .paged import paged_cache_for
 from .params import fuse_projections_, init_params
+from .quant import check_scheme
 from .quant import quantize as quantize_params
 from .tensor_parallel import init_shard, local_kv_heads, make_all_reduce
 
-__all__ = ["BenchResult", "DecodeProfile", "copy_bandwidth", "device_name", "prompt_lengths", "run_bench",
-           "profile_decode"]
+__all__ = ["BenchSpec", "BenchResult", "DecodeProfile", "copy_bandwidth", "device_name",
+           "prompt_lengths", "run_bench", "profile_decode"]
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """What to build and time: the model, its weights and cache, and how it is compiled.
+
+    run_bench and profile_decode both measure one. Checked when made, before any weight is
+    built: a bad field raises TypeError or ValueError naming it.
+
+    fuse: fuse the q/k/v and gate/up projections (fewer, larger matmuls).
+    coordinate_descent: compile the decode graph with inductor's coordinate-descent tuning
+    (the prefill graph keeps the defaults).
+    sdpa_backend: forward's attention choice, one of fullgraph.model.llama.ATTENTION_BACKENDS.
+    tensor_parallel: run this rank's shard over the default process group (under torchrun); the
+    bytes and the limit are then per GPU.
+    quantize, group_size: weight-only quantization of the linears, as `fullgraph.model.quant.quantize`
+    takes them; the bytes and the limit are those of the quantized weights.
+    cache: "contiguous" or "paged" (pages of `block_size` positions). min_prompt_len (paged only):
+    rows' prompt lengths spread evenly from it up to prompt_len.
+    """
+
+    config: str
+    device: str = "cuda"
+    dtype: torch.dtype = torch.bfloat16
+    batch_size: int = 1
+    prompt_len: int = 128
+    new_tokens: int = 256
+    compile: bool = True
+    fuse: bool = True
+    coordinate_descent: bool = False
+    sdpa_backend: str = "auto"
+    tensor_parallel: bool = False
+    quantize: str | None = None
+    group_size: int | None = None
+    cache: str = "contiguous"
+    block_size: int = 16
+    min_prompt_len: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("config", self.config, LlamaConfig.names())
+        if not isinstance(self.device, str):
+            raise TypeError(f"BenchSpec: device must be a str, got {type(self.device).__name__}")
+        try:
+            torch.device(self.device)
+        except RuntimeError as error:  # torch lists the device types it knows
+            raise ValueError(f"BenchSpec: device {self.device!r} is not a device: {error}") from None
+        if not isinstance(self.dtype, torch.dtype):
+            raise TypeError(f"BenchSpec: dtype must be a torch.dtype, got {self.dtype!r}")
+        for name, least in (("batch_size", 1), ("prompt_len", 1), ("new_tokens", 2),
+                            ("block_size", 1)):
+            _check_int(name, getattr(self, name), least)
+        for name in ("compile", "fuse", "coordinate_descent", "tensor_parallel"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"BenchSpec: {name} must be a bool, got {getattr(self, name)!r}")
+        _check_choice("sdpa_backend", self.sdpa_backend, ATTENTION_BACKENDS)
+        _check_choice("cache", self.cache, CACHE_KINDS)
+        if self.quantize is not None:
+            try:
+                check_scheme(self.quantize, self.group_size)
+            except ValueError as error:
+                raise ValueError(f"BenchSpec: {error}") from None
+        elif self.group_size is not None:
+            raise ValueError(f"BenchSpec: group_size applies to quantize='int4' only, got "
+                             f"group_size={self.group_size!r} without quantize")
+        if self.min_prompt_len is not None:
+            if self.cache != "paged":
+                raise ValueError("BenchSpec: min_prompt_len: rows of mixed lengths need "
+                                 "cache='paged'")
+            _check_int("min_prompt_len", self.min_prompt_len, 1)
+            if self.min_prompt_len > self.prompt_len:
+                raise ValueError(f"BenchSpec: min_prompt_len must be <= prompt_len "
+                                 f"({self.prompt_len}), got {self.min_prompt_len}")
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+
+def _check_int(name: str, value: object, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"BenchSpec: {name} must be an int, got {value!r}")
+    if value < least:
+        raise ValueError(f"BenchSpec: {name} must be >= {least}, got {value}")
+
+
+def _check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"BenchSpec: {name} must be one of {list(choices)}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -112,7 +202,8 @@ def prompt_lengths(batch_size: int, prompt_len: int, min_prompt_len: int | None)
 
 
 class _DecodeLoop:
-    """Greedy prefill then decode of one random prompt batch, through generate's step functions.
+    """Greedy prefill then decode of one random prompt batch (the spec's), through generate's step
+    functions.
 
     With tensor_parallel, this rank builds only its shard and sums over the default process group.
     With fuse, it fuses its projections (fuse_projections_) after sharding; with quantize, it then
@@ -121,44 +212,38 @@ class _DecodeLoop:
     a time and decode at their own positions.
     """
 
-    def __init__(self, config: str, *, device: torch.device, dtype: torch.dtype, batch_size: int,
-                 prompt_len: int, new_tokens: int, compile: bool, fuse: bool,
-                 sdpa_backend: str = "auto", tensor_parallel: bool = False,
-                 quantize: str | None = None, group_size: int | None = None,
-                 cache: str = "contiguous", block_size: int = 16,
-                 min_prompt_len: int | None = None):
-        if cache not in CACHE_KINDS:
-            raise ValueError(f"cache must be one of {list(CACHE_KINDS)}, got {cache!r}")
-        if min_prompt_len is not None and cache != "paged":
-            raise ValueError("min_prompt_len: rows of mixed lengths need cache='paged'")
+    def __init__(self, spec: BenchSpec):
+        device, dtype, batch_size, prompt_len = (spec.torch_device, spec.dtype, spec.batch_size,
+                                                 spec.prompt_len)
         # Only the cache length changes, so every batch size and the profile reuse one config and
         # the compiled code that guards on it.
-        self.cfg = dataclasses.replace(LlamaConfig.from_name(config),
-                                       max_seq_len=prompt_len + new_tokens)
+        self.cfg = dataclasses.replace(LlamaConfig.from_name(spec.config),
+                                       max_seq_len=prompt_len + spec.new_tokens)
         self.device, self.batch_size, self.prompt_len = device, batch_size, prompt_len
-        self.world_size = dist.get_world_size() if tensor_parallel else 1
-        if tensor_parallel:
+        self.world_size = dist.get_world_size() if spec.tensor_parallel else 1
+        if spec.tensor_parallel:
             self.params = init_shard(self.cfg, world_size=self.world_size, rank=dist.get_rank(),
                                      dtype=dtype, device=device)
         else:
             self.params = init_params(self.cfg, dtype=dtype, device=device)
-        if fuse:
+        if spec.fuse:
             fuse_projections_(self.params, self.cfg)
-        if quantize is not None:
-            self.params = quantize_params(self.params, quantize, group_size=group_size)
+        if spec.quantize is not None:
+            self.params = quantize_params(self.params, spec.quantize, group_size=spec.group_size)
         self.n_kv_heads = local_kv_heads(self.cfg, world_size=self.world_size)
-        self.options = dict(cfg=self.cfg, sdpa_backend=sdpa_backend, temperature=0.0, top_k=None,
-                            all_reduce=make_all_reduce() if tensor_parallel else None)
-        self.prompt_lens = prompt_lengths(batch_size, prompt_len, min_prompt_len)
-        if cache == "paged":
+        self.options = dict(cfg=self.cfg, sdpa_backend=spec.sdpa_backend, temperature=0.0,
+                            top_k=None,
+                            all_reduce=make_all_reduce() if spec.tensor_parallel else None)
+        self.prompt_lens = prompt_lengths(batch_size, prompt_len, spec.min_prompt_len)
+        if spec.cache == "paged":
             self.cache, self.options["block_table"] = paged_cache_for(
-                self.cfg, [n + new_tokens for n in self.prompt_lens], block_size=block_size,
-                dtype=dtype, device=device, n_kv_heads=self.n_kv_heads)
+                self.cfg, [n + spec.new_tokens for n in self.prompt_lens],
+                block_size=spec.block_size, dtype=dtype, device=device, n_kv_heads=self.n_kv_heads)
         else:
             self.cache = new_cache(self.cfg, batch_size=batch_size, dtype=dtype, device=device,
                                    n_kv_heads=self.n_kv_heads)
-        self.prefill_fn, self.decode_fn = _step_functions(self.params, self.cache, compile=compile,
-                                                          device=device)
+        self.prefill_fn, self.decode_fn = step_functions(self.params, self.cache,
+                                                         compile=spec.compile, device=device)
         # Seeded, so every tensor-parallel rank feeds the same prompt.
         generator = torch.Generator(device=device).manual_seed(0)
         self.prompt = torch.randint(0, self.cfg.vocab_size, (batch_size, prompt_len), device=device,
@@ -199,49 +284,19 @@ class _DecodeLoop:
             self.position += 1
 
 
-def run_bench(
-    config: str,
-    *,
-    device: str = "cuda",
-    dtype: torch.dtype = torch.bfloat16,
-    batch_size: int = 1,
-    prompt_len: int = 128,
-    new_tokens: int = 256,
-    compile: bool = True,
-    fuse: bool = True,
-    coordinate_descent: bool = False,
-    sdpa_backend: str = "auto",
-    bandwidth_gbps: float | None = None,
-    tensor_parallel: bool = False,
-    quantize: str | None = None,
-    group_size: int | None = None,
-    cache: str = "contiguous",
-    block_size: int = 16,
-    min_prompt_len: int | None = None,
-) -> BenchResult:
-    """Prefill `prompt_len` tokens, then time `new_tokens` greedy decode steps.
+def run_bench(spec: BenchSpec, *, bandwidth_gbps: float | None = None) -> BenchResult:
+    """Prefill `spec.prompt_len` tokens, then time `spec.new_tokens` greedy decode steps.
 
-    fuse: fuse the q/k/v and gate/up projections (fewer, larger matmuls).
-    coordinate_descent: compile the decode graph with inductor's coordinate-descent tuning
-    (the prefill graph keeps the defaults).
-    sdpa_backend: forward's attention choice, one of fullgraph.model.llama.ATTENTION_BACKENDS.
-    tensor_parallel: run this rank's shard over the default process group (under torchrun); the
-    bytes and the limit are then per GPU.
-    quantize, group_size: weight-only quantization of the linears, as `fullgraph.model.quant.quantize`
-    takes them; the bytes and the limit are those of the quantized weights.
-    cache: "contiguous" or "paged" (pages of `block_size` positions). min_prompt_len (paged only):
-    rows' prompt lengths spread evenly from it up to prompt_len.
+    bandwidth_gbps: the device's copy bandwidth, measured here (copy_bandwidth) if None.
     """
-    torch_device = torch.device(device)
-    loop = _DecodeLoop(config, device=torch_device, dtype=dtype, batch_size=batch_size,
-                       prompt_len=prompt_len, new_tokens=new_tokens, compile=compile, fuse=fuse,
-                       sdpa_backend=sdpa_backend, tensor_parallel=tensor_parallel,
-                       quantize=quantize, group_size=group_size, cache=cache,
-                       block_size=block_size, min_prompt_len=min_prompt_len)
+    if not isinstance(spec, BenchSpec):
+        raise TypeError(f"run_bench: spec must be a BenchSpec, got {type(spec).__name__}")
+    torch_device, batch_size, new_tokens = spec.torch_device, spec.batch_size, spec.new_tokens
+    loop = _DecodeLoop(spec)
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
     with torch.inference_mode():
-        prefill_compile_s, decode_compile_s = loop.warm_up(coordinate_descent=coordinate_descent)
+        prefill_compile_s, decode_compile_s = loop.warm_up(coordinate_descent=spec.coordinate_descent)
         prefill_s = _timed(loop.prefill, torch_device)
         decode_s = _timed(lambda: loop.decode(new_tokens - 1), torch_device)
 
@@ -250,23 +305,24 @@ def run_bench(
     bytes_per_token = _bytes_per_token(loop.params, loop.cfg, batch_size=batch_size,
                                        n_kv_heads=loop.n_kv_heads,
                                        mean_context=sum(loop.prompt_lens) / batch_size
-                                       + new_tokens / 2, dtype=dtype)
+                                       + new_tokens / 2, dtype=spec.dtype)
     limit_ms = bytes_per_token / (bandwidth * 1e9) * 1e3
     peak = (torch.cuda.max_memory_allocated(torch_device) / 1e9
             if torch_device.type == "cuda" else None)
     return BenchResult(
-        config=config, world_size=loop.world_size, device=str(torch_device),
+        config=spec.config, world_size=loop.world_size, device=str(torch_device),
         device_name=device_name(torch_device), torch=torch.__version__,
-        dtype=str(dtype).removeprefix("torch."),
-        batch_size=batch_size, prompt_len=prompt_len, new_tokens=new_tokens, compiled=compile,
-        fused=fuse, quantize=quantize, group_size=group_size, sdpa_backend=sdpa_backend,
-        coordinate_descent=coordinate_descent,
+        dtype=str(spec.dtype).removeprefix("torch."),
+        batch_size=batch_size, prompt_len=spec.prompt_len, new_tokens=new_tokens,
+        compiled=spec.compile, fused=spec.fuse, quantize=spec.quantize,
+        group_size=spec.group_size, sdpa_backend=spec.sdpa_backend,
+        coordinate_descent=spec.coordinate_descent,
         compile_s=prefill_compile_s + decode_compile_s, decode_compile_s=decode_compile_s,
         prefill_ms=prefill_s * 1e3, ms_per_token=ms_per_token,
         tokens_per_s=batch_size * 1e3 / ms_per_token, peak_memory_gb=peak,
         bytes_per_token=bytes_per_token, bandwidth_gbps=bandwidth,
         limit_ms_per_token=limit_ms, share_of_limit=limit_ms / ms_per_token,
-        cache=cache, block_size=block_size if cache == "paged" else None,
+        cache=spec.cache, block_size=spec.block_size if spec.cache == "paged" else None,
         prompt_lens=tuple(loop.prompt_lens),
     )
 
@@ -327,44 +383,24 @@ def _matmul_weight_bytes(params: dict[str, torch.Tensor]) -> int:
     return _weight_bytes(params, without=("tok_embeddings.weight",))
 
 
-def profile_decode(
-    config: str,
-    *,
-    device: str = "cuda",
-    dtype: torch.dtype = torch.bfloat16,
-    batch_size: int = 1,
-    prompt_len: int = 128,
-    new_tokens: int = 256,
-    steps: int = 32,
-    compile: bool = True,
-    fuse: bool = True,
-    coordinate_descent: bool = False,
-    sdpa_backend: str = "auto",
-    tensor_parallel: bool = False,
-    quantize: str | None = None,
-    group_size: int | None = None,
-    cache: str = "contiguous",
-    block_size: int = 16,
-    min_prompt_len: int | None = None,
-) -> DecodeProfile:
-    """Where a decode step's time goes, from the GPU kernels the profiler saw.
+def profile_decode(spec: BenchSpec, *, steps: int = 32) -> DecodeProfile:
+    """Where a decode step's time goes, from the GPU kernels the profiler saw over `steps` steps.
 
     CUDA only: the categories come from kernel names. "launch gaps" is the step's wall time not
     covered by any kernel, i.e. time the GPU sat idle waiting for work.
     """
-    torch_device = torch.device(device)
+    if not isinstance(spec, BenchSpec):
+        raise TypeError(f"profile_decode: spec must be a BenchSpec, got {type(spec).__name__}")
+    torch_device = spec.torch_device
     if torch_device.type != "cuda":
-        raise ValueError(f"profile_decode: device must be CUDA, got {device!r}")
-    if steps + 3 >= new_tokens:
-        raise ValueError(f"profile_decode: steps ({steps}) must be below new_tokens - 3 ({new_tokens - 3})")
-    loop = _DecodeLoop(config, device=torch_device, dtype=dtype, batch_size=batch_size,
-                       prompt_len=prompt_len, new_tokens=new_tokens, compile=compile, fuse=fuse,
-                       sdpa_backend=sdpa_backend, tensor_parallel=tensor_parallel,
-                       quantize=quantize, group_size=group_size, cache=cache,
-                       block_size=block_size, min_prompt_len=min_prompt_len)
+        raise ValueError(f"profile_decode: spec.device must be CUDA, got {spec.device!r}")
+    if steps + 3 >= spec.new_tokens:
+        raise ValueError(f"profile_decode: steps ({steps}) must be below spec.new_tokens - 3 "
+                         f"({spec.new_tokens - 3})")
+    loop = _DecodeLoop(spec)
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.inference_mode():
-        loop.warm_up(coordinate_descent=coordinate_descent)
+        loop.warm_up(coordinate_descent=spec.coordinate_descent)
         with torch.profiler.profile(activities=activities) as profiler:
             wall_s = _timed(lambda: loop.decode(steps), torch_device)
     by_kernel: dict[str, float] = {}

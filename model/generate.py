@@ -123,7 +123,7 @@ def generate(
     else:
         kv_cache = new_cache(cfg, batch_size=batch, dtype=embeddings.dtype, device=device,
                              n_kv_heads=n_kv_heads)
-    prefill_fn, decode_fn = _step_functions(params, kv_cache, compile=compile, device=device)
+    prefill_fn, decode_fn = step_functions(params, kv_cache, compile=compile, device=device)
 
     with torch.inference_mode():
         next_token = prefill_fn(params, tokens[:, :shortest],
@@ -146,8 +146,10 @@ def generate(
     return _new_tokens(tokens.tolist(), lengths, max_new_tokens, eos_id)
 
 
-def _step_functions(params: dict[str, Tensor], cache: KVCache | PagedKVCache, *, compile: bool,
-                    device: torch.device) -> tuple[Callable, Callable]:
+def step_functions(params: dict[str, Tensor], cache: KVCache | PagedKVCache, *, compile: bool,
+                   device: torch.device) -> tuple[Callable, Callable]:
+    """(prefill, decode_step), compiled as generate compiles them (decode under CUDA graphs on a
+    GPU, params and cache marked static) when `compile`; the bench and the checks use the same."""
     if not compile:
         return prefill, decode_step
     # A param's shape never changes. Said so, a second model compiled in the same process (a

@@ -21,7 +21,7 @@ from fullgraph.checks import (
 from fullgraph.checks._compat import cudagraphs as torch_cudagraphs
 from fullgraph.checks._message import Frame
 from fullgraph.model import forward, generate, init_params, new_cache
-from fullgraph.model.generate import _step_functions, decode_step
+from fullgraph.model.generate import decode_step, step_functions
 
 THIS_FILE = __file__
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
@@ -388,7 +388,7 @@ def test_reference_decode_records_once_and_replays_every_position_in_flat_memory
     cfg = dataclasses.replace(tiny_cfg, max_seq_len=520)
     params = init_params(cfg, device="cuda")
     cache = new_cache(cfg, batch_size=2, device="cuda")
-    _step_functions(params, cache, compile=True, device=torch.device("cuda"))  # marks them static
+    step_functions(params, cache, compile=True, device=torch.device("cuda"))  # marks them static
     with torch.inference_mode():
         token = torch.randint(0, cfg.vocab_size, (2, 1), device="cuda")
         calls = ((params, token, torch.tensor([pos], device="cuda"), cache, cfg)
@@ -427,7 +427,7 @@ def test_prefill_records_one_graph_per_length_and_one_per_bucket(tiny_cfg):
     lengths = [5, 9, 17, 33, 47, 60, 70, 100]
     params = init_params(tiny_cfg, device="cuda")
     cache = new_cache(tiny_cfg, batch_size=2, device="cuda")
-    _step_functions(params, cache, compile=True, device=torch.device("cuda"))
+    step_functions(params, cache, compile=True, device=torch.device("cuda"))
     with torch.inference_mode():
         with pytest.raises(CudaGraphError) as failure:
             assert_cudagraphs(_prefill_at, _prefill_calls(params, cache, tiny_cfg, lengths, bucket=False),

@@ -8,16 +8,21 @@ checked in-process, where nothing compiles.
 """
 
 import json
+import os
 import re
+import runpy
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 # Imported before the in-process runs, which would otherwise import it for the first time and
 # have pytester drop it from sys.modules afterwards.
 import fullgraph.checks.report  # noqa: F401
 from fullgraph.checks.pytest_plugin import Increase, increases, load_baseline, marker_limits
-from fullgraph.checks.report import render_markdown
+from fullgraph.checks.report import Report, render_markdown
+from fullgraph.checks.watch import watch
 
 pytest_plugins = "pytester"
 
@@ -390,7 +395,7 @@ def test_clean():
 '''
 
 
-def test_watch_report_and_baseline_then_compare_under_xdist(pytester, run_pytest):
+def test_watch_report_and_baseline_then_compare_under_xdist(programs_report, pytester, run_pytest):
     pytester.makepyfile(functions=FUNCTIONS, test_suite=SUITE_TESTS)
     pytester.makeconftest(SUITE_CONFTEST)
     baseline = pytester.path / "fullgraph.json"
@@ -432,6 +437,7 @@ def test_watch_report_and_baseline_then_compare_under_xdist(pytester, run_pytest
     assert printed["count"] == 2
     assert printed["tests"] == ["test_suite.py::test_prints_once", "test_suite.py::test_prints_again"]
     assert [c["test"] for c in report["compiles"] if c["recompile"]] == ["test_suite.py::test_recompiles"]
+    assert_shaped_like(report, programs_report, pytester.path)
     # The Markdown the plugin writes from that same dict.
     assert_markdown_names_the_tests(render_markdown(SimpleNamespace(to_dict=lambda: report)))
 
@@ -462,6 +468,43 @@ def test_watch_report_and_baseline_then_compare_under_xdist(pytester, run_pytest
     compared.stdout.no_fnmatch_line("*test_prints_once: graph breaks*")
     assert_html_names_the_tests((pytester.path / "run.html").read_text())
     assert json.loads(baseline.read_text()) == stored  # compared, not rewritten
+
+
+@pytest.fixture(scope="module")
+def programs_report(tmp_path_factory) -> dict:
+    """The report `fullgraph report` makes of a program calling the suite's functions, made in a
+    temporary directory as the current one.
+
+    Module-scoped, so that what it imports from torch is imported before pytester's runs in this
+    process, which drop the modules they saw imported (torch's cannot be imported twice)."""
+    folder = tmp_path_factory.mktemp("program")
+    (folder / "functions.py").write_text(FUNCTIONS.strip() + "\n")
+    functions = runpy.run_path(str(folder / "functions.py"))
+    started_in = Path.cwd()
+    os.chdir(folder)
+    try:
+        torch.compiler.reset()
+        with watch() as seen:
+            torch.compile(functions["prints"], backend="eager")(torch.ones(3))
+            functions["compile_adds"]([1, 2])
+        torch.compiler.reset()
+        program = Report(seen, command=f"python {folder / 'functions.py'}").to_dict()
+    finally:
+        os.chdir(started_in)
+    assert program["command"] == "python ./functions.py"
+    assert str(folder) not in json.dumps(program)
+    return program
+
+
+def assert_shaped_like(run: dict, program: dict, folder: Path) -> None:
+    """A test run's report has every field of a program's report, and no path under `folder`
+    (the temporary directory it ran in) left unshortened."""
+    assert set(run) - {"tests"} == set(program)
+    for name in ("exit", "env", "summary", "reproduction"):
+        assert set(run[name]) == set(program[name]), name
+    assert set(run["graph_breaks"][0]) - {"tests"} == set(program["graph_breaks"][0])
+    assert set(run["compiles"][0]) - {"test"} == set(program["compiles"][0])
+    assert str(folder) not in json.dumps(run)
 
 
 def the_break(sections: list[str], gb_type: str) -> str:

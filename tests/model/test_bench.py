@@ -1,5 +1,6 @@
 import argparse
 import dataclasses
+import fnmatch
 import json
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 from fullgraph.checks.cli import _bound_misses, main
 from fullgraph.model import LlamaConfig, init_params
 from fullgraph.model.bench import (
+    BenchSpec,
     DecodeProfile,
     _bytes_per_token,
     _category,
@@ -46,8 +48,8 @@ def test_copy_bandwidth_is_positive():
 
 
 def test_eager_bench_reports_consistent_figures():
-    result = run_bench("tiny", device="cpu", dtype=torch.float32, batch_size=2, prompt_len=4,
-                       new_tokens=6, compile=False, bandwidth_gbps=10.0)
+    result = run_bench(BenchSpec("tiny", device="cpu", dtype=torch.float32, batch_size=2,
+                                 prompt_len=4, new_tokens=6, compile=False), bandwidth_gbps=10.0)
     assert result.batch_size == 2 and not result.compiled
     assert result.fused and not result.coordinate_descent
     assert (result.device_name, result.torch) == ("cpu", torch.__version__)
@@ -60,8 +62,9 @@ def test_eager_bench_reports_consistent_figures():
 
 @pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
 def test_bench_runs_the_attention_it_is_given():
-    result = run_bench("tiny", device="cpu", dtype=torch.float32, prompt_len=4, new_tokens=4,
-                       compile=False, sdpa_backend="flex", bandwidth_gbps=10.0)
+    result = run_bench(BenchSpec("tiny", device="cpu", dtype=torch.float32, prompt_len=4,
+                                 new_tokens=4, compile=False, sdpa_backend="flex"),
+                       bandwidth_gbps=10.0)
     assert result.sdpa_backend == "flex" and result.ms_per_token > 0
 
 
@@ -72,22 +75,58 @@ def test_prompt_lengths_spread_evenly_from_the_shortest_to_the_longest():
 
 
 def test_eager_bench_on_a_paged_cache_decodes_rows_of_mixed_lengths():
-    result = run_bench("tiny", device="cpu", dtype=torch.float32, batch_size=3, prompt_len=9,
-                       new_tokens=4, compile=False, bandwidth_gbps=10.0, cache="paged", block_size=4,
-                       min_prompt_len=3)
+    result = run_bench(BenchSpec("tiny", device="cpu", dtype=torch.float32, batch_size=3,
+                                 prompt_len=9, new_tokens=4, compile=False, cache="paged",
+                                 block_size=4, min_prompt_len=3), bandwidth_gbps=10.0)
     assert (result.cache, result.block_size, result.prompt_lens) == ("paged", 4, (3, 6, 9))
-    contiguous = run_bench("tiny", device="cpu", dtype=torch.float32, batch_size=3, prompt_len=6,
-                           new_tokens=4, compile=False, bandwidth_gbps=10.0)
+    contiguous = run_bench(BenchSpec("tiny", device="cpu", dtype=torch.float32, batch_size=3,
+                                     prompt_len=6, new_tokens=4, compile=False), bandwidth_gbps=10.0)
     # The same mean context, so the same bytes an ideal kernel reads.
     assert result.bytes_per_token == contiguous.bytes_per_token and result.ms_per_token > 0
-    with pytest.raises(ValueError, match="min_prompt_len: rows of mixed lengths need cache='paged'"):
-        run_bench("tiny", device="cpu", batch_size=2, prompt_len=9, new_tokens=4, compile=False,
-                  min_prompt_len=3)
+
+
+@pytest.mark.parametrize("fields, error, message", [
+    (dict(config="llama3"), ValueError,
+     "BenchSpec: config must be one of ['llama2-13b', 'llama2-70b', 'llama2-7b', 'tiny'], got 'llama3'"),
+    (dict(device="gpu"), ValueError, "BenchSpec: device 'gpu' is not a device: *"),
+    (dict(dtype="bfloat16"), TypeError, "BenchSpec: dtype must be a torch.dtype, got 'bfloat16'"),
+    (dict(batch_size=0), ValueError, "BenchSpec: batch_size must be >= 1, got 0"),
+    (dict(prompt_len=2.0), TypeError, "BenchSpec: prompt_len must be an int, got 2.0"),
+    (dict(new_tokens=1), ValueError, "BenchSpec: new_tokens must be >= 2, got 1"),
+    (dict(block_size=True), TypeError, "BenchSpec: block_size must be an int, got True"),
+    (dict(compile="yes"), TypeError, "BenchSpec: compile must be a bool, got 'yes'"),
+    (dict(sdpa_backend="fast"), ValueError, "BenchSpec: sdpa_backend must be one of *, got 'fast'"),
+    (dict(cache="ring"), ValueError, "BenchSpec: cache must be one of ['contiguous', 'paged'], got 'ring'"),
+    (dict(quantize="int2"), ValueError, "BenchSpec: quantize: unknown scheme 'int2'*"),
+    (dict(quantize="int8", group_size=32), ValueError, "BenchSpec: quantize: group_size is for int4*"),
+    (dict(group_size=32), ValueError,
+     "BenchSpec: group_size applies to quantize='int4' only, got group_size=32 without quantize"),
+    (dict(min_prompt_len=3), ValueError,
+     "BenchSpec: min_prompt_len: rows of mixed lengths need cache='paged'"),
+    (dict(cache="paged", prompt_len=8, min_prompt_len=9), ValueError,
+     "BenchSpec: min_prompt_len must be <= prompt_len (8), got 9"),
+])
+def test_a_bench_spec_names_its_bad_field_before_any_weight_is_built(fields, error, message):
+    fields = {"config": "tiny", "device": "cpu", **fields}
+    with pytest.raises(error) as raised:
+        BenchSpec(**fields)
+    # A * stands for torch's own words, or a long list.
+    if "*" in message:
+        assert fnmatch.fnmatchcase(str(raised.value), message), str(raised.value)
+    else:
+        assert str(raised.value) == message
+
+
+def test_run_bench_and_profile_decode_take_a_spec():
+    with pytest.raises(TypeError, match="^run_bench: spec must be a BenchSpec, got str$"):
+        run_bench("tiny")
+    with pytest.raises(TypeError, match="^profile_decode: spec must be a BenchSpec, got dict$"):
+        profile_decode({"config": "tiny"})
 
 
 def test_profile_decode_needs_cuda():
-    with pytest.raises(ValueError, match="profile_decode: device must be CUDA"):
-        profile_decode("tiny", device="cpu")
+    with pytest.raises(ValueError, match="profile_decode: spec.device must be CUDA"):
+        profile_decode(BenchSpec("tiny", device="cpu"))
 
 
 @pytest.mark.parametrize("argv, error", [
@@ -106,8 +145,8 @@ def test_bench_arguments_are_checked_before_any_rank_starts(argv, error, capsys)
 
 
 def test_only_compiled_runs_are_judged_against_the_bounds():
-    eager = run_bench("tiny", device="cpu", dtype=torch.float32, prompt_len=4, new_tokens=4,
-                      compile=False, bandwidth_gbps=10.0)
+    eager = run_bench(BenchSpec("tiny", device="cpu", dtype=torch.float32, prompt_len=4,
+                                new_tokens=4, compile=False), bandwidth_gbps=10.0)
     slow = dataclasses.replace(eager, compiled=True, batch_size=8, ms_per_token=6.0,
                                share_of_limit=0.7)
     bounds = argparse.Namespace(max_ms_per_token=5.0, min_share=0.8)

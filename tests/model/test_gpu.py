@@ -63,10 +63,10 @@ def test_every_sdpa_backend_runs_prefill_compiled(tiny_cfg, backend):
 
 
 def test_bench_profile_splits_a_decode_step_into_kernel_categories():
-    from fullgraph.model.bench import profile_decode
+    from fullgraph.model.bench import BenchSpec, profile_decode
 
-    breakdown = profile_decode("tiny", device="cuda", dtype=torch.bfloat16, prompt_len=8,
-                               new_tokens=24, steps=8)
+    breakdown = profile_decode(BenchSpec("tiny", device="cuda", dtype=torch.bfloat16, prompt_len=8,
+                                         new_tokens=24), steps=8)
     assert breakdown.total_ms > 0 and breakdown.by_category["matmul"] > 0
     # Kernels and gaps add up to the step, unless kernels overlap (then gaps are 0).
     assert sum(breakdown.by_category.values()) >= breakdown.total_ms * 0.99

@@ -8,7 +8,7 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 from fullgraph.model import forward, fuse_projections_, init_params, new_cache
-from fullgraph.model.generate import _step_functions, decode_step
+from fullgraph.model.generate import decode_step, step_functions
 from fullgraph.model.quant import ERROR_BOUNDS, dequantize, quantize
 
 SCHEMES = [("int8", None), ("int4", 32), ("int4", 64)]
@@ -211,7 +211,7 @@ def test_a_dense_and_two_quantized_models_in_one_process_compile_once_each_and_s
     models = [tiny_params, quantize(tiny_params, "int8"), quantize(tiny_params, "int4", group_size=32)]
     for params in models:
         # What generate does before compiling: params' shapes are static.
-        _step_functions(params, new_cache(tiny_cfg, batch_size=2), compile=True,
+        step_functions(params, new_cache(tiny_cfg, batch_size=2), compile=True,
                         device=torch.device("cpu"))
     for params in models + models:  # the second round must find every model's graph compiled
         _decode(step, params, tiny_cfg, 4)
@@ -338,12 +338,12 @@ def test_cuda_fusing_quantized_params_stores_what_quantizing_fused_params_does(t
 @pytest.mark.parametrize("scheme, group_size", SCHEMES[:2], ids=SCHEME_IDS[:2])
 def test_cuda_quantized_decode_records_one_cuda_graph_and_replays_it(tiny_cfg, scheme, group_size):
     from fullgraph.checks.cudagraphs import assert_cudagraphs
-    from fullgraph.model.generate import _step_functions
+    from fullgraph.model.generate import step_functions
 
     _, params = _on_cuda(tiny_cfg, scheme, group_size)
     cache = new_cache(tiny_cfg, batch_size=2, dtype=torch.bfloat16, device="cuda")
     # Marks params and cache as static addresses, as generate does before compiling decode.
-    _step_functions(params, cache, compile=True, device=torch.device("cuda"))
+    step_functions(params, cache, compile=True, device=torch.device("cuda"))
 
     def decode(params, token, input_pos, cache):
         return decode_step(params, token, input_pos, cache, cfg=tiny_cfg, sdpa_backend="auto",
@@ -360,11 +360,12 @@ def test_cuda_quantized_decode_records_one_cuda_graph_and_replays_it(tiny_cfg, s
 
 
 def test_bench_counts_the_quantized_bytes():
-    from fullgraph.model.bench import run_bench
+    from fullgraph.model.bench import BenchSpec, run_bench
 
-    runs = {scheme: run_bench("tiny", device="cpu", dtype=torch.float32, prompt_len=4, new_tokens=4,
-                              compile=False, bandwidth_gbps=10.0, quantize=scheme,
-                              group_size=32 if scheme == "int4" else None)
+    runs = {scheme: run_bench(BenchSpec("tiny", device="cpu", dtype=torch.float32, prompt_len=4,
+                                        new_tokens=4, compile=False, quantize=scheme,
+                                        group_size=32 if scheme == "int4" else None),
+                              bandwidth_gbps=10.0)
             for scheme in (None, "int8", "int4")}
     assert [(run.quantize, run.group_size) for run in runs.values()] == [(None, None), ("int8", None),
                                                                          ("int4", 32)]

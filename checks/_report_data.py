@@ -1,0 +1,82 @@
+"""The compile report as data: the one builder of its JSON, and the rewrite that keeps the machine
+out of it.
+
+`fullgraph report` (report.Report) and `pytest --fullgraph-report` (the plugin's report of a run)
+both build their data with `compile_report`, so the two have the same fields and every string in
+either goes through `scrubbed`. docs/report-format.md describes the schema.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import _compat
+
+__all__ = ["SCHEMA_VERSION", "compile_report", "scrubbed"]
+
+# Bump on any change a reader of the JSON could notice; docs/report-format.md lists each version.
+SCHEMA_VERSION = 2
+
+
+def compile_report(*, target: str, command: str, status: str, exception: str | None,
+                   crash: dict | None, env: dict, dynamo_config: dict, summary: dict,
+                   graph_breaks: list[dict], compiles: list[dict], cudagraph_skips: list[str],
+                   sources: list[dict], tests: dict[str, dict] | None = None) -> dict:
+    """A "compile-report", its paths shortened; `tests` only in a test run's report."""
+    data = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "compile-report",
+        "target": target,
+        "command": command,
+        "exit": {"status": status, "exception": exception},
+        "crash": crash,
+        "env": dict(env),
+        "dynamo_config": dynamo_config,
+        "summary": summary,
+        "graph_breaks": graph_breaks,
+        "compiles": compiles,
+        "cudagraph_skips": cudagraph_skips,
+        "reproduction": {"command": command, "sources": sources},
+    }
+    if tests is not None:
+        data["tests"] = tests
+    return scrubbed(data)
+
+
+# -- what may not leave the machine -----------------------------------------------------------
+
+def scrubbed(data: Any) -> Any:
+    """`data` with torch's directory written `<torch>`, the current directory `.` and the home
+    directory `~` in every string, in dicts and lists at any depth."""
+    return _map_strings(data, _scrubber())
+
+
+def _scrubber() -> Callable[[str], str]:
+    places = [(_compat.TORCH_DIR, "<torch>"), (os.getcwd(), "."), (os.path.expanduser("~"), "~")]
+    # Longest first: torch often lives under the current or the home directory. A root "/"
+    # would match every path.
+    places = sorted(((os.path.normpath(path), short) for path, short in places
+                     if len(Path(path).parts) > 1), key=lambda place: -len(place[0]))
+    if not places:
+        return lambda text: text
+    pattern = re.compile("|".join(f"({re.escape(path)})(?![\\w.-])" for path, _ in places))
+    shorts = [short for _, short in places]
+
+    def scrub(text: str) -> str:
+        return pattern.sub(lambda match: shorts[match.lastindex - 1], text)
+
+    return scrub
+
+
+def _map_strings(data: Any, function: Callable[[str], str]) -> Any:
+    if isinstance(data, str):
+        return function(data)
+    if isinstance(data, dict):
+        return {key: _map_strings(value, function) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_map_strings(item, function) for item in data]
+    return data
