@@ -924,3 +924,71 @@ def quiet_profiler() -> Iterator[None]:
             if kept:
                 os.write(2, b"".join(kept))
 
+
+
+# -- standalone repros (fullgraph report --repro) ---------------------------------------------
+
+@dataclass(frozen=True)
+class CompilingFrame:
+    """The frame dynamo is compiling, as it was entered, and how torch.compile was called on it.
+
+    backend: the name torch.compile was given, None for a callable backend; dynamic: as
+    torch.compile's argument (False and True patch dynamo's config for the compile, None does not).
+    """
+
+    code: types.CodeType
+    f_locals: dict[str, Any]
+    backend: str | None
+    fullgraph: bool
+    dynamic: bool | None
+
+
+def compiling_frame() -> CompilingFrame | None:
+    """The frame dynamo is compiling on this thread (the outermost, not an inlined call), or None
+    outside a compile. Called from a graph_break_hook callback."""
+    translator = getattr(torch._dynamo.symbolic_convert, "InstructionTranslator", None)
+    try:
+        tx = translator.current_tx()
+    except AttributeError:  # no compile on this thread: the thread-local is unset
+        return None
+    # The backend reaches the translator wrapped (WrapBackendDebug), named after what was given.
+    name = getattr(getattr(tx.output, "compiler_fn", None), "__name__", None)
+    config = torch._dynamo.config
+    dynamic = (False if not config.automatic_dynamic_shapes
+               else True if not config.assume_static_by_default else None)
+    return CompilingFrame(tx.f_code, dict(tx.f_locals),
+                          name if name in backend_names() else None, bool(tx.one_graph), dynamic)
+
+
+def is_resume_code(code: types.CodeType) -> bool:
+    """Whether `code` is a resume function dynamo made for the rest of a function after a break."""
+    return remove_resume_prefix(code.co_name) != code.co_name
+
+
+# The part of a repro script that hears torch's graph breaks: the `graph_breaks` log artifact's
+# first line names the innermost user line ("Graph break in user code at FILE:LINE", or "Graph
+# break (user stack suppressed ...) in user code at FILE:LINE" when repeated), and the reason
+# holds the gb_type on a line of its own.
+REPRO_BREAK_PROBE = '''
+@contextlib.contextmanager
+def graph_breaks_heard():
+    """A list that fills with (file, line, gb_type lines) for each graph break torch logs."""
+    heard = []
+
+    class Heard(logging.Handler):
+        def emit(self, record):
+            first, _, reason = record.getMessage().partition("\\n")
+            filename, _, line = first.rpartition(" in user code at ")[2].rpartition(":")
+            if first.startswith("Graph break") and line.isdigit():
+                reason = reason.replace("Graph Break Reason: ", "", 1)
+                heard.append((filename, int(line), [text.strip() for text in reason.splitlines()]))
+
+    handler = Heard(logging.DEBUG)
+    torch._logging.set_logs(graph_breaks=True)
+    logging.getLogger("torch._dynamo").addHandler(handler)
+    try:
+        yield heard
+    finally:
+        logging.getLogger("torch._dynamo").removeHandler(handler)
+        torch._logging.set_logs()
+'''

@@ -30,6 +30,7 @@ from ._message import display_path
 from .env import environment
 from .graph_breaks import GraphBreak
 from .recompiles import CompileEvent
+from .repro_markdown import repros_markdown
 from .watch import CompileTiming, Watch
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ __all__ = [
     "Report",
     "RecordedReport",
     "ended_outside",
+    "with_repros",
     "CheckReport",
     "render_markdown",
     "render_json",
@@ -118,6 +120,12 @@ def ended_outside(data: dict, *, status: str, crash: dict | None) -> RecordedRep
     ({signal, stack, stack_taken} or None), its paths shortened like the rest."""
     return RecordedReport({**data, "exit": {"status": status, "exception": None},
                            "crash": _scrubbed(crash)})
+
+
+def with_repros(data: dict, repros: list[dict]) -> RecordedReport:
+    """The report `data` with the standalone repros `fullgraph report --repro` made for its breaks
+    (repro.make_repros), their paths and output shortened like the rest."""
+    return RecordedReport({**data, "repros": _scrubbed(repros)})
 
 
 @dataclass(frozen=True)
@@ -566,6 +574,8 @@ def _reproduction_markdown(data: dict) -> list[str]:
     for source in sources:
         out += [f"`{source['filename']}:{source['lineno']}` {source['function']}", "",
                 _fence(source["source"], "python"), ""]
+    if "repros" in data:
+        out += repros_markdown(data["repros"], _fence)
     return out
 
 

@@ -1,0 +1,551 @@
+"""Standalone repros of graph breaks: `fullgraph report --repro DIR`.
+
+    with InputRecorder().recording() as recorder:    # in the process the program runs in
+        main()
+    repros = make_repros(report_data, recorder.to_dict(), "repros/")   # afterwards, anywhere
+
+For each distinct graph break, a script that needs nothing but torch: the function dynamo was
+compiling when it broke (and the functions and classes of its file it uses, the torch and standard
+library imports, the constants), its arguments rebuilt from what they were when dynamo compiled it
+(a tensor from its shape, dtype, device, strides and requires_grad, with random values; Python
+values as they were), the torch.compile call the program made, and a check that the graph breaks
+at the same line with the same gb_type. Each script is run in a fresh interpreter: only those
+that print "reproduces" are called so. Delta debugging then drops the statements and arguments
+the break does not need (checks/repro_reduce.py). Where a script cannot stand alone (an argument
+that is a large module or an object of the program's own, a closure), none is written and the
+reason is given.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import contextlib
+import inspect
+import json
+import os
+import re
+import sys
+import tempfile
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fullgraph.model.launch import read_written, run_processes
+
+from . import _compat
+
+__all__ = ["REPRODUCES", "NOT_ON_ITS_OWN", "NOT_WRITTEN", "VERIFY_TIMEOUT_S", "InputRecorder",
+           "describe", "read_recorded", "make_repros", "verify"]
+
+REPRODUCES = "reproduces"
+NOT_ON_ITS_OWN = "does not reproduce on its own"
+NOT_WRITTEN = "not written"
+VERIFY_TIMEOUT_S = 120.0
+EXACT_VALUES = 64  # integer and bool tensors up to this size keep their values (positions, masks)
+MODULE_PARAMETERS = 100_000  # a torch.nn module up to this size is rebuilt from its repr
+_DEPTH = 4  # containers nested deeper than this are not rebuilt
+_MARK = "  # <- graph break"
+_TAIL_LINES = 12
+
+
+# -- in the program's process: what each compiled frame was called with -----------------------
+
+class InputRecorder:
+    """Records the arguments of each function dynamo compiles and breaks in, the first time, with
+    how torch.compile was called on it."""
+
+    def __init__(self, on_record: Callable[[], None] | None = None) -> None:
+        self._on_record = on_record
+        self._lock = threading.Lock()
+        self._frames: dict[str, dict] = {}
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[InputRecorder]:
+        with _compat.graph_break_hook(self._record):
+            yield self
+
+    def to_dict(self) -> dict:
+        with self._lock:
+            return {"frames": list(self._frames.values())}
+
+    def _record(self, exc: BaseException, code: Any, lineno: int | None) -> None:
+        frame = _compat.compiling_frame()
+        # A resume function's locals are the rest of a function's state, not arguments anyone
+        # passed: the function's own first compile has those.
+        if frame is None or _compat.is_resume_code(frame.code):
+            return
+        key = f"{frame.code.co_filename}:{frame.code.co_firstlineno}:{frame.code.co_name}"
+        with self._lock:
+            if key in self._frames:
+                return
+        try:
+            record = _frame_record(frame)
+        except Exception:  # inside dynamo's compile: a value that cannot be read is not recorded
+            return
+        with self._lock:
+            self._frames[key] = record
+        if self._on_record is not None:
+            self._on_record()
+
+
+def _frame_record(frame: _compat.CompilingFrame) -> dict:
+    code = frame.code
+    return {"filename": os.path.abspath(code.co_filename), "function": code.co_name,
+            "firstlineno": code.co_firstlineno,
+            "arguments": [{"name": name, "kind": kind, "value": describe(frame.f_locals.get(name))}
+                          for name, kind in _parameters(code)],
+            "closure": list(code.co_freevars),
+            "compile": {"backend": frame.backend, "fullgraph": frame.fullgraph,
+                        "dynamic": frame.dynamic}}
+
+
+def _parameters(code: Any) -> list[tuple[str, str]]:
+    """(name, "positional" | "varargs" | "keyword" | "varkw") of each parameter, in order."""
+    names = code.co_varnames
+    count = code.co_argcount
+    kinds = [(name, "positional") for name in names[:count]]
+    keyword = names[count:count + code.co_kwonlyargcount]
+    rest = count + code.co_kwonlyargcount
+    if code.co_flags & inspect.CO_VARARGS:
+        kinds.append((names[rest], "varargs"))
+        rest += 1
+    kinds += [(name, "keyword") for name in keyword]
+    if code.co_flags & inspect.CO_VARKEYWORDS:
+        kinds.append((names[rest], "varkw"))
+    return kinds
+
+
+def describe(value: Any, depth: int = 0) -> dict:
+    """What a script needs to rebuild `value`: {"kind": "tensor" | "value" | "list" | "tuple" |
+    "dict" | "module" | "opaque", ...}; "opaque" (with "type") where it cannot."""
+    if isinstance(value, torch.Tensor):
+        return _describe_tensor(value)
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+        if isinstance(value, (float, complex)) and not _finite(value):
+            return {"kind": "value", "expression": f"float({str(value)!r})"}
+        return {"kind": "value", "expression": repr(value)}
+    if isinstance(value, (torch.dtype, torch.device)):
+        return {"kind": "value", "expression": f"torch.{value}" if isinstance(value, torch.dtype)
+                else f"torch.device({str(value)!r})"}
+    if depth < _DEPTH and type(value) in (list, tuple):
+        return {"kind": type(value).__name__, "items": [describe(item, depth + 1) for item in value]}
+    if depth < _DEPTH and type(value) is dict and all(isinstance(key, str) for key in value):
+        return {"kind": "dict", "items": {key: describe(item, depth + 1) for key, item in value.items()}}
+    if isinstance(value, torch.nn.Module):
+        return _describe_module(value)
+    return {"kind": "opaque", "type": _type_name(value)}
+
+
+def _describe_tensor(tensor: torch.Tensor) -> dict:
+    spec = {"kind": "tensor", "shape": list(tensor.shape), "stride": list(tensor.stride()),
+            "dtype": str(tensor.dtype).removeprefix("torch."), "device": str(tensor.device),
+            "requires_grad": tensor.requires_grad, "values": None}
+    exact = not (tensor.dtype.is_floating_point or tensor.dtype.is_complex)
+    if exact and tensor.numel() <= EXACT_VALUES and tensor.is_contiguous() and not tensor.is_meta:
+        spec["values"] = tensor.detach().cpu().flatten().tolist()
+    return spec
+
+
+def _describe_module(module: torch.nn.Module) -> dict:
+    count = sum(parameter.numel() for parameter in module.parameters())
+    spec = {"kind": "module", "type": _type_name(module), "parameters": count, "expression": None}
+    if count <= MODULE_PARAMETERS and type(module).__module__.startswith("torch.nn.modules"):
+        expression = f"torch.nn.{module!r}"
+        try:  # a leaf module's repr is its constructor call; a container's is not
+            rebuilt = eval(expression, {"torch": torch})
+        except Exception:
+            return spec
+        if type(rebuilt) is type(module) and _shapes(rebuilt) == _shapes(module):
+            spec["expression"] = expression
+    return spec
+
+
+def _shapes(module: torch.nn.Module) -> list[tuple]:
+    return [(name, tuple(value.shape)) for name, value in module.state_dict().items()]
+
+
+def _finite(value: float | complex) -> bool:
+    return all(part not in (float("inf"), float("-inf")) and part == part
+               for part in (value.real, value.imag))
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+# -- afterwards: one script per break ---------------------------------------------------------
+
+def read_recorded(path: str) -> dict:
+    """What an InputRecorder saved at `path` (nothing, if the program broke nowhere)."""
+    text = read_written(path)
+    return json.loads(text) if text else {"frames": []}
+
+
+def make_repros(data: dict, recorded: dict, directory: str | os.PathLike, *,
+                timeout: float = VERIFY_TIMEOUT_S, reduce: bool = True) -> list[dict]:
+    """Write, run and reduce a repro for each distinct graph break in the report `data`, using the
+    arguments InputRecorder `recorded`; return one entry per break (docs/report-format.md)."""
+    from .repro_reduce import reduce_repro
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    repros = []
+    for number, brk in enumerate(data["graph_breaks"], start=1):
+        if brk["disabled"]:
+            continue
+        plan = _plan(brk, recorded["frames"])
+        entry = {"break": number, "gb_type": brk["gb_type"], "file": None, "status": NOT_WRITTEN,
+                 "why": None, "statements": None, "arguments": None, "tries": 0, "script": None}
+        if isinstance(plan, str):
+            repros.append({**entry, "why": plan})
+            continue
+        path = Path(directory) / f"break_{number}_{_slug(brk['gb_type'])}.py"
+        if reduce:
+            plan, entry = reduce_repro(plan, path, entry, timeout=timeout)
+        path.write_text(plan.script(), encoding="utf-8")
+        status, why = verify(path, timeout=timeout)
+        repros.append({**entry, "file": path.name, "status": status, "why": why,
+                       "script": plan.script()})
+    return repros
+
+
+def verify(path: str | os.PathLike, *, timeout: float = VERIFY_TIMEOUT_S) -> tuple[str, str | None]:
+    """Run the script at `path` in a fresh interpreter: (REPRODUCES, None), or (NOT_ON_ITS_OWN,
+    why: how it ended and the last lines it wrote)."""
+    with tempfile.TemporaryDirectory(prefix="fullgraph-repro-") as workdir:
+        [ended] = run_processes([[os.fspath(path)]], workdir=workdir, timeout=timeout).ended
+    if ended.returncode == 0 and ended.stopped is None and ended.stdout.rstrip().endswith(REPRODUCES):
+        return REPRODUCES, None
+    how = ended.stopped or f"exit {ended.returncode}"
+    return NOT_ON_ITS_OWN, f"{how}: {ended.output(_TAIL_LINES).strip()}"
+
+
+def _slug(gb_type: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", gb_type.lower()).strip("-")[:40] or "break"
+
+
+def _plan(brk: dict, frames: list[dict]) -> ReproPlan | str:
+    """The script for `brk`, or why there is none."""
+    record = _recorded_frame(brk, frames)
+    if record is None:
+        return ("no arguments were recorded for the functions on its stack (the program ended "
+                "before the compile finished, or the function was compiled before the report began)")
+    blockers = _blockers(record)
+    if blockers:
+        return "; ".join(blockers)
+    try:
+        source = Path(record["filename"]).read_text(encoding="utf-8")
+        return ReproPlan.build(source, record, brk)
+    except (OSError, SyntaxError, LookupError) as error:
+        return f"the source of {record['function']} cannot be read: {error}"
+
+
+def _recorded_frame(brk: dict, frames: list[dict]) -> dict | None:
+    """The record of the innermost function on the break's stack that dynamo compiled on its own
+    (with the arguments it was called with)."""
+    for line in reversed(brk["frames"]):
+        filename = os.path.abspath(line["filename"])
+        for record in frames:
+            if ((record["filename"], record["function"]) == (filename, line["function"])
+                    and record["firstlineno"] <= line["lineno"]):
+                return record
+    return None
+
+
+def _blockers(record: dict) -> list[str]:
+    """Why the script could not stand alone: each argument it cannot rebuild, a closure."""
+    found = [f"argument `{argument['name']}` is {_unbuildable(argument['value'])}"
+             for argument in record["arguments"] if _unbuildable(argument["value"])]
+    if record["closure"]:
+        found.append(f"{record['function']} is a closure over {', '.join(record['closure'])}, "
+                     f"which a script cannot rebuild")
+    return found
+
+
+def _unbuildable(spec: dict) -> str | None:
+    kind = spec["kind"]
+    if kind == "opaque":
+        return f"a {spec['type']}, which a script cannot rebuild"
+    if kind == "module" and spec["expression"] is None:
+        return (f"a torch.nn.Module ({spec['type']}, {spec['parameters']:,} parameters) that a "
+                f"script cannot rebuild")
+    items = spec.get("items")
+    if kind in ("list", "tuple", "dict"):
+        return next(filter(None, map(_unbuildable, items.values() if kind == "dict" else items)), None)
+    return None
+
+
+# -- the script -------------------------------------------------------------------------------
+
+class ReproPlan:
+    """A repro script made of parts that reduction can drop: the root function's top-level
+    statements (`kept`) and its arguments (`arguments`)."""
+
+    def __init__(self, *, root: ast.FunctionDef, lines: list[str], helpers: list[str],
+                 preamble: list[str], record: dict, brk: dict, pinned: int | None) -> None:
+        self.root, self.lines, self.helpers, self.preamble = root, lines, helpers, preamble
+        self.record, self.brk, self.location = record, brk, brk["frames"][-1]
+        # The statement holding the breaking line, when the break is in the root: never dropped.
+        self.pinned = pinned
+        self.kept = list(range(len(root.body)))
+        self.arguments = [argument["name"] for argument in record["arguments"]]
+
+    @classmethod
+    def build(cls, source: str, record: dict, brk: dict) -> ReproPlan:
+        tree = ast.parse(source)
+        lines = source.splitlines()
+        root = _find_function(tree, record["function"], record["firstlineno"])
+        location = brk["frames"][-1]
+        same_file = os.path.abspath(location["filename"]) == record["filename"]
+        in_root = (same_file and location["function"] == root.name
+                   and root.lineno <= location["lineno"] <= root.end_lineno)
+        pinned = next((index for index, statement in enumerate(root.body)
+                       if statement.lineno <= location["lineno"] <= statement.end_lineno), -1)
+        helpers, preamble = _dependencies(tree, root, lines,
+                                          mark=location if same_file and not in_root else None)
+        if not in_root and not any(_MARK in helper for helper in helpers):
+            raise LookupError(f"the breaking line, {location['filename']}:{location['lineno']} in "
+                              f"{location['function']}, is not in a function of "
+                              f"{os.path.basename(record['filename'])} the script can copy")
+        return cls(root=root, lines=lines, helpers=helpers, preamble=preamble, record=record,
+                   brk=brk, pinned=pinned if in_root else None)
+
+    def with_parts(self, kept: list[int], arguments: list[str]) -> ReproPlan:
+        plan = ReproPlan.__new__(ReproPlan)
+        plan.__dict__.update(self.__dict__, kept=kept, arguments=arguments)
+        return plan
+
+    def script(self) -> str:
+        function = self._root_text()
+        head = [f'"""{self._docstring()}"""', "", "import contextlib", "import logging", "",
+                *self.preamble, "", *self.helpers, function]
+        text = "\n".join(head)
+        number = next(index for index, text_line in enumerate(text.splitlines(), start=1)
+                      if text_line.endswith(_MARK))
+        return text + "\n\n" + _SCRIPT_END.format(
+            probe=_compat.REPRO_BREAK_PROBE.strip(), gb_type=self.brk["gb_type"], line=number,
+            inputs=self._inputs_text(), compile=self._compile_text())
+
+    def _docstring(self) -> str:
+        where = f"{self.location['filename']}:{self.location['lineno']} in {self.location['function']}"
+        return textwrap.fill(
+            f"Graph break {self.brk['gb_type']!r} at {where}, standalone: written by `fullgraph "
+            f"report --repro`. Needs only torch. Prints {REPRODUCES!r} when torch.compile still "
+            f"breaks at the marked line with the same gb_type, and raises otherwise. Tensor "
+            f"arguments have the recorded shapes, dtypes, devices and strides, with random values.",
+            width=96)
+
+    def _root_text(self) -> str:
+        root, lines = self.root, self.lines
+        args = _signature(root, self.arguments)
+        decorators = [f"@{ast.unparse(decorator)}" for decorator in root.decorator_list
+                      if "compile" not in ast.unparse(decorator)]
+        header = f"def {root.name}({args}):" + (_MARK if self.pinned == -1 else "")
+        body = []
+        previous_end = root.body[0].lineno - 1
+        for index, statement in enumerate(root.body):
+            start = previous_end + 1
+            previous_end = statement.end_lineno
+            if index not in self.kept:
+                continue
+            for number in range(start, statement.end_lineno + 1):
+                mark = self.pinned is not None and number == self.location["lineno"]
+                body.append(lines[number - 1] + (_MARK if mark else ""))
+        body = textwrap.dedent("\n".join(body)).splitlines() or ["pass"]
+        return "\n".join([*decorators, header, *("    " + text if text.strip() else "" for text in body)])
+
+    def _inputs_text(self) -> str:
+        positional, keyword = [], []
+        for argument in self.record["arguments"]:
+            if argument["name"] not in self.arguments:
+                continue
+            expression = _expression(argument["value"])
+            if argument["kind"] == "positional":
+                positional.append(expression)
+            elif argument["kind"] == "varargs":
+                positional.append(f"*{expression}")
+            elif argument["kind"] == "keyword":
+                keyword.append(f"{argument['name']!r}: {expression}")
+            else:
+                keyword.append(f"**{expression}")
+        args = "".join(f"{item}, " for item in positional)
+        return f"({args}), {{{', '.join(keyword)}}}"
+
+    def _compile_text(self) -> str:
+        options = self.record["compile"]
+        backend = options["backend"] or "eager"
+        return (f"torch.compile({self.root.name}, backend={backend!r}, "
+                f"fullgraph={options['fullgraph']}, dynamic={options['dynamic']})")
+
+
+def _find_function(tree: ast.Module, name: str, firstlineno: int) -> ast.FunctionDef:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            start = min([node.lineno] + [decorator.lineno for decorator in node.decorator_list])
+            if start == firstlineno or node.lineno == firstlineno:
+                if node.body[0].lineno == node.lineno:
+                    raise LookupError(f"{name} is defined on one line")
+                return node
+    raise LookupError(f"no function {name} starts at line {firstlineno}")
+
+
+def _signature(root: ast.FunctionDef, keep: list[str]) -> str:
+    """The root's parameters without annotations, those not in `keep` dropped."""
+    args = ast.parse(f"def f({ast.unparse(root.args)}): pass").body[0].args
+    for node in ast.walk(args):
+        if isinstance(node, ast.arg):
+            node.annotation = None
+    positional = [*args.posonlyargs, *args.args]
+    defaults = dict(zip([arg.arg for arg in positional][len(positional) - len(args.defaults):],
+                        args.defaults, strict=True))
+    args.posonlyargs = [arg for arg in args.posonlyargs if arg.arg in keep]
+    args.args = [arg for arg in args.args if arg.arg in keep]
+    kept = [*args.posonlyargs, *args.args]
+    args.defaults = [defaults[arg.arg] for arg in kept if arg.arg in defaults]
+    if args.defaults and len(args.defaults) < len(kept) and kept[-1].arg not in defaults:
+        args.defaults = []  # a dropped middle default would leave one without a value
+    pairs = [(arg, default) for arg, default in zip(args.kwonlyargs, args.kw_defaults, strict=True)
+             if arg.arg in keep]
+    args.kwonlyargs, args.kw_defaults = [arg for arg, _ in pairs], [default for _, default in pairs]
+    args.vararg = args.vararg if args.vararg and args.vararg.arg in keep else None
+    args.kwarg = args.kwarg if args.kwarg and args.kwarg.arg in keep else None
+    return ast.unparse(args)
+
+
+def _dependencies(tree: ast.Module, root: ast.FunctionDef, lines: list[str], *, mark: dict | None
+                  ) -> tuple[list[str], list[str]]:
+    """(the file's top-level functions and classes the root uses, transitively, in file order;
+    the imports of torch and the standard library and the constants they use)."""
+    top = {}
+    for node in tree.body:
+        for name in _defined_names(node):
+            top.setdefault(name, node)
+    wanted, queue = set(), [root]
+    while queue:
+        for name in _free_names(queue.pop()):
+            node = top.get(name)
+            if node is not None and node is not root and id(node) not in wanted:
+                wanted.add(id(node))
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Assign)):
+                    queue.append(node)
+    helpers, preamble = [], ["import torch"]
+    for node in tree.body:
+        if id(node) not in wanted:
+            continue
+        text = _node_text(node, lines, mark)
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            helpers += [text, "", ""]
+        elif _standalone_statement(node) and text not in preamble:
+            preamble.append(text)
+    return helpers, preamble
+
+
+def _defined_names(node: ast.stmt) -> list[str]:
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+        return [node.name]
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return [(alias.asname or alias.name).split(".")[0] for alias in node.names]
+    if isinstance(node, ast.Assign):
+        return [target.id for target in node.targets if isinstance(target, ast.Name)]
+    return []
+
+
+def _free_names(node: ast.AST) -> set[str]:
+    loaded = {name.id for name in ast.walk(node) if isinstance(name, ast.Name)
+              and isinstance(name.ctx, ast.Load)}
+    return loaded - set(dir(builtins))
+
+
+def _standalone_statement(node: ast.stmt) -> bool:
+    """An import of torch or the standard library, or a constant made of literals and them."""
+    if isinstance(node, ast.Import):
+        return all(_needs_only_torch(alias.name) for alias in node.names)
+    if isinstance(node, ast.ImportFrom):
+        return node.level == 0 and _needs_only_torch(node.module or "")
+    if not isinstance(node, ast.Assign):
+        return False
+    try:
+        ast.literal_eval(node.value)
+        return True
+    except ValueError:  # made by calls: only those of torch and math rebuild the same
+        return _free_names(node.value) <= {"torch", "math"}
+
+
+def _needs_only_torch(module: str) -> bool:
+    root = module.split(".")[0]
+    return root == "torch" or root in sys.stdlib_module_names
+
+
+def _node_text(node: ast.stmt, lines: list[str], mark: dict | None) -> str:
+    start = min([node.lineno] + [decorator.lineno for decorator in getattr(node, "decorator_list", [])])
+    chosen = lines[start - 1:node.end_lineno]
+    if mark is not None and start <= mark["lineno"] <= node.end_lineno:
+        chosen[mark["lineno"] - start] += _MARK
+    return textwrap.dedent("\n".join(chosen))
+
+
+def _expression(spec: dict) -> str:
+    """Python that rebuilds a value `describe` described."""
+    kind = spec["kind"]
+    if kind == "tensor":
+        return _tensor_expression(spec)
+    if kind in ("value", "module"):
+        return spec["expression"]
+    if kind == "dict":
+        return "{" + ", ".join(f"{key!r}: {_expression(item)}" for key, item in spec["items"].items()) + "}"
+    items = [_expression(item) for item in spec["items"]]
+    if kind == "tuple":
+        return "(" + "".join(f"{item}, " for item in items) + ")"
+    return "[" + ", ".join(items) + "]"
+
+
+def _tensor_expression(spec: dict) -> str:
+    dtype = f"torch.{spec['dtype']}"
+    grad = ", requires_grad=True" if spec["requires_grad"] else ""
+    if spec["values"] is not None:
+        return (f"torch.tensor({spec['values']!r}, dtype={dtype}, device={spec['device']!r})"
+                f".reshape({tuple(spec['shape'])!r}){'.requires_grad_()' if grad else ''}")
+    return f"tensor({tuple(spec['shape'])!r}, {tuple(spec['stride'])!r}, {dtype}, {spec['device']!r}{grad})"
+
+
+_SCRIPT_END = '''\
+{probe}
+
+
+def tensor(shape, stride, dtype, device, requires_grad=False):
+    """Random values in a tensor of this shape and these strides."""
+    size = 1 + sum((length - 1) * step for length, step in zip(shape, stride) if length)
+    if dtype.is_floating_point or dtype.is_complex:
+        storage = torch.randn(size, dtype=dtype, device=device)
+    elif dtype == torch.bool:
+        storage = torch.randint(0, 2, (size,), device=device).bool()
+    else:
+        storage = torch.randint(0, 8, (size,), dtype=dtype, device=device)
+    return storage.as_strided(shape, stride).detach().requires_grad_(requires_grad)
+
+
+GB_TYPE = {gb_type!r}
+LINE = {line}  # the line marked "<- graph break" above
+
+
+def main():
+    torch.manual_seed(0)
+    args, kwargs = {inputs}
+    compiled = {compile}
+    with graph_breaks_heard() as heard:
+        compiled(*args, **kwargs)
+    here = [(line, reason) for filename, line, reason in heard if filename == __file__]
+    if not any(line == LINE and GB_TYPE in reason for line, reason in here):
+        seen = [(line, reason[0] if reason else "") for line, reason in here]
+        raise AssertionError(f"expected a graph break {{GB_TYPE!r}} at line {{LINE}}; heard {{seen}}")
+    print("{reproduces}")
+
+
+if __name__ == "__main__":
+    main()
+'''.replace("{reproduces}", REPRODUCES)
