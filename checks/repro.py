@@ -321,15 +321,17 @@ class ReproPlan:
         return plan
 
     def script(self) -> str:
-        function = self._root_text()
-        head = [f'"""{self._docstring()}"""', "", "import contextlib", "import logging", "",
-                *self.preamble, "", *self.helpers, function]
-        text = "\n".join(head)
-        number = next(index for index, text_line in enumerate(text.splitlines(), start=1)
-                      if text_line.endswith(_MARK))
-        return text + "\n\n" + _SCRIPT_END.format(
-            probe=_compat.REPRO_BREAK_PROBE.strip(), gb_type=self.brk["gb_type"], line=number,
-            inputs=self._inputs_text(), compile=self._compile_text())
+        code = "\n\n\n".join([*self.helpers, self._root_text()])
+        head = "\n".join([f'"""{self._docstring()}"""', "", "import contextlib", "import logging", "",
+                          *self.preamble, "", "", code])
+        number = next(index for index, text in enumerate(head.splitlines(), start=1)
+                      if text.endswith(_MARK))
+        inputs = self._inputs_text()
+        tail = [_SCRIPT_MAIN.format(gb_type=self.brk["gb_type"], line=number, inputs=inputs,
+                                    compile=self._compile_text()),
+                _compat.REPRO_BREAK_PROBE.strip(), *([_TENSOR] if "tensor(" in inputs else []),
+                'if __name__ == "__main__":\n    main()\n']
+        return head + "\n\n\n" + "\n\n\n".join(tail)
 
     def _docstring(self) -> str:
         where = f"{self.location['filename']}:{self.location['lineno']} in {self.location['function']}"
@@ -439,7 +441,7 @@ def _dependencies(tree: ast.Module, root: ast.FunctionDef, lines: list[str], *, 
             continue
         text = _node_text(node, lines, mark)
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            helpers += [text, "", ""]
+            helpers.append(text)
         elif _standalone_statement(node) and text not in preamble:
             preamble.append(text)
     return helpers, preamble
@@ -513,22 +515,7 @@ def _tensor_expression(spec: dict) -> str:
     return f"tensor({tuple(spec['shape'])!r}, {tuple(spec['stride'])!r}, {dtype}, {spec['device']!r}{grad})"
 
 
-_SCRIPT_END = '''\
-{probe}
-
-
-def tensor(shape, stride, dtype, device, requires_grad=False):
-    """Random values in a tensor of this shape and these strides."""
-    size = 1 + sum((length - 1) * step for length, step in zip(shape, stride) if length)
-    if dtype.is_floating_point or dtype.is_complex:
-        storage = torch.randn(size, dtype=dtype, device=device)
-    elif dtype == torch.bool:
-        storage = torch.randint(0, 2, (size,), device=device).bool()
-    else:
-        storage = torch.randint(0, 8, (size,), dtype=dtype, device=device)
-    return storage.as_strided(shape, stride).detach().requires_grad_(requires_grad)
-
-
+_SCRIPT_MAIN = '''\
 GB_TYPE = {gb_type!r}
 LINE = {line}  # the line marked "<- graph break" above
 
@@ -543,9 +530,16 @@ def main():
     if not any(line == LINE and GB_TYPE in reason for line, reason in here):
         seen = [(line, reason[0] if reason else "") for line, reason in here]
         raise AssertionError(f"expected a graph break {{GB_TYPE!r}} at line {{LINE}}; heard {{seen}}")
-    print("{reproduces}")
+    print("{reproduces}")'''.replace("{reproduces}", REPRODUCES)
 
-
-if __name__ == "__main__":
-    main()
-'''.replace("{reproduces}", REPRODUCES)
+_TENSOR = '''\
+def tensor(shape, stride, dtype, device, requires_grad=False):
+    """Random values in a tensor of this shape and these strides."""
+    size = 1 + sum((length - 1) * step for length, step in zip(shape, stride) if length)
+    if dtype.is_floating_point or dtype.is_complex:
+        storage = torch.randn(size, dtype=dtype, device=device)
+    elif dtype == torch.bool:
+        storage = torch.randint(0, 2, (size,), device=device).bool()
+    else:
+        storage = torch.randint(0, 8, (size,), dtype=dtype, device=device)
+    return storage.as_strided(shape, stride).detach().requires_grad_(requires_grad)'''

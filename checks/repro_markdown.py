@@ -52,9 +52,10 @@ def _reduced(repro: dict) -> str:
     statements, arguments = repro["statements"], repro["arguments"]
     if statements is None:
         return "Reproduces; not reduced."
-    return (f"Reproduces. Reduced from {statements['before']} to {statements['after']} "
-            f"statements and from {arguments['before']} to {arguments['after']} arguments "
-            f"in {_count(repro['tries'], 'try', 'tries')}.")
+    return (f"Reproduces. Reduced from {_count(statements['before'], 'statement', 'statements')} "
+            f"to {statements['after']} and from {_count(arguments['before'], 'argument', 'arguments')} "
+            f"to {arguments['after']}, in {_count(repro['tries'], 'try', 'tries')} "
+            f"(each a fresh interpreter).")
 
 
 def _listed(repro: dict) -> str:
