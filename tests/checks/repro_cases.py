@@ -6,8 +6,6 @@ Each breaking line ends with `# break: <name>`, found by `line_of` as in zoo.py.
 import math
 from pathlib import Path
 
-import torch
-
 SOURCE = Path(__file__).resolve()
 OFFSET = 0.5
 
@@ -32,7 +30,7 @@ def uses_table(x):
 
 def pads(x, scale, unused):
     y = x * scale + OFFSET
-    total = y.sum() * math.pi  # nothing the break needs
+    y = y + math.pi * 0  # nothing the break needs
     print("padding", y.shape)  # break: pads
     return y
 
