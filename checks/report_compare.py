@@ -14,6 +14,8 @@ import json
 from collections import Counter
 from typing import TextIO
 
+from . import _compat
+
 __all__ = ["CompareError", "load_report", "compare", "compare_markdown"]
 
 
@@ -105,5 +107,8 @@ def _causes(data: dict) -> Counter:
             continue
         reason = compile_["reasons"][0] if compile_["reasons"] else compile_["error"] or "unknown"
         guard = reason.split(": ", 1)[1] if reason[:1].isdigit() and ": " in reason else reason
-        found[f"`{compile_['function']}` ({compile_['filename']}): {guard}"] += 1
+        function = _compat.remove_resume_prefix(compile_["function"])
+        if function != compile_["function"]:
+            function += " (resumed)"
+        found[f"`{function}` ({compile_['filename']}): {guard}"] += 1
     return found
