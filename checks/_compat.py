@@ -927,6 +927,10 @@ def quiet_profiler() -> Iterator[None]:
 
 
 # -- standalone repros (fullgraph report --repro) ---------------------------------------------
+# A repro script needs the arguments of the frame dynamo compiled when it broke, and how
+# torch.compile was called on it; and the script itself hears breaks through torch's log.
+__all__ += ["CompilingFrame", "compiling_frame", "compile_start_hook", "is_resume_code",
+            "REPRO_BREAK_PROBE", "REPRO_RECOMPILE_PROBE"]
 
 @dataclass(frozen=True)
 class CompilingFrame:
@@ -945,12 +949,16 @@ class CompilingFrame:
 
 def compiling_frame() -> CompilingFrame | None:
     """The frame dynamo is compiling on this thread (the outermost, not an inlined call), or None
-    outside a compile. Called from a graph_break_hook callback."""
+    outside a compile. Called from a graph_break_hook or compile_start_hook callback."""
     translator = getattr(torch._dynamo.symbolic_convert, "InstructionTranslator", None)
     try:
         tx = translator.current_tx()
     except AttributeError:  # no compile on this thread: the thread-local is unset
         return None
+    return _frame_of(tx)
+
+
+def _frame_of(tx: Any) -> CompilingFrame:
     # The backend reaches the translator wrapped (WrapBackendDebug), named after what was given.
     name = getattr(getattr(tx.output, "compiler_fn", None), "__name__", None)
     config = torch._dynamo.config
@@ -958,6 +966,33 @@ def compiling_frame() -> CompilingFrame | None:
                else True if not config.assume_static_by_default else None)
     return CompilingFrame(tx.f_code, dict(tx.f_locals),
                           name if name in backend_names() else None, bool(tx.one_graph), dynamic)
+
+
+_COMPILE_START_HOOKS = _ActiveHooks()
+
+
+@contextlib.contextmanager
+def compile_start_hook(callback: Callable[[CompilingFrame, str | None], None]) -> Iterator[None]:
+    """Call `callback(frame, compile_id)` each time dynamo starts tracing a frame it compiles
+    (again, with the same id, when a graph break restarts the trace), while inside. The callback
+    runs inside dynamo's compile and must not raise."""
+    translator = getattr(torch._dynamo.symbolic_convert, "InstructionTranslator", None)
+    if translator is None or not hasattr(translator, "run"):
+        raise _missing("torch._dynamo.symbolic_convert.InstructionTranslator.run")
+
+    def install() -> Callable[[], None]:
+        original = translator.run
+
+        @functools.wraps(original)
+        def run(self, *args, **kwargs):
+            _COMPILE_START_HOOKS.call(_frame_of(self), current_compile_id())
+            return original(self, *args, **kwargs)
+
+        translator.run = run
+        return lambda: setattr(translator, "run", original)
+
+    with _COMPILE_START_HOOKS.active(callback, install):
+        yield
 
 
 def is_resume_code(code: types.CodeType) -> bool:
@@ -985,6 +1020,30 @@ def graph_breaks_heard():
 
     handler = Heard(logging.DEBUG)
     torch._logging.set_logs(graph_breaks=True)
+    logging.getLogger("torch._dynamo").addHandler(handler)
+    try:
+        yield heard
+    finally:
+        logging.getLogger("torch._dynamo").removeHandler(handler)
+        torch._logging.set_logs()
+'''
+
+
+# The part of a recompile's repro script that hears recompiles: the `recompiles` artifact reads
+# "Recompiling function f in FILE:LINE\n    triggered by the following guard failure(s): ...".
+REPRO_RECOMPILE_PROBE = '''
+@contextlib.contextmanager
+def recompiles_heard():
+    """A list that fills with torch's message for each recompile it logs."""
+    heard = []
+
+    class Heard(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("Recompiling function"):
+                heard.append(record.getMessage())
+
+    handler = Heard(logging.DEBUG)
+    torch._logging.set_logs(recompiles=True)
     logging.getLogger("torch._dynamo").addHandler(handler)
     try:
         yield heard

@@ -32,7 +32,7 @@ from fullgraph.model.launch import Ended, read_written, run_processes
 from ._target import Outcome, load_target, run_target
 from .env import environment
 from .report import RecordedReport, Report, ended_outside
-from .repro import InputRecorder
+from .repro_record import InputRecorder
 from .watch import Watch, watch
 
 __all__ = ["SAMPLE_S", "TIMEOUT_CODE", "run_reported", "main"]

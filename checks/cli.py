@@ -391,7 +391,8 @@ def _report(args: argparse.Namespace, *, command: str, out: TextIO) -> int:
 
 def _with_repros(report: RecordedReport, inputs_path: str, directory: str) -> RecordedReport:
     from .report import with_repros
-    from .repro import make_repros, read_recorded
+    from .repro import make_repros
+    from .repro_record import read_recorded
 
     data = report.to_dict()
     repros = make_repros(data, read_recorded(inputs_path), directory)

@@ -1,6 +1,6 @@
 """Standalone repros of graph breaks: `fullgraph report --repro DIR`.
 
-    with InputRecorder().recording() as recorder:    # in the process the program runs in
+    with InputRecorder().recording() as recorder:    # repro_record, where the program runs
         main()
     repros = make_repros(report_data, recorder.to_dict(), "repros/")   # afterwards, anywhere
 
@@ -20,172 +20,29 @@ from __future__ import annotations
 
 import ast
 import builtins
-import contextlib
-import inspect
-import json
 import os
 import re
 import sys
 import tempfile
 import textwrap
-import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from fullgraph.model.launch import read_written, run_processes
+from fullgraph.model.launch import run_processes
 
 from . import _compat
 
-__all__ = ["REPRODUCES", "NOT_ON_ITS_OWN", "NOT_WRITTEN", "VERIFY_TIMEOUT_S", "InputRecorder",
-           "describe", "read_recorded", "make_repros", "verify"]
+__all__ = ["REPRODUCES", "NOT_ON_ITS_OWN", "NOT_WRITTEN", "VERIFY_TIMEOUT_S", "make_repros",
+           "verify"]
 
 REPRODUCES = "reproduces"
 NOT_ON_ITS_OWN = "does not reproduce on its own"
 NOT_WRITTEN = "not written"
 VERIFY_TIMEOUT_S = 120.0
-EXACT_VALUES = 64  # integer and bool tensors up to this size keep their values (positions, masks)
-MODULE_PARAMETERS = 100_000  # a torch.nn module up to this size is rebuilt from its repr
-_DEPTH = 4  # containers nested deeper than this are not rebuilt
 _MARK = "  # <- graph break"
 _TAIL_LINES = 12
 
 
-# -- in the program's process: what each compiled frame was called with -----------------------
-
-class InputRecorder:
-    """Records the arguments of each function dynamo compiles and breaks in, the first time, with
-    how torch.compile was called on it."""
-
-    def __init__(self, on_record: Callable[[], None] | None = None) -> None:
-        self._on_record = on_record
-        self._lock = threading.Lock()
-        self._frames: dict[str, dict] = {}
-
-    @contextlib.contextmanager
-    def recording(self) -> Iterator[InputRecorder]:
-        with _compat.graph_break_hook(self._record):
-            yield self
-
-    def to_dict(self) -> dict:
-        with self._lock:
-            return {"frames": list(self._frames.values())}
-
-    def _record(self, exc: BaseException, code: Any, lineno: int | None) -> None:
-        frame = _compat.compiling_frame()
-        # A resume function's locals are the rest of a function's state, not arguments anyone
-        # passed: the function's own first compile has those.
-        if frame is None or _compat.is_resume_code(frame.code):
-            return
-        key = f"{frame.code.co_filename}:{frame.code.co_firstlineno}:{frame.code.co_name}"
-        with self._lock:
-            if key in self._frames:
-                return
-        try:
-            record = _frame_record(frame)
-        except Exception:  # inside dynamo's compile: a value that cannot be read is not recorded
-            return
-        with self._lock:
-            self._frames[key] = record
-        if self._on_record is not None:
-            self._on_record()
-
-
-def _frame_record(frame: _compat.CompilingFrame) -> dict:
-    code = frame.code
-    return {"filename": os.path.abspath(code.co_filename), "function": code.co_name,
-            "firstlineno": code.co_firstlineno,
-            "arguments": [{"name": name, "kind": kind, "value": describe(frame.f_locals.get(name))}
-                          for name, kind in _parameters(code)],
-            "closure": list(code.co_freevars),
-            "compile": {"backend": frame.backend, "fullgraph": frame.fullgraph,
-                        "dynamic": frame.dynamic}}
-
-
-def _parameters(code: Any) -> list[tuple[str, str]]:
-    """(name, "positional" | "varargs" | "keyword" | "varkw") of each parameter, in order."""
-    names = code.co_varnames
-    count = code.co_argcount
-    kinds = [(name, "positional") for name in names[:count]]
-    keyword = names[count:count + code.co_kwonlyargcount]
-    rest = count + code.co_kwonlyargcount
-    if code.co_flags & inspect.CO_VARARGS:
-        kinds.append((names[rest], "varargs"))
-        rest += 1
-    kinds += [(name, "keyword") for name in keyword]
-    if code.co_flags & inspect.CO_VARKEYWORDS:
-        kinds.append((names[rest], "varkw"))
-    return kinds
-
-
-def describe(value: Any, depth: int = 0) -> dict:
-    """What a script needs to rebuild `value`: {"kind": "tensor" | "value" | "list" | "tuple" |
-    "dict" | "module" | "opaque", ...}; "opaque" (with "type") where it cannot."""
-    if isinstance(value, torch.Tensor):
-        return _describe_tensor(value)
-    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
-        if isinstance(value, (float, complex)) and not _finite(value):
-            return {"kind": "value", "expression": f"float({str(value)!r})"}
-        return {"kind": "value", "expression": repr(value)}
-    if isinstance(value, (torch.dtype, torch.device)):
-        return {"kind": "value", "expression": f"torch.{value}" if isinstance(value, torch.dtype)
-                else f"torch.device({str(value)!r})"}
-    if depth < _DEPTH and type(value) in (list, tuple):
-        return {"kind": type(value).__name__, "items": [describe(item, depth + 1) for item in value]}
-    if depth < _DEPTH and type(value) is dict and all(isinstance(key, str) for key in value):
-        return {"kind": "dict", "items": {key: describe(item, depth + 1) for key, item in value.items()}}
-    if isinstance(value, torch.nn.Module):
-        return _describe_module(value)
-    return {"kind": "opaque", "type": _type_name(value)}
-
-
-def _describe_tensor(tensor: torch.Tensor) -> dict:
-    spec = {"kind": "tensor", "shape": list(tensor.shape), "stride": list(tensor.stride()),
-            "dtype": str(tensor.dtype).removeprefix("torch."), "device": str(tensor.device),
-            "requires_grad": tensor.requires_grad, "values": None}
-    exact = not (tensor.dtype.is_floating_point or tensor.dtype.is_complex)
-    if exact and tensor.numel() <= EXACT_VALUES and tensor.is_contiguous() and not tensor.is_meta:
-        spec["values"] = tensor.detach().cpu().flatten().tolist()
-    return spec
-
-
-def _describe_module(module: torch.nn.Module) -> dict:
-    count = sum(parameter.numel() for parameter in module.parameters())
-    spec = {"kind": "module", "type": _type_name(module), "parameters": count, "expression": None}
-    if count <= MODULE_PARAMETERS and type(module).__module__.startswith("torch.nn.modules"):
-        expression = f"torch.nn.{module!r}"
-        try:  # a leaf module's repr is its constructor call; a container's is not
-            rebuilt = eval(expression, {"torch": torch})
-        except Exception:
-            return spec
-        if type(rebuilt) is type(module) and _shapes(rebuilt) == _shapes(module):
-            spec["expression"] = expression
-    return spec
-
-
-def _shapes(module: torch.nn.Module) -> list[tuple]:
-    return [(name, tuple(value.shape)) for name, value in module.state_dict().items()]
-
-
-def _finite(value: float | complex) -> bool:
-    return all(part not in (float("inf"), float("-inf")) and part == part
-               for part in (value.real, value.imag))
-
-
-def _type_name(value: Any) -> str:
-    kind = type(value)
-    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-
-
 # -- afterwards: one script per break ---------------------------------------------------------
-
-def read_recorded(path: str) -> dict:
-    """What an InputRecorder saved at `path` (nothing, if the program broke nowhere)."""
-    text = read_written(path)
-    return json.loads(text) if text else {"frames": []}
-
 
 def make_repros(data: dict, recorded: dict, directory: str | os.PathLike, *,
                 timeout: float = VERIFY_TIMEOUT_S, reduce: bool = True) -> list[dict]:
@@ -376,7 +233,13 @@ class ReproPlan:
             else:
                 keyword.append(f"**{expression}")
         args = "".join(f"{item}, " for item in positional)
-        return f"({args}), {{{', '.join(keyword)}}}"
+        text = f"({args}), {{{', '.join(keyword)}}}"
+        if len(text) <= 72:
+            return text
+        # One argument a line: tensors with their strides do not fit on one.
+        lines = ["(", *(f"        {item}," for item in positional), "    ), {"]
+        lines += [f"        {item}," for item in keyword]
+        return "\n".join([*lines, "    }"])
 
     def _compile_text(self) -> str:
         options = self.record["compile"]
@@ -509,6 +372,9 @@ def _expression(spec: dict) -> str:
 def _tensor_expression(spec: dict) -> str:
     dtype = f"torch.{spec['dtype']}"
     grad = ", requires_grad=True" if spec["requires_grad"] else ""
+    if spec["values"] is not None and not spec["shape"]:
+        return (f"torch.tensor({spec['values'][0]!r}, dtype={dtype}, device={spec['device']!r}"
+                f"{grad})")
     if spec["values"] is not None:
         return (f"torch.tensor({spec['values']!r}, dtype={dtype}, device={spec['device']!r})"
                 f".reshape({tuple(spec['shape'])!r}){'.requires_grad_()' if grad else ''}")

@@ -7,14 +7,8 @@ import torch
 import repro_cases
 import zoo
 from fullgraph.checks.report import Report
-from fullgraph.checks.repro import (
-    NOT_ON_ITS_OWN,
-    NOT_WRITTEN,
-    REPRODUCES,
-    InputRecorder,
-    describe,
-    make_repros,
-)
+from fullgraph.checks.repro import NOT_ON_ITS_OWN, NOT_WRITTEN, REPRODUCES, make_repros, verify
+from fullgraph.checks.repro_record import InputRecorder, describe
 from fullgraph.checks.repro_reduce import ddmin
 from fullgraph.checks.watch import watch
 
@@ -101,8 +95,6 @@ def test_the_script_asserts_the_line_and_fails_when_the_break_moves(tmp_path):
     path = tmp_path / repro["file"]
     # The break is still there, one line lower: the script must say it is not where it was.
     path.write_text(repro["script"].replace('    print("tracing"', '    y = y + 0\n    print("tracing"'))
-    from fullgraph.checks.repro import verify
-
     status, why = verify(path)
     assert status == NOT_ON_ITS_OWN and "AssertionError: expected a graph break" in why
 
