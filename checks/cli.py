@@ -396,8 +396,10 @@ def _with_repros(report: RecordedReport, inputs_path: str, directory: str) -> Re
 
     data = report.to_dict()
     repros = make_repros(data, read_recorded(inputs_path), directory)
-    print(f"fullgraph report: wrote {len([r for r in repros if r['file']])} repros in {directory}",
-          file=sys.stderr)
+    written = [repro for repro in repros if repro["file"]]
+    verified = [repro for repro in written if repro["status"] == "reproduces"]
+    print(f"fullgraph report: wrote {len(written)} repros in {directory}, {len(verified)} of them "
+          f"reproduce on their own", file=sys.stderr)
     return with_repros(data, repros)
 
 

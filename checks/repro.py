@@ -31,8 +31,8 @@ from fullgraph.model.launch import run_processes
 
 from . import _compat
 
-__all__ = ["REPRODUCES", "NOT_ON_ITS_OWN", "NOT_WRITTEN", "VERIFY_TIMEOUT_S", "make_repros",
-           "verify"]
+__all__ = ["REPRODUCES", "NOT_ON_ITS_OWN", "NOT_WRITTEN", "VERIFY_TIMEOUT_S", "ReproPlan",
+           "make_repros", "verify", "blockers", "slug"]
 
 REPRODUCES = "reproduces"
 NOT_ON_ITS_OWN = "does not reproduce on its own"
@@ -46,8 +46,10 @@ _TAIL_LINES = 12
 
 def make_repros(data: dict, recorded: dict, directory: str | os.PathLike, *,
                 timeout: float = VERIFY_TIMEOUT_S, reduce: bool = True) -> list[dict]:
-    """Write, run and reduce a repro for each distinct graph break in the report `data`, using the
-    arguments InputRecorder `recorded`; return one entry per break (docs/report-format.md)."""
+    """Write, run and reduce a repro for each distinct graph break in the report `data`, then
+    write and run one for each distinct recompile cause, using the arguments InputRecorder
+    `recorded`; return one entry per break and cause (docs/report-format.md)."""
+    from .repro_recompile import recompile_repros
     from .repro_reduce import reduce_repro
 
     Path(directory).mkdir(parents=True, exist_ok=True)
@@ -56,19 +58,20 @@ def make_repros(data: dict, recorded: dict, directory: str | os.PathLike, *,
         if brk["disabled"]:
             continue
         plan = _plan(brk, recorded["frames"])
-        entry = {"break": number, "gb_type": brk["gb_type"], "file": None, "status": NOT_WRITTEN,
-                 "why": None, "statements": None, "arguments": None, "tries": 0, "script": None}
+        entry = {"kind": "break", "break": number, "gb_type": brk["gb_type"], "compile": None,
+                 "guard": None, "file": None, "status": NOT_WRITTEN, "why": None,
+                 "statements": None, "arguments": None, "tries": 0, "script": None}
         if isinstance(plan, str):
             repros.append({**entry, "why": plan})
             continue
-        path = Path(directory) / f"break_{number}_{_slug(brk['gb_type'])}.py"
+        path = Path(directory) / f"break_{number}_{slug(brk['gb_type'])}.py"
         if reduce:
             plan, entry = reduce_repro(plan, path, entry, timeout=timeout)
         path.write_text(plan.script(), encoding="utf-8")
         status, why = verify(path, timeout=timeout)
         repros.append({**entry, "file": path.name, "status": status, "why": why,
                        "script": plan.script()})
-    return repros
+    return repros + recompile_repros(data, recorded, directory, timeout=timeout)
 
 
 def verify(path: str | os.PathLike, *, timeout: float = VERIFY_TIMEOUT_S) -> tuple[str, str | None]:
@@ -82,7 +85,7 @@ def verify(path: str | os.PathLike, *, timeout: float = VERIFY_TIMEOUT_S) -> tup
     return NOT_ON_ITS_OWN, f"{how}: {ended.output(_TAIL_LINES).strip()}"
 
 
-def _slug(gb_type: str) -> str:
+def slug(gb_type: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", gb_type.lower()).strip("-")[:40] or "break"
 
 
@@ -92,9 +95,9 @@ def _plan(brk: dict, frames: list[dict]) -> ReproPlan | str:
     if record is None:
         return ("no arguments were recorded for the functions on its stack (the program ended "
                 "before the compile finished, or the function was compiled before the report began)")
-    blockers = _blockers(record)
-    if blockers:
-        return "; ".join(blockers)
+    found = blockers(record)
+    if found:
+        return "; ".join(found)
     try:
         source = Path(record["filename"]).read_text(encoding="utf-8")
         return ReproPlan.build(source, record, brk)
@@ -114,7 +117,7 @@ def _recorded_frame(brk: dict, frames: list[dict]) -> dict | None:
     return None
 
 
-def _blockers(record: dict) -> list[str]:
+def blockers(record: dict) -> list[str]:
     """Why the script could not stand alone: each argument it cannot rebuild, a closure."""
     found = [f"argument `{argument['name']}` is {_unbuildable(argument['value'])}"
              for argument in record["arguments"] if _unbuildable(argument["value"])]
@@ -144,19 +147,26 @@ class ReproPlan:
     statements (`kept`) and its arguments (`arguments`)."""
 
     def __init__(self, *, root: ast.FunctionDef, lines: list[str], helpers: list[str],
-                 preamble: list[str], record: dict, brk: dict, pinned: int | None) -> None:
+                 preamble: list[str], record: dict, brk: dict | None, pinned: int | None) -> None:
         self.root, self.lines, self.helpers, self.preamble = root, lines, helpers, preamble
-        self.record, self.brk, self.location = record, brk, brk["frames"][-1]
+        self.record, self.brk = record, brk
+        self.location = brk["frames"][-1] if brk else None
         # The statement holding the breaking line, when the break is in the root: never dropped.
         self.pinned = pinned
         self.kept = list(range(len(root.body)))
         self.arguments = [argument["name"] for argument in record["arguments"]]
 
     @classmethod
-    def build(cls, source: str, record: dict, brk: dict) -> ReproPlan:
+    def build(cls, source: str, record: dict, brk: dict | None) -> ReproPlan:
+        """The plan for `brk` in the function `record` describes; for no break, just the
+        function (a recompile's script)."""
         tree = ast.parse(source)
         lines = source.splitlines()
         root = _find_function(tree, record["function"], record["firstlineno"])
+        if brk is None:
+            helpers, preamble = _dependencies(tree, root, lines, mark=None)
+            return cls(root=root, lines=lines, helpers=helpers, preamble=preamble, record=record,
+                       brk=None, pinned=None)
         location = brk["frames"][-1]
         same_file = os.path.abspath(location["filename"]) == record["filename"]
         in_root = (same_file and location["function"] == root.name
@@ -178,15 +188,24 @@ class ReproPlan:
         return plan
 
     def script(self) -> str:
-        code = "\n\n\n".join([*self.helpers, self._root_text()])
-        head = "\n".join([f'"""{self._docstring()}"""', "", "import contextlib", "import logging", "",
-                          *self.preamble, "", "", code])
+        head = self.head(self._docstring())
         number = next(index for index, text in enumerate(head.splitlines(), start=1)
                       if text.endswith(_MARK))
-        inputs = self._inputs_text()
-        tail = [_SCRIPT_MAIN.format(gb_type=self.brk["gb_type"], line=number, inputs=inputs,
-                                    compile=self._compile_text()),
-                _compat.REPRO_BREAK_PROBE.strip(), *([_TENSOR] if "tensor(" in inputs else []),
+        inputs = self.inputs_text(self.record["arguments"])
+        main = _SCRIPT_MAIN.format(gb_type=self.brk["gb_type"], line=number, inputs=inputs,
+                                   compile=self.compile_text())
+        return self.whole(head, main, _compat.REPRO_BREAK_PROBE)
+
+    def head(self, docstring: str) -> str:
+        """The script up to the user's code, included."""
+        code = "\n\n\n".join([*self.helpers, self._root_text()])
+        return "\n".join([f'"""{docstring}"""', "", "import contextlib", "import logging", "",
+                          *self.preamble, "", "", code])
+
+    @staticmethod
+    def whole(head: str, main: str, probe: str) -> str:
+        """The script: `head`, `main` (which defines main()), `probe` and the tensor helper."""
+        tail = [main, probe.strip(), *([_TENSOR] if "tensor((" in main else []),
                 'if __name__ == "__main__":\n    main()\n']
         return head + "\n\n\n" + "\n\n\n".join(tail)
 
@@ -218,9 +237,10 @@ class ReproPlan:
         body = textwrap.dedent("\n".join(body)).splitlines() or ["pass"]
         return "\n".join([*decorators, header, *("    " + text if text.strip() else "" for text in body)])
 
-    def _inputs_text(self) -> str:
+    def inputs_text(self, specs: list[dict]) -> str:
+        """`(args), {kwargs}` rebuilding the recorded arguments `specs` that the plan keeps."""
         positional, keyword = [], []
-        for argument in self.record["arguments"]:
+        for argument in specs:
             if argument["name"] not in self.arguments:
                 continue
             expression = _expression(argument["value"])
@@ -241,7 +261,7 @@ class ReproPlan:
         lines += [f"        {item}," for item in keyword]
         return "\n".join([*lines, "    }"])
 
-    def _compile_text(self) -> str:
+    def compile_text(self) -> str:
         options = self.record["compile"]
         backend = options["backend"] or "eager"
         return (f"torch.compile({self.root.name}, backend={backend!r}, "

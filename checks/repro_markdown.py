@@ -31,10 +31,10 @@ def repros_markdown(repros: list[dict], fence: Callable[[str, str], str]) -> lis
         if len(repro["script"]) <= room:
             inlined.append(repro)
             room -= len(repro["script"])
-    out += [f"Each script needs only torch and was run in a fresh interpreter: "
-            f"{_count(len(verified), 'reproduces', 'reproduce')} the break, of {len(repros)}.", ""]
+    out += [f"One script per graph break and per recompile cause. Each needs only torch and was "
+            f"run in a fresh interpreter: {len(verified)} of {len(repros)} reproduce.", ""]
     for repro in inlined:
-        out += [f"#### Break {repro['break']}: `{repro['file']}`", "", f"{_reduced(repro)}", "",
+        out += [f"#### {_label(repro)}: `{repro['file']}`", "", f"{_reduced(repro)}", "",
                 fence(repro["script"].rstrip("\n"), "python"), ""]
     rest = [repro for repro in repros if repro not in inlined]
     if rest:
@@ -48,10 +48,16 @@ def _count(count: int, one: str, many: str) -> str:
     return f"{count} {one if count == 1 else many}"
 
 
+def _label(repro: dict) -> str:
+    if repro["kind"] == "recompile":
+        return f"Recompile {repro['compile']} ({repro['guard']})"
+    return f"Break {repro['break']} ({repro['gb_type']})"
+
+
 def _reduced(repro: dict) -> str:
     statements, arguments = repro["statements"], repro["arguments"]
     if statements is None:
-        return "Reproduces; not reduced."
+        return "Reproduces (recompile repros are not reduced)."
     return (f"Reproduces. Reduced from {_count(statements['before'], 'statement', 'statements')} "
             f"to {statements['after']} and from {_count(arguments['before'], 'argument', 'arguments')} "
             f"to {arguments['after']}, in {_count(repro['tries'], 'try', 'tries')} "
@@ -60,7 +66,7 @@ def _reduced(repro: dict) -> str:
 
 def _listed(repro: dict) -> str:
     name = f"`{repro['file']}`" if repro["file"] else "no script"
-    head = f"Break {repro['break']} ({repro['gb_type']}), {name}: {repro['status']}"
+    head = f"{_label(repro)}, {name}: {repro['status']}"
     if repro["status"] == REPRODUCES:
         return f"{head} (left out for length)"
     why = " ".join(repro["why"].split()) if repro["why"] else ""

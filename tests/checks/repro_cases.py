@@ -50,3 +50,8 @@ class Settings:
 def takes_settings(x, settings):
     print("settings", settings.scale)  # break: settings
     return x * settings.scale
+
+
+def doubles(x, times):
+    # no break: compiled with dynamic=False, each new size recompiles on a size guard on x
+    return x * 2 * times

@@ -201,9 +201,11 @@ def test_repro_writes_a_verified_reduced_script_and_inlines_it(tmp_path, capfd):
     json_path = tmp_path / "r.json"
     assert main(["report", "--repro", str(tmp_path / "repros"), "-o", str(json_path), "--",
                  SCRIPT]) == 0
-    assert "wrote 1 repros in" in capfd.readouterr().err
+    assert "wrote 2 repros in " in capfd.readouterr().err  # the break and scale's recompile
     data = json.loads(json_path.read_text())
-    [repro] = data["repros"]
+    repro, recompile, resumed = data["repros"]
+    assert (recompile["status"], recompile["file"]) == ("reproduces", "recompile_1_scale.py")
+    assert resumed["status"] == "not written" and "resume function" in resumed["why"]
     assert repro["status"] == "reproduces" and repro["why"] is None
     assert repro["file"] == "break_1_failed-to-trace-builtin-operator.py"
     assert (tmp_path / "repros" / repro["file"]).read_text() == repro["script"]

@@ -147,3 +147,19 @@ def test_ddmin_finds_a_minimal_set():
 def test_a_recorded_path_is_the_absolute_path_of_the_code():
     recorded = _recorded(repro_cases.pads, torch.ones(2), 1.0, None)
     assert os.path.isabs(recorded["frames"][0]["filename"])
+
+
+def test_a_recompile_gets_a_script_that_recompiles_on_a_guard_on_the_same_name(tmp_path):
+    calls = [(repro_cases.doubles, (torch.ones(2), 3)), (repro_cases.doubles, (torch.ones(4), 3))]
+    data, recorded, [repro] = _repros(tmp_path, calls, dynamic=False)
+    assert sorted(recorded["frames"][0]["compiles"]) == ["0/0", "0/1"]
+    assert repro["kind"] == "recompile" and repro["compile"] == "0/1"
+    assert repro["guard"] == "size guard on x.size()[0]: expected 2, actual 4"
+    assert repro["status"] == REPRODUCES, repro["why"]
+    assert "GUARDED = 'x'" in repro["script"] and repro["file"] == "recompile_1_doubles.py"
+    # Called once, it does not recompile: the script says so.
+    path = tmp_path / repro["file"]
+    first = "tensor((2,), (1,), torch.float32, 'cpu'), 3, "
+    path.write_text(repro["script"].replace("tensor((4,), (1,), torch.float32, 'cpu'), 3, ", first))
+    status, why = verify(path)
+    assert status == NOT_ON_ITS_OWN and "AssertionError: expected doubles to recompile on a guard on x" in why
