@@ -4,8 +4,8 @@ Before and after a torch upgrade, or a change to the program: which graph breaks
 causes are new, which are gone, and which changed how often, as Markdown for an issue ("torch
 2.15 breaks here, 2.13 did not"). A graph break is the same break in both when its breaking line
 (file:line, as the report writes it: relative to where the program ran), function and gb_type
-are; a recompile cause when its function and the guard that failed are (the guard text without
-its cache entry's id).
+are; a recompile cause when its function and the guard that failed are (the guard without its
+cache entry's id and values: "size guard on x.size()[0]").
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ def _causes(data: dict) -> Counter:
             continue
         reason = compile_["reasons"][0] if compile_["reasons"] else compile_["error"] or "unknown"
         guard = reason.split(": ", 1)[1] if reason[:1].isdigit() and ": " in reason else reason
+        guard = guard.split(": ")[0]  # without its values: each new length is the same cause
         function = _compat.remove_resume_prefix(compile_["function"])
         if function != compile_["function"]:
             function += " (resumed)"

@@ -5,7 +5,8 @@ the function (as for a graph break: checks/repro.py), called first with the argu
 compile whose guard failed and then with those of the recompile, both as recorded when dynamo
 compiled them, and a check that torch recompiles the function on the second call, naming what
 the failed guard was on (`x` for a guard on `x.size()[0]`), heard through torch's `recompiles`
-log. One script per distinct cause: the function and the guard that failed.
+log. One script per distinct cause: the function and the guard that failed, without its values
+(a size guard that fails at each new length is one cause).
 
 A resume function's recompile (dynamo's code for the rest of a function after a graph break)
 gets no script: its locals are not arguments anyone passed, and the function's own recompile
@@ -34,8 +35,9 @@ def recompile_repros(data: dict, recorded: dict, directory: str | os.PathLike, *
     for compile_ in data["compiles"]:
         if compile_["recompile"] and compile_["reasons"]:
             failed_entry, _, guard = compile_["reasons"][0].partition(": ")
-            causes.setdefault((compile_["function"], compile_["filename"], guard),
-                              (compile_, failed_entry, guard))
+            # The guard without its values: a size guard failing at each new length is one cause.
+            cause = (compile_["function"], compile_["filename"], guard.split(": ")[0])
+            causes.setdefault(cause, (compile_, failed_entry, guard))
     repros = []
     for number, (compile_, failed_entry, guard) in enumerate(causes.values(), start=1):
         entry = {"kind": "recompile", "break": None, "gb_type": None,
