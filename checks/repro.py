@@ -65,10 +65,11 @@ def make_repros(data: dict, recorded: dict, directory: str | os.PathLike, *,
             repros.append({**entry, "why": plan})
             continue
         path = Path(directory) / f"break_{number}_{slug(brk['gb_type'])}.py"
-        if reduce:
-            plan, entry = reduce_repro(plan, path, entry, timeout=timeout)
         path.write_text(plan.script(), encoding="utf-8")
         status, why = verify(path, timeout=timeout)
+        if reduce and status == REPRODUCES:
+            plan, entry = reduce_repro(plan, path, entry, timeout=timeout)
+            path.write_text(plan.script(), encoding="utf-8")
         repros.append({**entry, "file": path.name, "status": status, "why": why,
                        "script": plan.script()})
     return repros + recompile_repros(data, recorded, directory, timeout=timeout)

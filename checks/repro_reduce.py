@@ -25,8 +25,9 @@ REDUCE_S = 120.0
 
 def reduce_repro(plan: ReproPlan, path: str | os.PathLike, entry: dict, *, timeout: float,
                  max_tries: int = MAX_TRIES, seconds: float = REDUCE_S) -> tuple[ReproPlan, dict]:
-    """The smallest plan ddmin finds that still reproduces (`plan` itself if the whole one does
-    not), and `entry` with how far it went: statements and arguments before and after, tries."""
+    """The smallest plan ddmin finds that still reproduces, starting from `plan`, which does; and
+    `entry` with how far it went: statements and arguments before and after, tries. Every plan
+    ddmin keeps was run and reproduced, so the result needs no further run."""
     statements = [("statement", index) for index in plan.kept if index != plan.pinned]
     arguments = [("argument", name) for name in plan.arguments]
     tries = 0
@@ -41,10 +42,8 @@ def reduce_repro(plan: ReproPlan, path: str | os.PathLike, entry: dict, *, timeo
         Path(path).write_text(candidate.script(), encoding="utf-8")
         return verify(path, timeout=timeout)[0] == REPRODUCES
 
-    parts = statements + arguments
-    if reproduces(parts):
-        parts = ddmin(parts, reproduces)
-        plan = _with(plan, parts)
+    parts = ddmin(statements + arguments, reproduces)
+    plan = _with(plan, parts)
     kept = [index for kind, index in parts if kind == "statement"]
     before = len(plan.root.body)
     return plan, {**entry, "tries": tries,

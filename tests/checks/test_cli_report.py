@@ -261,3 +261,23 @@ def test_compare_after_a_run_exits_1_when_a_break_is_new(tmp_path, capfd):
 def test_compare_mistakes_name_the_option_and_file(argv, error, capsys):
     assert main(["report", *argv]) == 2
     assert capsys.readouterr().err.startswith(f"fullgraph report: {error}")
+
+
+def test_repro_end_to_end_on_transformers_generate_behind_a_users_wrapper(tmp_path, capfd):
+    pytest.importorskip("transformers")
+    json_path = tmp_path / "r.json"
+    assert main(["report", "--repro", str(tmp_path / "repros"), "-o", str(json_path), "--",
+                 "targets/hf_generate.py"]) == 0
+    assert "generated (1, 7)" in capfd.readouterr().out
+    repros = json.loads(json_path.read_text())["repros"]
+    # The wrapper's own break stands alone and reproduces in a fresh interpreter.
+    wrapper = repros[0]
+    assert (wrapper["status"], wrapper["gb_type"]) == ("reproduces", "Data-dependent branching")
+    assert "def clean_prompt(input_ids, pad_id):" in wrapper["script"]
+    assert "transformers" not in wrapper["script"].split('"""')[2]  # needs only torch
+    assert "# break: the wrapper's data-dependent branch  # <- graph break" in wrapper["script"]
+    # Those inside generate take the model or transformers' objects: no script, and why.
+    inside = [repro for repro in repros[1:] if repro["kind"] == "break"]
+    assert inside and all(repro["status"] == "not written" for repro in inside)
+    assert "argument `self` is a torch.nn.Module (transformers.models.llama.modeling_llama." \
+           "LlamaForCausalLM, 4,400 parameters) that a script cannot rebuild" in inside[0]["why"]
