@@ -212,7 +212,7 @@ def test_repro_writes_a_verified_reduced_script_and_inlines_it(tmp_path, capfd):
     assert repro["statements"] == {"before": 3, "after": 2}  # y = x * 2; print(...)
     assert "torch.compile(scale, backend='eager', fullgraph=False, dynamic=False)" in repro["script"]
     markdown = render(RecordedReport(data), "md")
-    assert "### Standalone repros" in markdown and "#### Break 1: `break_1_" in markdown
+    assert "### Standalone repros" in markdown and "#### Break 1 (Failed to trace builtin operator): `break_1_" in markdown
     assert markdown.index("```sh\nfullgraph report --repro") < markdown.index(repro["script"][:60])
 
 
