@@ -60,8 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="stop TARGET after SECONDS, reporting where it was (default: none)")
     report.add_argument("--repro", metavar="DIR",
-                        help="write a standalone script for each graph break into DIR, run each "
-                             "in a fresh interpreter, reduce it, and add them to the report")
+                        help="write a standalone script for each graph break and recompile cause "
+                             "into DIR, run each in a fresh interpreter, reduce the breaks' ones, "
+                             "and add them to the report")
     report.add_argument("--compare", metavar="OLD.json",
                         help="print what is new, gone and changed since OLD.json (a JSON report); "
                              "exit 1 if anything is new")
