@@ -19,7 +19,7 @@ from . import _compat
 __all__ = ["SCHEMA_VERSION", "compile_report", "scrubbed"]
 
 # Bump on any change a reader of the JSON could notice; docs/report-format.md lists each version.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def compile_report(*, target: str, command: str, status: str, exception: str | None,
@@ -41,6 +41,7 @@ def compile_report(*, target: str, command: str, status: str, exception: str | N
         "compiles": compiles,
         "cudagraph_skips": cudagraph_skips,
         "reproduction": {"command": command, "sources": sources},
+        "repros": None,  # fullgraph report --repro fills it in (report.with_repros)
     }
     if tests is not None:
         data["tests"] = tests

@@ -32,6 +32,7 @@ from ._dumps import main_thread_first
 from ._target import Outcome, load_target, run_target
 from .env import environment
 from .report import RecordedReport, Report, ended_outside
+from .repro_record import InputRecorder
 from .watch import Watch, watch
 
 __all__ = ["SAMPLE_S", "TIMEOUT_CODE", "run_reported", "main"]
@@ -40,15 +41,16 @@ SAMPLE_S = 0.2
 TIMEOUT_CODE = 124
 
 
-def run_reported(argv: list[str], *, command: str, label: str, timeout: float | None
-                 ) -> tuple[RecordedReport, int]:
+def run_reported(argv: list[str], *, command: str, label: str, timeout: float | None,
+                 inputs_path: str | None = None) -> tuple[RecordedReport, int]:
     """Run TARGET (`argv`, as `fullgraph report` takes it) in a child; return its report and the
-    exit code to pass on."""
+    exit code to pass on. `inputs_path`: where the child keeps the arguments of each function that
+    broke (repro.InputRecorder's record, as JSON), for `--repro`."""
     with tempfile.TemporaryDirectory(prefix="fullgraph-report-") as workdir:
         data_path = os.path.join(workdir, "report.json")
         sample_path = os.path.join(workdir, "stack.txt")
         child_command = ["-c", f"from {__name__} import main; main()", data_path, sample_path,
-                         command, *argv]
+                         inputs_path or "", command, *argv]
         # The timeout counts from TARGET's start, once the child has imported what it needs.
         launched = run_processes([child_command], workdir=workdir, timeout=timeout,
                                  capture=False, timeout_from=data_path)
@@ -94,14 +96,26 @@ def _read_json(path: str) -> dict | None:
 # -- in the child -----------------------------------------------------------------------------
 
 def main() -> None:
-    """The child: `python -c ... DATA STACK COMMAND TARGET...`; exits as TARGET did."""
-    data_path, stack_path, command, *argv = sys.argv[1:]
+    """The child: `python -c ... DATA STACK INPUTS COMMAND TARGET...`; exits as TARGET did.
+    INPUTS is "" unless the arguments of the functions that break are recorded there."""
+    data_path, stack_path, inputs_path, command, *argv = sys.argv[1:]
     target = load_target(argv)
     saver = _Saver(data_path, stack_path, command=command, label=target.label)
-    with watch(on_change=saver.save) as seen, saver.saving(seen):
+    with watch(on_change=saver.save) as seen, saver.saving(seen), _recording(inputs_path):
         outcome = run_target(target)
     saver.save_final(outcome)
     sys.exit(outcome.code)
+
+
+@contextlib.contextmanager
+def _recording(path: str) -> Iterator[None]:
+    """Keep the recorded arguments in `path`, written after each new one (a crash keeps them)."""
+    if not path:
+        yield
+        return
+    recorder = InputRecorder(on_record=lambda: _write(path, json.dumps(recorder.to_dict())))
+    with recorder.recording():
+        yield
 
 
 class _Saver:

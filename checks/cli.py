@@ -9,8 +9,9 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from fullgraph.model import LlamaConfig
 from fullgraph.model.llama import ATTENTION_BACKENDS
@@ -18,6 +19,9 @@ from fullgraph.model.quant import DEFAULT_INT4_GROUP_SIZE, INT4_GROUP_SIZES, SCH
 
 from ._args import check_backend
 from .env import format_environment
+
+if TYPE_CHECKING:
+    from .report import RecordedReport
 
 __all__ = ["main"]
 
@@ -42,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="also write the results as Markdown, JSON or HTML (.md, .json, .html)")
     report = commands.add_parser(
         "report", help="run a program and report what torch.compile did in it",
-        usage="fullgraph report [-o PATH] [--format {md,json,html}] [--timeout SECONDS] -- TARGET",
+        usage="fullgraph report [-o PATH] [--format {md,json,html}] [--timeout SECONDS] "
+              "[--repro DIR] [--compare OLD.json] -- TARGET\n"
+              "       fullgraph report --compare OLD.json --against NEW.json",
         description="Run TARGET in a child process and report every graph break, recompile and "
                     "CUDA-graph skip in it, even if a signal kills it. TARGET is `script.py "
                     "[args]`, `-m module [args]` or `module:function` (called with no arguments). "
@@ -54,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="default: from the extension of PATH, else md")
     report.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="stop TARGET after SECONDS, reporting where it was (default: none)")
+    report.add_argument("--repro", metavar="DIR",
+                        help="write a standalone script for each graph break and recompile cause "
+                             "into DIR, run each in a fresh interpreter, reduce the breaks' ones, "
+                             "and add them to the report")
+    report.add_argument("--compare", metavar="OLD.json",
+                        help="print what is new, gone and changed since OLD.json (a JSON report); "
+                             "exit 1 if anything is new")
+    report.add_argument("--against", metavar="NEW.json",
+                        help="with --compare: compare with this JSON report instead of running TARGET")
     report.add_argument("target", nargs=argparse.REMAINDER, metavar="TARGET")
     commands.add_parser("env", help="print the environment block")
     bench = commands.add_parser("bench", help="decode speed against the memory-bandwidth limit")
@@ -340,7 +355,15 @@ def _report(args: argparse.Namespace, *, command: str, out: TextIO) -> int:
     from ._report_run import run_reported
     from ._target import TargetError, load_target
     from .report import render, write_report
+    from .report_compare import CompareError, compare, load_report
 
+    if args.against is not None:
+        return _compare_files(args, out=out)
+    try:
+        old = load_report(args.compare, "--compare") if args.compare else None
+    except CompareError as error:
+        print(f"fullgraph report: {error}", file=sys.stderr)
+        return 2
     format = _output_format("report", args.output, args.format)
     if format is None:
         return 2
@@ -352,14 +375,51 @@ def _report(args: argparse.Namespace, *, command: str, out: TextIO) -> int:
     except TargetError as error:
         print(f"fullgraph report: {error}", file=sys.stderr)
         return 2
-    report, code = run_reported(args.target, command=command, label=target.label,
-                                timeout=args.timeout)
+    with tempfile.TemporaryDirectory(prefix="fullgraph-inputs-") as workdir:
+        inputs_path = os.path.join(workdir, "inputs.json") if args.repro else None
+        report, code = run_reported(args.target, command=command, label=target.label,
+                                    timeout=args.timeout, inputs_path=inputs_path)
+        if args.repro:
+            report = _with_repros(report, inputs_path, args.repro)
     if args.output:
         write_report(report, args.output, format)
         print(f"fullgraph report: wrote {args.output}", file=sys.stderr)
     else:
         print(render(report, format), end="", file=out)
-    return code
+    if old is None:
+        return code
+    new_found = compare(old, report.to_dict(), out=out)
+    return code or int(new_found)
+
+
+def _with_repros(report: RecordedReport, inputs_path: str, directory: str) -> RecordedReport:
+    from .report import with_repros
+    from .repro import make_repros
+    from .repro_record import read_recorded
+
+    data = report.to_dict()
+    repros = make_repros(data, read_recorded(inputs_path), directory)
+    written = [repro for repro in repros if repro["file"]]
+    verified = [repro for repro in written if repro["status"] == "reproduces"]
+    print(f"fullgraph report: wrote {len(written)} repros in {directory}, {len(verified)} of them "
+          f"reproduce on their own", file=sys.stderr)
+    return with_repros(data, repros)
+
+
+def _compare_files(args: argparse.Namespace, *, out: TextIO) -> int:
+    """`--compare OLD.json --against NEW.json`: two reports compared, nothing run."""
+    from .report_compare import CompareError, compare, load_report
+
+    if not args.compare or args.target or args.repro:
+        print("fullgraph report: --against needs --compare and takes no TARGET or --repro",
+              file=sys.stderr)
+        return 2
+    try:
+        old, new = load_report(args.compare, "--compare"), load_report(args.against, "--against")
+    except CompareError as error:
+        print(f"fullgraph report: {error}", file=sys.stderr)
+        return 2
+    return int(compare(old, new, out=out))
 
 
 def _check(args: argparse.Namespace, *, command: str, out: TextIO) -> int:

@@ -31,6 +31,7 @@ from ._report_data import SCHEMA_VERSION, compile_report, scrubbed
 from .env import environment
 from .graph_breaks import GraphBreak
 from .recompiles import CompileEvent
+from .repro_markdown import repros_markdown
 from .watch import CompileTiming, Watch
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ __all__ = [
     "Report",
     "RecordedReport",
     "ended_outside",
+    "with_repros",
     "CheckReport",
     "render_markdown",
     "render_json",
@@ -110,6 +112,12 @@ def ended_outside(data: dict, *, status: str, crash: dict | None) -> RecordedRep
     ({signal, stack, stack_taken} or None), its paths shortened like the rest."""
     return RecordedReport({**data, "exit": {"status": status, "exception": None},
                            "crash": scrubbed(crash)})
+
+
+def with_repros(data: dict, repros: list[dict]) -> RecordedReport:
+    """The report `data` with the standalone repros `fullgraph report --repro` made for its breaks
+    (repro.make_repros), their paths and output shortened like the rest."""
+    return RecordedReport({**data, "repros": scrubbed(repros)})
 
 
 @dataclass(frozen=True)
@@ -520,6 +528,8 @@ def _reproduction_markdown(data: dict) -> list[str]:
     for source in sources:
         out += [f"`{source['filename']}:{source['lineno']}` {source['function']}", "",
                 _fence(source["source"], "python"), ""]
+    if data["repros"] is not None:
+        out += repros_markdown(data["repros"], _fence)
     return out
 
 

@@ -193,3 +193,91 @@ def test_check_writes_its_results_by_extension(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["check", "-o", "results.txt"]) == 2
     assert capsys.readouterr().err == "fullgraph check: -o results.txt: the extension must be .md, .json or .html\n"
+
+
+# -- --repro and --compare -------------------------------------------------------------------------
+
+def test_repro_writes_a_verified_reduced_script_and_inlines_it(tmp_path, capfd):
+    json_path = tmp_path / "r.json"
+    assert main(["report", "--repro", str(tmp_path / "repros"), "-o", str(json_path), "--",
+                 SCRIPT]) == 0
+    assert "wrote 2 repros in " in capfd.readouterr().err  # the break and scale's recompile
+    data = json.loads(json_path.read_text())
+    repro, recompile, resumed = data["repros"]
+    assert (recompile["status"], recompile["file"]) == ("reproduces", "recompile_1_scale.py")
+    assert resumed["status"] == "not written" and "resume function" in resumed["why"]
+    assert repro["status"] == "reproduces" and repro["why"] is None
+    assert repro["file"] == "break_1_failed-to-trace-builtin-operator.py"
+    assert (tmp_path / "repros" / repro["file"]).read_text() == repro["script"]
+    assert repro["statements"] == {"before": 3, "after": 2}  # y = x * 2; print(...)
+    assert "torch.compile(scale, backend='eager', fullgraph=False, dynamic=False)" in repro["script"]
+    markdown = render(RecordedReport(data), "md")
+    assert "### Standalone repros" in markdown and "#### Break 1 (Failed to trace builtin operator): `break_1_" in markdown
+    assert markdown.index("```sh\nfullgraph report --repro") < markdown.index(repro["script"][:60])
+
+
+def _reports(tmp_path, capfd) -> tuple[dict, Path]:
+    """This run's JSON report of SCRIPT, and its path."""
+    path = tmp_path / "new.json"
+    assert main(["report", "-o", str(path), "--", SCRIPT]) == 0
+    capfd.readouterr()
+    return json.loads(path.read_text()), path
+
+
+def test_compare_prints_new_gone_and_changed_and_exits_1_only_on_new(tmp_path, capfd):
+    new, new_path = _reports(tmp_path, capfd)
+    old = {**new, "graph_breaks": [], "env": {**new["env"], "torch": "2.12.0"},
+           "compiles": new["compiles"] + [c for c in new["compiles"] if c["recompile"]]}
+    old_path = tmp_path / "old.json"
+    old_path.write_text(json.dumps(old))
+
+    assert main(["report", "--compare", str(old_path), "--against", str(new_path)]) == 1
+    out = capfd.readouterr().out
+    assert f"torch {new['env']['torch']} (this run) against torch 2.12.0 (the earlier one)." in out
+    assert f"### New graph breaks\n\n- `{SCRIPT}:10` in `scale`: Failed to trace builtin operator (2 times)" in out
+    assert "### Changed recompile causes\n\n- `scale` (" in out and "- `scale (resumed)` (" in out
+    assert "- `scale` (targets/breaks_and_recompiles.py): size guard on x.size()[0]: 2 recompiles before, 1 now" in out
+    assert main(["report", "--compare", str(new_path), "--against", str(old_path)]) == 0
+    assert "### Gone graph breaks" in capfd.readouterr().out
+    assert main(["report", "--compare", str(new_path), "--against", str(new_path)]) == 0
+    assert capfd.readouterr().out.endswith("Nothing new, gone or changed.\n")
+
+
+def test_compare_after_a_run_exits_1_when_a_break_is_new(tmp_path, capfd):
+    new, _ = _reports(tmp_path, capfd)
+    old_path = tmp_path / "old.json"
+    old_path.write_text(json.dumps({**new, "graph_breaks": []}))
+    assert main(["report", "--compare", str(old_path), "--", SCRIPT]) == 1
+    out = capfd.readouterr().out
+    assert out.index("**Suggested issue title:**") < out.index("## Compared with the earlier report")
+    assert "### New graph breaks" in out
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["--compare", "missing.json", "--", SCRIPT], "--compare missing.json: cannot read it"),
+    (["--compare", SCRIPT, "--", SCRIPT], f"--compare {SCRIPT}: not JSON"),
+    (["--against", "new.json", "--", SCRIPT], "--against needs --compare and takes no TARGET"),
+])
+def test_compare_mistakes_name_the_option_and_file(argv, error, capsys):
+    assert main(["report", *argv]) == 2
+    assert capsys.readouterr().err.startswith(f"fullgraph report: {error}")
+
+
+def test_repro_end_to_end_on_transformers_generate_behind_a_users_wrapper(tmp_path, capfd):
+    pytest.importorskip("transformers")
+    json_path = tmp_path / "r.json"
+    assert main(["report", "--repro", str(tmp_path / "repros"), "-o", str(json_path), "--",
+                 "targets/hf_generate.py"]) == 0
+    assert "generated (1, 7)" in capfd.readouterr().out
+    repros = json.loads(json_path.read_text())["repros"]
+    # The wrapper's own break stands alone and reproduces in a fresh interpreter.
+    wrapper = repros[0]
+    assert (wrapper["status"], wrapper["gb_type"]) == ("reproduces", "Data-dependent branching")
+    assert "def clean_prompt(input_ids, pad_id):" in wrapper["script"]
+    assert "transformers" not in wrapper["script"].split('"""')[2]  # needs only torch
+    assert "# break: the wrapper's data-dependent branch  # <- graph break" in wrapper["script"]
+    # Those inside generate take the model or transformers' objects: no script, and why.
+    inside = [repro for repro in repros[1:] if repro["kind"] == "break"]
+    assert inside and all(repro["status"] == "not written" for repro in inside)
+    assert "argument `self` is a torch.nn.Module (transformers.models.llama.modeling_llama." \
+           "LlamaForCausalLM, 4,400 parameters) that a script cannot rebuild" in inside[0]["why"]

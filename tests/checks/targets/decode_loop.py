@@ -1,6 +1,6 @@
 """A toy decode step with two graph breaks and a recompile per length: docs/report-example.md.
 
-    fullgraph report -o docs/report-example.md -- tests/checks/targets/decode_loop.py
+    fullgraph report --repro repros -o report.md -- tests/checks/targets/decode_loop.py
 """
 
 import sys

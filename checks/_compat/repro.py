@@ -1,0 +1,149 @@
+"""What `fullgraph report --repro` needs from dynamo: the frame it compiles and how torch.compile
+was called on it, the start of each compile, resume functions, and the script text that hears
+torch's graph-break and recompile logs.
+
+A repro script needs the arguments of the frame dynamo compiled when it broke; they are read off
+the root instruction translator (`InstructionTranslator.current_tx()`, its `f_locals`) each time
+dynamo starts tracing a frame. The log probes read the `graph_breaks` and `recompiles` artifacts'
+first lines, in the wording of torch 2.11 to 2.15.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import missing
+from .breaks import remove_resume_prefix
+from .dynamo import backend_names, current_compile_id
+from .hooks import ActiveHooks
+
+__all__ = ["CompilingFrame", "compiling_frame", "compile_start_hook", "is_resume_code",
+           "REPRO_BREAK_PROBE", "REPRO_RECOMPILE_PROBE"]
+
+
+@dataclass(frozen=True)
+class CompilingFrame:
+    """The frame dynamo is compiling, as it was entered, and how torch.compile was called on it.
+
+    backend: the name torch.compile was given, None for a callable backend; dynamic: as
+    torch.compile's argument (False and True patch dynamo's config for the compile, None does not).
+    """
+
+    code: types.CodeType
+    f_locals: dict[str, Any]
+    backend: str | None
+    fullgraph: bool
+    dynamic: bool | None
+
+
+def compiling_frame() -> CompilingFrame | None:
+    """The frame dynamo is compiling on this thread (the outermost, not an inlined call), or None
+    outside a compile. Called from a graph_break_hook or compile_start_hook callback."""
+    translator = getattr(torch._dynamo.symbolic_convert, "InstructionTranslator", None)
+    try:
+        tx = translator.current_tx()
+    except AttributeError:  # no compile on this thread: the thread-local is unset
+        return None
+    return _frame_of(tx)
+
+
+def _frame_of(tx: Any) -> CompilingFrame:
+    # The backend reaches the translator wrapped (WrapBackendDebug), named after what was given.
+    name = getattr(getattr(tx.output, "compiler_fn", None), "__name__", None)
+    config = torch._dynamo.config
+    dynamic = (False if not config.automatic_dynamic_shapes
+               else True if not config.assume_static_by_default else None)
+    return CompilingFrame(tx.f_code, dict(tx.f_locals),
+                          name if name in backend_names() else None, bool(tx.one_graph), dynamic)
+
+
+_COMPILE_START_HOOKS = ActiveHooks()
+
+
+@contextlib.contextmanager
+def compile_start_hook(callback: Callable[[CompilingFrame, str | None], None]) -> Iterator[None]:
+    """Call `callback(frame, compile_id)` each time dynamo starts tracing a frame it compiles
+    (again, with the same id, when a graph break restarts the trace), while inside. The callback
+    runs inside dynamo's compile and must not raise."""
+    translator = getattr(torch._dynamo.symbolic_convert, "InstructionTranslator", None)
+    if translator is None or not hasattr(translator, "run"):
+        raise missing("torch._dynamo.symbolic_convert.InstructionTranslator.run")
+
+    def install() -> Callable[[], None]:
+        original = translator.run
+
+        @functools.wraps(original)
+        def run(self, *args, **kwargs):
+            _COMPILE_START_HOOKS.call(_frame_of(self), current_compile_id())
+            return original(self, *args, **kwargs)
+
+        translator.run = run
+        return lambda: setattr(translator, "run", original)
+
+    with _COMPILE_START_HOOKS.active(callback, install):
+        yield
+
+
+def is_resume_code(code: types.CodeType) -> bool:
+    """Whether `code` is a resume function dynamo made for the rest of a function after a break."""
+    return remove_resume_prefix(code.co_name) != code.co_name
+
+
+# The part of a repro script that hears torch's graph breaks: the `graph_breaks` log artifact's
+# first line names the innermost user line ("Graph break in user code at FILE:LINE", or "Graph
+# break (user stack suppressed ...) in user code at FILE:LINE" when repeated), and the reason
+# holds the gb_type on a line of its own.
+REPRO_BREAK_PROBE = '''
+@contextlib.contextmanager
+def graph_breaks_heard():
+    """A list that fills with (file, line, gb_type lines) for each graph break torch logs."""
+    heard = []
+
+    class Heard(logging.Handler):
+        def emit(self, record):
+            first, _, reason = record.getMessage().partition("\\n")
+            filename, _, line = first.rpartition(" in user code at ")[2].rpartition(":")
+            if first.startswith("Graph break") and line.isdigit():
+                reason = reason.replace("Graph Break Reason: ", "", 1)
+                heard.append((filename, int(line), [text.strip() for text in reason.splitlines()]))
+
+    handler = Heard(logging.DEBUG)
+    torch._logging.set_logs(graph_breaks=True)
+    logging.getLogger("torch._dynamo").addHandler(handler)
+    try:
+        yield heard
+    finally:
+        logging.getLogger("torch._dynamo").removeHandler(handler)
+        torch._logging.set_logs()
+'''
+
+
+# The part of a recompile's repro script that hears recompiles: the `recompiles` artifact reads
+# "Recompiling function f in FILE:LINE\n    triggered by the following guard failure(s): ...".
+REPRO_RECOMPILE_PROBE = '''
+@contextlib.contextmanager
+def recompiles_heard():
+    """A list that fills with torch's message for each recompile it logs."""
+    heard = []
+
+    class Heard(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("Recompiling function"):
+                heard.append(record.getMessage())
+
+    handler = Heard(logging.DEBUG)
+    torch._logging.set_logs(recompiles=True)
+    logging.getLogger("torch._dynamo").addHandler(handler)
+    try:
+        yield heard
+    finally:
+        logging.getLogger("torch._dynamo").removeHandler(handler)
+        torch._logging.set_logs()
+'''

@@ -1,0 +1,432 @@
+"""Standalone repros of graph breaks: `fullgraph report --repro DIR`.
+
+    with InputRecorder().recording() as recorder:    # repro_record, where the program runs
+        main()
+    repros = make_repros(report_data, recorder.to_dict(), "repros/")   # afterwards, anywhere
+
+For each distinct graph break, a script that needs nothing but torch: the function dynamo was
+compiling when it broke (and the functions and classes of its file it uses, the torch and standard
+library imports, the constants), its arguments rebuilt from what they were when dynamo compiled it
+(a tensor from its shape, dtype, device, strides and requires_grad, with random values; Python
+values as they were), the torch.compile call the program made, and a check that the graph breaks
+at the same line with the same gb_type. Each script is run in a fresh interpreter: only those
+that print "reproduces" are called so. Delta debugging then drops the statements and arguments
+the break does not need (checks/repro_reduce.py). Where a script cannot stand alone (an argument
+that is a large module or an object of the program's own, a closure), none is written and the
+reason is given.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import os
+import re
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+from fullgraph.model.launch import run_processes
+
+from ._compat import repro as torch_repro
+
+__all__ = ["REPRODUCES", "NOT_ON_ITS_OWN", "NOT_WRITTEN", "VERIFY_TIMEOUT_S", "ReproPlan",
+           "make_repros", "verify", "blockers", "slug"]
+
+REPRODUCES = "reproduces"
+NOT_ON_ITS_OWN = "does not reproduce on its own"
+NOT_WRITTEN = "not written"
+VERIFY_TIMEOUT_S = 120.0
+_MARK = "  # <- graph break"
+_TAIL_LINES = 12
+
+
+# -- afterwards: one script per break ---------------------------------------------------------
+
+def make_repros(data: dict, recorded: dict, directory: str | os.PathLike, *,
+                timeout: float = VERIFY_TIMEOUT_S, reduce: bool = True) -> list[dict]:
+    """Write, run and reduce a repro for each distinct graph break in the report `data`, then
+    write and run one for each distinct recompile cause, using the arguments InputRecorder
+    `recorded`; return one entry per break and cause (docs/report-format.md)."""
+    from .repro_recompile import recompile_repros
+    from .repro_reduce import reduce_repro
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    repros = []
+    for number, brk in enumerate(data["graph_breaks"], start=1):
+        if brk["disabled"]:
+            continue
+        plan = _plan(brk, recorded["frames"])
+        entry = {"kind": "break", "break": number, "gb_type": brk["gb_type"], "compile": None,
+                 "guard": None, "file": None, "status": NOT_WRITTEN, "why": None,
+                 "statements": None, "arguments": None, "tries": 0, "script": None}
+        if isinstance(plan, str):
+            repros.append({**entry, "why": plan})
+            continue
+        path = Path(directory) / f"break_{number}_{slug(brk['gb_type'])}.py"
+        path.write_text(plan.script(), encoding="utf-8")
+        status, why = verify(path, timeout=timeout)
+        if reduce and status == REPRODUCES:
+            plan, entry = reduce_repro(plan, path, entry, timeout=timeout)
+            path.write_text(plan.script(), encoding="utf-8")
+        repros.append({**entry, "file": path.name, "status": status, "why": why,
+                       "script": plan.script()})
+    return repros + recompile_repros(data, recorded, directory, timeout=timeout)
+
+
+def verify(path: str | os.PathLike, *, timeout: float = VERIFY_TIMEOUT_S) -> tuple[str, str | None]:
+    """Run the script at `path` in a fresh interpreter: (REPRODUCES, None), or (NOT_ON_ITS_OWN,
+    why: how it ended and the last lines it wrote)."""
+    with tempfile.TemporaryDirectory(prefix="fullgraph-repro-") as workdir:
+        [ended] = run_processes([[os.fspath(path)]], workdir=workdir, timeout=timeout).ended
+    if ended.returncode == 0 and ended.stopped is None and ended.stdout.rstrip().endswith(REPRODUCES):
+        return REPRODUCES, None
+    how = ended.stopped or f"exit {ended.returncode}"
+    return NOT_ON_ITS_OWN, f"{how}: {ended.output(_TAIL_LINES).strip()}"
+
+
+def slug(gb_type: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", gb_type.lower()).strip("-")[:40] or "break"
+
+
+def _plan(brk: dict, frames: list[dict]) -> ReproPlan | str:
+    """The script for `brk`, or why there is none."""
+    record = _recorded_frame(brk, frames)
+    if record is None:
+        return ("no arguments were recorded for the functions on its stack (the program ended "
+                "before the compile finished, or the function was compiled before the report began)")
+    found = blockers(record)
+    if found:
+        return "; ".join(found)
+    try:
+        source = Path(record["filename"]).read_text(encoding="utf-8")
+        return ReproPlan.build(source, record, brk)
+    except (OSError, SyntaxError, LookupError) as error:
+        return f"the source of {record['function']} cannot be read: {error}"
+
+
+def _recorded_frame(brk: dict, frames: list[dict]) -> dict | None:
+    """The record of the innermost function on the break's stack that dynamo compiled on its own
+    (with the arguments it was called with)."""
+    for line in reversed(brk["frames"]):
+        filename = os.path.abspath(line["filename"])
+        for record in frames:
+            if ((record["filename"], record["function"]) == (filename, line["function"])
+                    and record["firstlineno"] <= line["lineno"]):
+                return record
+    return None
+
+
+def blockers(record: dict) -> list[str]:
+    """Why the script could not stand alone: each argument it cannot rebuild, a closure."""
+    found = [f"argument `{argument['name']}` is {_unbuildable(argument['value'])}"
+             for argument in record["arguments"] if _unbuildable(argument["value"])]
+    if record["closure"]:
+        found.append(f"{record['function']} is a closure over {', '.join(record['closure'])}, "
+                     f"which a script cannot rebuild")
+    return found
+
+
+def _unbuildable(spec: dict) -> str | None:
+    kind = spec["kind"]
+    if kind == "opaque":
+        return f"a {spec['type']}, which a script cannot rebuild"
+    if kind == "module" and spec["expression"] is None:
+        return (f"a torch.nn.Module ({spec['type']}, {spec['parameters']:,} parameters) that a "
+                f"script cannot rebuild")
+    items = spec.get("items")
+    if kind in ("list", "tuple", "dict"):
+        return next(filter(None, map(_unbuildable, items.values() if kind == "dict" else items)), None)
+    return None
+
+
+# -- the script -------------------------------------------------------------------------------
+
+class ReproPlan:
+    """A repro script made of parts that reduction can drop: the root function's top-level
+    statements (`kept`) and its arguments (`arguments`)."""
+
+    def __init__(self, *, root: ast.FunctionDef, lines: list[str], helpers: list[str],
+                 preamble: list[str], record: dict, brk: dict | None, pinned: int | None) -> None:
+        self.root, self.lines, self.helpers, self.preamble = root, lines, helpers, preamble
+        self.record, self.brk = record, brk
+        self.location = brk["frames"][-1] if brk else None
+        # The statement holding the breaking line, when the break is in the root: never dropped.
+        self.pinned = pinned
+        self.kept = list(range(len(root.body)))
+        self.arguments = [argument["name"] for argument in record["arguments"]]
+
+    @classmethod
+    def build(cls, source: str, record: dict, brk: dict | None) -> ReproPlan:
+        """The plan for `brk` in the function `record` describes; for no break, just the
+        function (a recompile's script)."""
+        tree = ast.parse(source)
+        lines = source.splitlines()
+        root = _find_function(tree, record["function"], record["firstlineno"])
+        if brk is None:
+            helpers, preamble = _dependencies(tree, root, lines, mark=None)
+            return cls(root=root, lines=lines, helpers=helpers, preamble=preamble, record=record,
+                       brk=None, pinned=None)
+        location = brk["frames"][-1]
+        same_file = os.path.abspath(location["filename"]) == record["filename"]
+        in_root = (same_file and location["function"] == root.name
+                   and root.lineno <= location["lineno"] <= root.end_lineno)
+        pinned = next((index for index, statement in enumerate(root.body)
+                       if statement.lineno <= location["lineno"] <= statement.end_lineno), -1)
+        helpers, preamble = _dependencies(tree, root, lines,
+                                          mark=location if same_file and not in_root else None)
+        if not in_root and not any(_MARK in helper for helper in helpers):
+            raise LookupError(f"the breaking line, {location['filename']}:{location['lineno']} in "
+                              f"{location['function']}, is not in a function of "
+                              f"{os.path.basename(record['filename'])} the script can copy")
+        return cls(root=root, lines=lines, helpers=helpers, preamble=preamble, record=record,
+                   brk=brk, pinned=pinned if in_root else None)
+
+    def with_parts(self, kept: list[int], arguments: list[str]) -> ReproPlan:
+        plan = ReproPlan.__new__(ReproPlan)
+        plan.__dict__.update(self.__dict__, kept=kept, arguments=arguments)
+        return plan
+
+    def script(self) -> str:
+        head = self.head(self._docstring())
+        number = next(index for index, text in enumerate(head.splitlines(), start=1)
+                      if text.endswith(_MARK))
+        inputs = self.inputs_text(self.record["arguments"])
+        main = _SCRIPT_MAIN.format(gb_type=self.brk["gb_type"], line=number, inputs=inputs,
+                                   compile=self.compile_text())
+        return self.whole(head, main, torch_repro.REPRO_BREAK_PROBE)
+
+    def head(self, docstring: str) -> str:
+        """The script up to the user's code, included."""
+        code = "\n\n\n".join([*self.helpers, self._root_text()])
+        return "\n".join([f'"""{docstring}"""', "", "import contextlib", "import logging", "",
+                          *self.preamble, "", "", code])
+
+    @staticmethod
+    def whole(head: str, main: str, probe: str) -> str:
+        """The script: `head`, `main` (which defines main()), `probe` and the tensor helper."""
+        tail = [main, probe.strip(), *([_TENSOR] if "tensor((" in main else []),
+                'if __name__ == "__main__":\n    main()\n']
+        return head + "\n\n\n" + "\n\n\n".join(tail)
+
+    def _docstring(self) -> str:
+        where = f"{self.location['filename']}:{self.location['lineno']} in {self.location['function']}"
+        return textwrap.fill(
+            f"Graph break {self.brk['gb_type']!r} at {where}, standalone: written by `fullgraph "
+            f"report --repro`. Needs only torch. Prints {REPRODUCES!r} when torch.compile still "
+            f"breaks at the marked line with the same gb_type, and raises otherwise. Tensor "
+            f"arguments have the recorded shapes, dtypes, devices and strides, with random values.",
+            width=96)
+
+    def _root_text(self) -> str:
+        root, lines = self.root, self.lines
+        args = _signature(root, self.arguments)
+        decorators = [f"@{ast.unparse(decorator)}" for decorator in root.decorator_list
+                      if "compile" not in ast.unparse(decorator)]
+        header = f"def {root.name}({args}):" + (_MARK if self.pinned == -1 else "")
+        body = []
+        previous_end = root.body[0].lineno - 1
+        for index, statement in enumerate(root.body):
+            start = previous_end + 1
+            previous_end = statement.end_lineno
+            if index not in self.kept:
+                continue
+            for number in range(start, statement.end_lineno + 1):
+                mark = self.pinned is not None and number == self.location["lineno"]
+                body.append(lines[number - 1] + (_MARK if mark else ""))
+        body = textwrap.dedent("\n".join(body)).splitlines() or ["pass"]
+        return "\n".join([*decorators, header, *("    " + text if text.strip() else "" for text in body)])
+
+    def inputs_text(self, specs: list[dict]) -> str:
+        """`(args), {kwargs}` rebuilding the recorded arguments `specs` that the plan keeps."""
+        positional, keyword = [], []
+        for argument in specs:
+            if argument["name"] not in self.arguments:
+                continue
+            expression = _expression(argument["value"])
+            if argument["kind"] == "positional":
+                positional.append(expression)
+            elif argument["kind"] == "varargs":
+                positional.append(f"*{expression}")
+            elif argument["kind"] == "keyword":
+                keyword.append(f"{argument['name']!r}: {expression}")
+            else:
+                keyword.append(f"**{expression}")
+        args = "".join(f"{item}, " for item in positional)
+        text = f"({args}), {{{', '.join(keyword)}}}"
+        if len(text) <= 72:
+            return text
+        # One argument a line: tensors with their strides do not fit on one.
+        lines = ["(", *(f"        {item}," for item in positional), "    ), {"]
+        lines += [f"        {item}," for item in keyword]
+        return "\n".join([*lines, "    }"])
+
+    def compile_text(self) -> str:
+        options = self.record["compile"]
+        backend = options["backend"] or "eager"
+        return (f"torch.compile({self.root.name}, backend={backend!r}, "
+                f"fullgraph={options['fullgraph']}, dynamic={options['dynamic']})")
+
+
+def _find_function(tree: ast.Module, name: str, firstlineno: int) -> ast.FunctionDef:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            start = min([node.lineno] + [decorator.lineno for decorator in node.decorator_list])
+            if start == firstlineno or node.lineno == firstlineno:
+                if node.body[0].lineno == node.lineno:
+                    raise LookupError(f"{name} is defined on one line")
+                return node
+    raise LookupError(f"no function {name} starts at line {firstlineno}")
+
+
+def _signature(root: ast.FunctionDef, keep: list[str]) -> str:
+    """The root's parameters without annotations, those not in `keep` dropped."""
+    args = ast.parse(f"def f({ast.unparse(root.args)}): pass").body[0].args
+    for node in ast.walk(args):
+        if isinstance(node, ast.arg):
+            node.annotation = None
+    positional = [*args.posonlyargs, *args.args]
+    defaults = dict(zip([arg.arg for arg in positional][len(positional) - len(args.defaults):],
+                        args.defaults, strict=True))
+    args.posonlyargs = [arg for arg in args.posonlyargs if arg.arg in keep]
+    args.args = [arg for arg in args.args if arg.arg in keep]
+    kept = [*args.posonlyargs, *args.args]
+    args.defaults = [defaults[arg.arg] for arg in kept if arg.arg in defaults]
+    if args.defaults and len(args.defaults) < len(kept) and kept[-1].arg not in defaults:
+        args.defaults = []  # a dropped middle default would leave one without a value
+    pairs = [(arg, default) for arg, default in zip(args.kwonlyargs, args.kw_defaults, strict=True)
+             if arg.arg in keep]
+    args.kwonlyargs, args.kw_defaults = [arg for arg, _ in pairs], [default for _, default in pairs]
+    args.vararg = args.vararg if args.vararg and args.vararg.arg in keep else None
+    args.kwarg = args.kwarg if args.kwarg and args.kwarg.arg in keep else None
+    return ast.unparse(args)
+
+
+def _dependencies(tree: ast.Module, root: ast.FunctionDef, lines: list[str], *, mark: dict | None
+                  ) -> tuple[list[str], list[str]]:
+    """(the file's top-level functions and classes the root uses, transitively, in file order;
+    the imports of torch and the standard library and the constants they use)."""
+    top = {}
+    for node in tree.body:
+        for name in _defined_names(node):
+            top.setdefault(name, node)
+    wanted, queue = set(), [root]
+    while queue:
+        for name in _free_names(queue.pop()):
+            node = top.get(name)
+            if node is not None and node is not root and id(node) not in wanted:
+                wanted.add(id(node))
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Assign)):
+                    queue.append(node)
+    helpers, preamble = [], ["import torch"]
+    for node in tree.body:
+        if id(node) not in wanted:
+            continue
+        text = _node_text(node, lines, mark)
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            helpers.append(text)
+        elif _standalone_statement(node) and text not in preamble:
+            preamble.append(text)
+    return helpers, preamble
+
+
+def _defined_names(node: ast.stmt) -> list[str]:
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+        return [node.name]
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return [(alias.asname or alias.name).split(".")[0] for alias in node.names]
+    if isinstance(node, ast.Assign):
+        return [target.id for target in node.targets if isinstance(target, ast.Name)]
+    return []
+
+
+def _free_names(node: ast.AST) -> set[str]:
+    loaded = {name.id for name in ast.walk(node) if isinstance(name, ast.Name)
+              and isinstance(name.ctx, ast.Load)}
+    return loaded - set(dir(builtins))
+
+
+def _standalone_statement(node: ast.stmt) -> bool:
+    """An import of torch or the standard library, or a constant made of literals and them."""
+    if isinstance(node, ast.Import):
+        return all(_needs_only_torch(alias.name) for alias in node.names)
+    if isinstance(node, ast.ImportFrom):
+        return node.level == 0 and _needs_only_torch(node.module or "")
+    if not isinstance(node, ast.Assign):
+        return False
+    try:
+        ast.literal_eval(node.value)
+        return True
+    except ValueError:  # made by calls: only those of torch and math rebuild the same
+        return _free_names(node.value) <= {"torch", "math"}
+
+
+def _needs_only_torch(module: str) -> bool:
+    root = module.split(".")[0]
+    return root == "torch" or root in sys.stdlib_module_names
+
+
+def _node_text(node: ast.stmt, lines: list[str], mark: dict | None) -> str:
+    start = min([node.lineno] + [decorator.lineno for decorator in getattr(node, "decorator_list", [])])
+    chosen = lines[start - 1:node.end_lineno]
+    if mark is not None and start <= mark["lineno"] <= node.end_lineno:
+        chosen[mark["lineno"] - start] += _MARK
+    return textwrap.dedent("\n".join(chosen))
+
+
+def _expression(spec: dict) -> str:
+    """Python that rebuilds a value `describe` described."""
+    kind = spec["kind"]
+    if kind == "tensor":
+        return _tensor_expression(spec)
+    if kind in ("value", "module"):
+        return spec["expression"]
+    if kind == "dict":
+        return "{" + ", ".join(f"{key!r}: {_expression(item)}" for key, item in spec["items"].items()) + "}"
+    items = [_expression(item) for item in spec["items"]]
+    if kind == "tuple":
+        return "(" + "".join(f"{item}, " for item in items) + ")"
+    return "[" + ", ".join(items) + "]"
+
+
+def _tensor_expression(spec: dict) -> str:
+    dtype = f"torch.{spec['dtype']}"
+    grad = ", requires_grad=True" if spec["requires_grad"] else ""
+    if spec["values"] is not None and not spec["shape"]:
+        return (f"torch.tensor({spec['values'][0]!r}, dtype={dtype}, device={spec['device']!r}"
+                f"{grad})")
+    if spec["values"] is not None:
+        return (f"torch.tensor({spec['values']!r}, dtype={dtype}, device={spec['device']!r})"
+                f".reshape({tuple(spec['shape'])!r}){'.requires_grad_()' if grad else ''}")
+    return f"tensor({tuple(spec['shape'])!r}, {tuple(spec['stride'])!r}, {dtype}, {spec['device']!r}{grad})"
+
+
+_SCRIPT_MAIN = '''\
+GB_TYPE = {gb_type!r}
+LINE = {line}  # the line marked "<- graph break" above
+
+
+def main():
+    torch.manual_seed(0)
+    args, kwargs = {inputs}
+    compiled = {compile}
+    with graph_breaks_heard() as heard:
+        compiled(*args, **kwargs)
+    here = [(line, reason) for filename, line, reason in heard if filename == __file__]
+    if not any(line == LINE and GB_TYPE in reason for line, reason in here):
+        seen = [(line, reason[0] if reason else "") for line, reason in here]
+        raise AssertionError(f"expected a graph break {{GB_TYPE!r}} at line {{LINE}}; heard {{seen}}")
+    print("{reproduces}")'''.replace("{reproduces}", REPRODUCES)
+
+_TENSOR = '''\
+def tensor(shape, stride, dtype, device, requires_grad=False):
+    """Random values in a tensor of this shape and these strides."""
+    size = 1 + sum((length - 1) * step for length, step in zip(shape, stride) if length)
+    if dtype.is_floating_point or dtype.is_complex:
+        storage = torch.randn(size, dtype=dtype, device=device)
+    elif dtype == torch.bool:
+        storage = torch.randint(0, 2, (size,), device=device).bool()
+    else:
+        storage = torch.randint(0, 8, (size,), dtype=dtype, device=device)
+    return storage.as_strided(shape, stride).detach().requires_grad_(requires_grad)'''

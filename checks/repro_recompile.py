@@ -1,0 +1,115 @@
+"""Standalone repros of recompiles: `fullgraph report --repro DIR`, after the graph breaks.
+
+A recompile happens when a call fails a guard of each cached compile of a function. Its repro is
+the function (as for a graph break: checks/repro.py), called first with the arguments of the
+compile whose guard failed and then with those of the recompile, both as recorded when dynamo
+compiled them, and a check that torch recompiles the function on the second call, naming what
+the failed guard was on (`x` for a guard on `x.size()[0]`), heard through torch's `recompiles`
+log. One script per distinct cause: the function and the guard that failed, without its values
+(a size guard that fails at each new length is one cause).
+
+A resume function's recompile (dynamo's code for the rest of a function after a graph break)
+gets no script: its locals are not arguments anyone passed, and the function's own recompile
+usually shows the same cause.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import textwrap
+from pathlib import Path
+
+from ._compat import breaks as torch_breaks
+from ._compat import repro as torch_repro
+from .repro import NOT_WRITTEN, REPRODUCES, ReproPlan, blockers, slug, verify
+
+__all__ = ["recompile_repros"]
+
+_GUARDED = re.compile(r" on ([A-Za-z_]\w*)")  # fullgraph's "size guard on x.size()[0]: ..."
+
+
+def recompile_repros(data: dict, recorded: dict, directory: str | os.PathLike, *,
+                     timeout: float) -> list[dict]:
+    """Write and run a repro for each distinct recompile cause in the report `data`."""
+    causes: dict[tuple, tuple[dict, str, str]] = {}
+    for compile_ in data["compiles"]:
+        if compile_["recompile"] and compile_["reasons"]:
+            failed_entry, _, guard = compile_["reasons"][0].partition(": ")
+            # The guard without its values: a size guard failing at each new length is one cause.
+            cause = (compile_["function"], compile_["filename"], guard.split(": ")[0])
+            causes.setdefault(cause, (compile_, failed_entry, guard))
+    repros = []
+    for number, (compile_, failed_entry, guard) in enumerate(causes.values(), start=1):
+        entry = {"kind": "recompile", "break": None, "gb_type": None,
+                 "compile": compile_["compile_id"], "guard": guard, "file": None,
+                 "status": NOT_WRITTEN, "why": None, "statements": None, "arguments": None,
+                 "tries": 0, "script": None}
+        script, why = _script(compile_, failed_entry, guard, recorded["frames"])
+        if script is None:
+            repros.append({**entry, "why": why})
+            continue
+        path = Path(directory) / f"recompile_{number}_{slug(compile_['function'])}.py"
+        path.write_text(script, encoding="utf-8")
+        status, why = verify(path, timeout=timeout)
+        repros.append({**entry, "file": path.name, "status": status, "why": why, "script": script})
+    return repros
+
+
+def _script(compile_: dict, failed_entry: str, guard: str, frames: list[dict]
+            ) -> tuple[str | None, str | None]:
+    """(the script for this recompile, None), or (None, why there is none)."""
+    function = compile_["function"]
+    if torch_breaks.remove_resume_prefix(function) != function:
+        return None, (f"a recompile of dynamo's resume function for the rest of "
+                f"{torch_breaks.remove_resume_prefix(function)} after a graph break: its locals are "
+                f"not arguments a script can pass")
+    record = next((frame for frame in frames
+                   if (frame["filename"], frame["function"], frame["firstlineno"])
+                   == (os.path.abspath(compile_["filename"]), function, compile_["lineno"])), None)
+    compiles = record["compiles"] if record else {}
+    if failed_entry not in compiles or compile_["compile_id"] not in compiles:
+        return None, (f"the arguments of compiles {failed_entry} and {compile_['compile_id']} of "
+                f"{function} were not both recorded")
+    before, after = compiles[failed_entry], compiles[compile_["compile_id"]]
+    found = blockers({**record, "arguments": before}) + blockers({**record, "arguments": after})
+    if found:
+        return None, "; ".join(dict.fromkeys(found))
+    try:
+        plan = ReproPlan.build(Path(record["filename"]).read_text(encoding="utf-8"), record, None)
+    except (OSError, SyntaxError, LookupError) as error:
+        return None, f"the source of {function} cannot be read: {error}"
+    where = f"{compile_['filename']}:{compile_['lineno']}"
+    docstring = textwrap.fill(
+        f"Recompile {compile_['compile_id']} of {function} ({where}): {guard}. Standalone: "
+        f"written by `fullgraph report --repro`. Needs only torch. Calls the compiled function "
+        f"with the arguments of compile {failed_entry}, then with those of compile "
+        f"{compile_['compile_id']}, and prints {REPRODUCES!r} when torch recompiles it on a "
+        f"guard on the same name, and raises otherwise. Tensor arguments have the recorded "
+        f"shapes, dtypes, devices and strides, with random values.", width=96)
+    guarded = _GUARDED.search(guard)
+    main = _MAIN.format(function=function, guarded=guarded[1] if guarded else None,
+                        before=plan.inputs_text(before), after=plan.inputs_text(after),
+                        compile=plan.compile_text())
+    return plan.whole(plan.head(docstring), main, torch_repro.REPRO_RECOMPILE_PROBE), None
+
+
+_MAIN = '''\
+FUNCTION = {function!r}
+GUARDED = {guarded!r}  # what the guard that failed was on
+
+
+def main():
+    torch.manual_seed(0)
+    compiled = {compile}
+    args, kwargs = {before}
+    compiled(*args, **kwargs)
+    args, kwargs = {after}
+    with recompiles_heard() as heard:
+        compiled(*args, **kwargs)
+    words = [message.replace("'", " ").replace(".", " ").replace("[", " ").split()
+             for message in heard if message.startswith(f"Recompiling function {{FUNCTION}} ")]
+    if not any(GUARDED is None or GUARDED in found for found in words):
+        raise AssertionError(f"expected {{FUNCTION}} to recompile on a guard on {{GUARDED}}; "
+                             f"heard {{heard}}")
+    print("{reproduces}")'''.replace("{reproduces}", REPRODUCES)

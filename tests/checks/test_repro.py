@@ -1,0 +1,165 @@
+import json
+import os
+
+import pytest
+import torch
+
+import repro_cases
+import zoo
+from fullgraph.checks.report import Report
+from fullgraph.checks.repro import NOT_ON_ITS_OWN, NOT_WRITTEN, REPRODUCES, make_repros, verify
+from fullgraph.checks.repro_record import InputRecorder, describe
+from fullgraph.checks.repro_reduce import ddmin
+from fullgraph.checks.watch import watch
+
+
+def _repros(tmp_path, calls, *, reduce=False, **compile_options):
+    """Report and repros for each (function, args) in `calls`, compiled as `compile_options`
+    say (eager backend unless given)."""
+    torch._dynamo.reset()
+    with watch() as seen, InputRecorder().recording() as recorder:
+        for function, args in calls:
+            torch.compile(function, **{"backend": "eager", **compile_options})(*args)
+    data = Report(seen, command="python prog.py").to_dict()
+    torch._dynamo.reset()
+    return data, recorder.to_dict(), make_repros(data, recorder.to_dict(), tmp_path, reduce=reduce)
+
+
+def test_a_tensor_is_described_by_shape_strides_dtype_device_and_grad():
+    x = torch.ones(2, 3, requires_grad=True).t()
+    assert describe(x) == {"kind": "tensor", "shape": [3, 2], "stride": [1, 3], "dtype": "float32",
+                           "device": "cpu", "requires_grad": True, "values": None}
+    assert describe(torch.arange(3))["values"] == [0, 1, 2]  # small integer tensors keep values
+    assert describe(torch.arange(100))["values"] is None
+
+
+def test_python_values_modules_and_other_objects_are_described():
+    assert describe((1, None, "a", [2.5, float("nan")], {"k": True})) == {"kind": "tuple", "items": [
+        {"kind": "value", "expression": "1"}, {"kind": "value", "expression": "None"},
+        {"kind": "value", "expression": "'a'"},
+        {"kind": "list", "items": [{"kind": "value", "expression": "2.5"},
+                                   {"kind": "value", "expression": "float('nan')"}]},
+        {"kind": "dict", "items": {"k": {"kind": "value", "expression": "True"}}}]}
+    linear = describe(torch.nn.Linear(4, 2))
+    assert linear["expression"] == "torch.nn.Linear(in_features=4, out_features=2, bias=True)"
+    big = describe(zoo.Net())
+    assert big["kind"] == "module" and big["expression"] is None and big["parameters"] == 72
+    assert describe(repro_cases.Settings(2.0)) == {"kind": "opaque", "type": "repro_cases.Settings"}
+
+
+def test_the_arguments_are_recorded_when_dynamo_compiles_the_frame_that_breaks():
+    recorded = _recorded(zoo.reads_item, torch.ones(2, 3))
+    [frame] = recorded["frames"]
+    assert frame["function"] == "reads_item" and frame["filename"] == str(zoo.SOURCE)
+    assert frame["compile"] == {"backend": "eager", "fullgraph": False, "dynamic": False}
+    [argument] = frame["arguments"]
+    assert argument["name"] == "x" and argument["value"]["shape"] == [2, 3]
+
+
+def _recorded(function, *args):
+    torch._dynamo.reset()
+    with InputRecorder().recording() as recorder:
+        torch.compile(function, backend="eager", dynamic=False)(*args)
+    torch._dynamo.reset()
+    return recorder.to_dict()
+
+
+@pytest.mark.parametrize("function, marker, gb_type", [
+    (zoo.prints, "print", "Failed to trace builtin operator"),
+    (zoo.reads_item, "item", "Unsupported Tensor.item() call with capture_scalar_outputs=False"),
+    (zoo.branches_on_data, "if", "Data-dependent branching"),
+])
+def test_a_known_break_gets_a_script_that_reproduces_in_a_fresh_interpreter(
+        function, marker, gb_type, tmp_path):
+    data, _, [repro] = _repros(tmp_path, [(function, (torch.ones(3),))])
+    assert data["graph_breaks"][0]["frames"][-1]["lineno"] == zoo.line_of(marker)
+    assert repro["status"] == REPRODUCES, repro["why"]
+    assert repro["gb_type"] == gb_type and repro["file"].startswith("break_1_")
+    script = (tmp_path / repro["file"]).read_text()
+    assert script == repro["script"] and f"GB_TYPE = {gb_type!r}" in script
+    # The check is on the line of the function's breaking line, marked, in the script.
+    marked = next(number for number, line in enumerate(script.splitlines(), start=1)
+                  if line.endswith("# <- graph break"))
+    assert f"LINE = {marked} " in script and f"# break: {marker}" in script.splitlines()[marked - 1]
+
+
+def test_a_break_in_a_helper_is_reproduced_from_the_helper_compiled_on_its_own(tmp_path):
+    _, recorded, [repro] = _repros(tmp_path, [(zoo.calls_helpers, (torch.ones(3),))])
+    assert {frame["function"] for frame in recorded["frames"]} >= {"calls_helpers", "_log"}
+    assert repro["status"] == REPRODUCES, repro["why"]
+    assert "def _log(x):" in repro["script"] and "def calls_helpers" not in repro["script"]
+
+
+def test_the_script_asserts_the_line_and_fails_when_the_break_moves(tmp_path):
+    _, _, [repro] = _repros(tmp_path, [(zoo.prints, (torch.ones(3),))])
+    path = tmp_path / repro["file"]
+    # The break is still there, one line lower: the script must say it is not where it was.
+    path.write_text(repro["script"].replace('    print("tracing"', '    y = y + 0\n    print("tracing"'))
+    status, why = verify(path)
+    assert status == NOT_ON_ITS_OWN and "AssertionError: expected a graph break" in why
+
+
+def test_a_function_using_a_global_the_script_cannot_rebuild_does_not_reproduce_on_its_own(tmp_path):
+    _, _, [repro] = _repros(tmp_path, [(repro_cases.uses_table, (torch.ones(3),))])
+    assert repro["status"] == NOT_ON_ITS_OWN
+    assert "NameError: name 'TABLE' is not defined" in repro["why"]
+    assert "OFFSET" not in repro["script"]  # only what the function uses is copied
+
+
+def test_an_argument_the_script_cannot_rebuild_means_no_script_and_says_which(tmp_path):
+    _, _, [repro] = _repros(tmp_path, [(repro_cases.takes_settings,
+                                        (torch.ones(3), repro_cases.Settings(2.0)))])
+    assert repro["status"] == NOT_WRITTEN and repro["file"] is None and not list(tmp_path.iterdir())
+    assert repro["why"] == ("argument `settings` is a repro_cases.Settings, which a script cannot "
+                            "rebuild")
+
+
+def test_strides_and_constants_of_the_file_are_rebuilt(tmp_path):
+    _, _, [repro] = _repros(tmp_path, [(repro_cases.strided, (torch.ones(2, 3).t(), 4))])
+    assert repro["status"] == REPRODUCES, repro["why"]
+    assert "tensor((3, 2), (1, 3), torch.float32, 'cpu'), 4, " in repro["script"]
+
+
+def test_reduction_drops_the_statements_and_arguments_the_break_does_not_need(tmp_path):
+    _, _, [repro] = _repros(tmp_path, [(repro_cases.pads, (torch.ones(3), 2.0, "unused"))],
+                            reduce=True)
+    assert repro["status"] == REPRODUCES, repro["why"]
+    assert repro["statements"] == {"before": 4, "after": 2}  # y = ..., print(...)
+    assert repro["arguments"] == {"before": 3, "after": 2}
+    script = repro["script"]
+    assert "math.pi" not in script and "return y" not in script and "unused" not in script
+    assert "def pads(x, scale):" in script and "OFFSET = 0.5" in script
+    assert json.loads(json.dumps(repro)) == repro
+
+
+def test_ddmin_finds_a_minimal_set():
+    tries = []
+
+    def needs_3_and_5(parts):
+        tries.append(parts)
+        return 3 in parts and 5 in parts
+
+    assert ddmin(list(range(8)), needs_3_and_5) == [3, 5]
+    assert ddmin([1, 2], lambda parts: False) == [1, 2]
+    assert len(tries) < 20
+
+
+def test_a_recorded_path_is_the_absolute_path_of_the_code():
+    recorded = _recorded(repro_cases.pads, torch.ones(2), 1.0, None)
+    assert os.path.isabs(recorded["frames"][0]["filename"])
+
+
+def test_a_recompile_gets_a_script_that_recompiles_on_a_guard_on_the_same_name(tmp_path):
+    calls = [(repro_cases.doubles, (torch.ones(2), 3)), (repro_cases.doubles, (torch.ones(4), 3))]
+    data, recorded, [repro] = _repros(tmp_path, calls, dynamic=False)
+    assert sorted(recorded["frames"][0]["compiles"]) == ["0/0", "0/1"]
+    assert repro["kind"] == "recompile" and repro["compile"] == "0/1"
+    assert repro["guard"] == "size guard on x.size()[0]: expected 2, actual 4"
+    assert repro["status"] == REPRODUCES, repro["why"]
+    assert "GUARDED = 'x'" in repro["script"] and repro["file"] == "recompile_1_doubles.py"
+    # Called once, it does not recompile: the script says so.
+    path = tmp_path / repro["file"]
+    first = "tensor((2,), (1,), torch.float32, 'cpu'), 3, "
+    path.write_text(repro["script"].replace("tensor((4,), (1,), torch.float32, 'cpu'), 3, ", first))
+    status, why = verify(path)
+    assert status == NOT_ON_ITS_OWN and "AssertionError: expected doubles to recompile on a guard on x" in why
