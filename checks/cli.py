@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser(
         "report", help="run a program and report what torch.compile did in it",
         usage="fullgraph report [-o PATH] [--format {md,json,html}] [--timeout SECONDS] "
-              "[--repro DIR] [--compare OLD.json] -- TARGET\n"
+              "[--repro DIR [--no-reduce]] [--compare OLD.json] -- TARGET\n"
               "       fullgraph report --compare OLD.json --against NEW.json",
         description="Run TARGET in a child process and report every graph break, recompile and "
                     "CUDA-graph skip in it, even if a signal kills it. TARGET is `script.py "
@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="write a standalone script for each graph break and recompile cause "
                              "into DIR, run each in a fresh interpreter, reduce the breaks' ones, "
                              "and add them to the report")
+    report.add_argument("--no-reduce", action="store_true",
+                        help="with --repro: keep each script whole (reducing runs a fresh "
+                             "interpreter per try, up to 24 tries or 120 s a break)")
     report.add_argument("--compare", metavar="OLD.json",
                         help="print what is new, gone and changed since OLD.json (a JSON report); "
                              "exit 1 if anything is new")
@@ -359,6 +362,9 @@ def _report(args: argparse.Namespace, *, command: str, out: TextIO) -> int:
 
     if args.against is not None:
         return _compare_files(args, out=out)
+    if args.no_reduce and not args.repro:
+        print("fullgraph report: --no-reduce needs --repro DIR", file=sys.stderr)
+        return 2
     try:
         old = load_report(args.compare, "--compare") if args.compare else None
     except CompareError as error:
@@ -380,7 +386,7 @@ def _report(args: argparse.Namespace, *, command: str, out: TextIO) -> int:
         report, code = run_reported(args.target, command=command, label=target.label,
                                     timeout=args.timeout, inputs_path=inputs_path)
         if args.repro:
-            report = _with_repros(report, inputs_path, args.repro)
+            report = _with_repros(report, inputs_path, args.repro, reduce=not args.no_reduce)
     if args.output:
         write_report(report, args.output, format)
         print(f"fullgraph report: wrote {args.output}", file=sys.stderr)
@@ -392,13 +398,14 @@ def _report(args: argparse.Namespace, *, command: str, out: TextIO) -> int:
     return code or int(new_found)
 
 
-def _with_repros(report: RecordedReport, inputs_path: str, directory: str) -> RecordedReport:
+def _with_repros(report: RecordedReport, inputs_path: str, directory: str, *,
+                 reduce: bool) -> RecordedReport:
     from .report import with_repros
     from .repro import make_repros
     from .repro_record import read_recorded
 
     data = report.to_dict()
-    repros = make_repros(data, read_recorded(inputs_path), directory)
+    repros = make_repros(data, read_recorded(inputs_path), directory, reduce=reduce)
     written = [repro for repro in repros if repro["file"]]
     verified = [repro for repro in written if repro["status"] == "reproduces"]
     print(f"fullgraph report: wrote {len(written)} repros in {directory}, {len(verified)} of them "

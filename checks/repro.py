@@ -45,10 +45,14 @@ _TAIL_LINES = 12
 # -- afterwards: one script per break ---------------------------------------------------------
 
 def make_repros(data: dict, recorded: dict, directory: str | os.PathLike, *,
-                timeout: float = VERIFY_TIMEOUT_S, reduce: bool = True) -> list[dict]:
+                timeout: float = VERIFY_TIMEOUT_S, reduce: bool = True,
+                reduce_seconds: float | None = None) -> list[dict]:
     """Write, run and reduce a repro for each distinct graph break in the report `data`, then
     write and run one for each distinct recompile cause, using the arguments InputRecorder
-    `recorded`; return one entry per break and cause (docs/report-format.md)."""
+    `recorded`; return one entry per break and cause (docs/report-format.md).
+
+    reduce_seconds: how long ddmin may take per break (repro_reduce.REDUCE_S by default).
+    """
     from .repro_recompile import recompile_repros
     from .repro_reduce import reduce_repro
 
@@ -68,7 +72,8 @@ def make_repros(data: dict, recorded: dict, directory: str | os.PathLike, *,
         path.write_text(plan.script(), encoding="utf-8")
         status, why = verify(path, timeout=timeout)
         if reduce and status == REPRODUCES:
-            plan, entry = reduce_repro(plan, path, entry, timeout=timeout)
+            seconds = {} if reduce_seconds is None else {"seconds": reduce_seconds}
+            plan, entry = reduce_repro(plan, path, entry, timeout=timeout, **seconds)
             path.write_text(plan.script(), encoding="utf-8")
         repros.append({**entry, "file": path.name, "status": status, "why": why,
                        "script": plan.script()})

@@ -209,7 +209,8 @@ def test_repro_writes_a_verified_reduced_script_and_inlines_it(tmp_path, capfd):
     assert repro["status"] == "reproduces" and repro["why"] is None
     assert repro["file"] == "break_1_failed-to-trace-builtin-operator.py"
     assert (tmp_path / "repros" / repro["file"]).read_text() == repro["script"]
-    assert repro["statements"] == {"before": 3, "after": 2}  # y = x * 2; print(...)
+    # Reduced as far as 120 s allow (test_repro.py checks how far, with no time bound).
+    assert repro["statements"]["before"] == 3 and repro["statements"]["after"] in (2, 3)
     assert "torch.compile(scale, backend='eager', fullgraph=False, dynamic=False)" in repro["script"]
     markdown = render(RecordedReport(data), "md")
     assert "### Standalone repros" in markdown and "#### Break 1 (Failed to trace builtin operator): `break_1_" in markdown
@@ -257,8 +258,9 @@ def test_compare_after_a_run_exits_1_when_a_break_is_new(tmp_path, capfd):
     (["--compare", "missing.json", "--", SCRIPT], "--compare missing.json: cannot read it"),
     (["--compare", SCRIPT, "--", SCRIPT], f"--compare {SCRIPT}: not JSON"),
     (["--against", "new.json", "--", SCRIPT], "--against needs --compare and takes no TARGET"),
+    (["--no-reduce", "--", SCRIPT], "--no-reduce needs --repro DIR"),
 ])
-def test_compare_mistakes_name_the_option_and_file(argv, error, capsys):
+def test_compare_and_repro_mistakes_name_the_option_and_file(argv, error, capsys):
     assert main(["report", *argv]) == 2
     assert capsys.readouterr().err.startswith(f"fullgraph report: {error}")
 
@@ -266,8 +268,8 @@ def test_compare_mistakes_name_the_option_and_file(argv, error, capsys):
 def test_repro_end_to_end_on_transformers_generate_behind_a_users_wrapper(tmp_path, capfd):
     pytest.importorskip("transformers")
     json_path = tmp_path / "r.json"
-    assert main(["report", "--repro", str(tmp_path / "repros"), "-o", str(json_path), "--",
-                 "targets/hf_generate.py"]) == 0
+    assert main(["report", "--repro", str(tmp_path / "repros"), "--no-reduce", "-o", str(json_path),
+                 "--", "targets/hf_generate.py"]) == 0
     assert "generated (1, 7)" in capfd.readouterr().out
     repros = json.loads(json_path.read_text())["repros"]
     # The wrapper's own break stands alone and reproduces in a fresh interpreter.
@@ -276,6 +278,7 @@ def test_repro_end_to_end_on_transformers_generate_behind_a_users_wrapper(tmp_pa
     assert "def clean_prompt(input_ids, pad_id):" in wrapper["script"]
     assert "transformers" not in wrapper["script"].split('"""')[2]  # needs only torch
     assert "# break: the wrapper's data-dependent branch  # <- graph break" in wrapper["script"]
+    assert wrapper["statements"] is None and wrapper["tries"] == 0  # --no-reduce: kept whole
     # Those inside generate take the model or transformers' objects: no script, and why.
     inside = [repro for repro in repros[1:] if repro["kind"] == "break"]
     assert inside and all(repro["status"] == "not written" for repro in inside)

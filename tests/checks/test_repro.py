@@ -14,6 +14,7 @@ from fullgraph.checks.watch import watch
 
 
 def _repros(tmp_path, calls, *, reduce=False, **compile_options):
+    # Reduction unbounded in time: how far it gets then depends on its tries, not on the load.
     """Report and repros for each (function, args) in `calls`, compiled as `compile_options`
     say (eager backend unless given)."""
     torch._dynamo.reset()
@@ -22,7 +23,8 @@ def _repros(tmp_path, calls, *, reduce=False, **compile_options):
             torch.compile(function, **{"backend": "eager", **compile_options})(*args)
     data = Report(seen, command="python prog.py").to_dict()
     torch._dynamo.reset()
-    return data, recorder.to_dict(), make_repros(data, recorder.to_dict(), tmp_path, reduce=reduce)
+    return data, recorder.to_dict(), make_repros(data, recorder.to_dict(), tmp_path, reduce=reduce,
+                                                 reduce_seconds=float("inf"))
 
 
 def test_a_tensor_is_described_by_shape_strides_dtype_device_and_grad():
