@@ -19,6 +19,10 @@ Where the facts come from (all through _compat): recordings, replays, warmups an
 without CUDA graphs from cudagraph trees' manager, patched for the duration; skips from the
 warning inductor logs for each and from its skip counter (a graph on the CPU is counted without a
 message); memory from the caching allocator's reserved bytes, which include the private pool.
+
+The module is one checker, kept in one file a little past 500 lines: the report, the tracker that
+fills it and the assertion over it share the Recording and CudaGraphSkip types; the hooks into
+cudagraph trees are in _compat/cudagraphs.py.
 """
 
 from __future__ import annotations

@@ -22,6 +22,11 @@ Where the facts come from (all through _compat):
 
 Guard sources are written the way torch's recompile messages write them: an argument by its name
 (`x.size()[1]`, `self.step`), a global as `G['name']`.
+
+The module holds one concept past 500 lines, the compile event: a recompile is an event with the
+guard failures that caused it, and the tracker, the budget and assert_recompiles_at_most all count
+and describe the same events, so splitting them would only pass CompileEvent between files. The
+parsing of torch's guard text is in _compat/guard_failures.py.
 """
 
 from __future__ import annotations

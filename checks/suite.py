@@ -3,6 +3,10 @@
 This is one of the few places checks/ knows about Llama: the reference model is the default
 target. Each check is a function of the target that returns a short detail on success and raises
 AssertionError (a CheckFailure, usually) on failure.
+
+The module is the one list of the suite's checks (CHECKS) with each check beside it, at about 500
+lines: each is a few lines calling a checker, and the paged checks mirror the contiguous ones,
+which reads best side by side.
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ PIPE, TICK, TAG = "test_m.py::test_pipe[a|b]", "test_m.py::test_tick[`x`]", "tes
 
 @pytest.fixture
 def run_report(report):
-    """The report as pytest_plugin._RunReport would give it for a run of ten tests: seven met the
+    """The report as _run_report.RunReport would give it for a run of ten tests: seven met the
     helper's break, one recompiled, and the ids hold a pipe, backticks and a tag."""
     data = report.to_dict()
     met = [PIPE, TICK, *(f"test_m.py::test_{n}" for n in range(4)), TAG]
