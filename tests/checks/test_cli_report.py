@@ -197,10 +197,11 @@ def test_check_writes_its_results_by_extension(tmp_path, monkeypatch, capsys):
 
 # -- --repro and --compare -------------------------------------------------------------------------
 
-def test_repro_writes_a_verified_reduced_script_and_inlines_it(tmp_path, capfd):
+def test_repro_writes_a_verified_script_and_inlines_it(tmp_path, capfd):
+    # Kept whole: reducing is test_repro.py's, here it would add a fresh interpreter per try.
     json_path = tmp_path / "r.json"
-    assert main(["report", "--repro", str(tmp_path / "repros"), "-o", str(json_path), "--",
-                 SCRIPT]) == 0
+    assert main(["report", "--repro", str(tmp_path / "repros"), "--no-reduce", "-o", str(json_path),
+                 "--", SCRIPT]) == 0
     assert "wrote 2 repros in " in capfd.readouterr().err  # the break and scale's recompile
     data = json.loads(json_path.read_text())
     repro, recompile, resumed = data["repros"]
@@ -209,8 +210,7 @@ def test_repro_writes_a_verified_reduced_script_and_inlines_it(tmp_path, capfd):
     assert repro["status"] == "reproduces" and repro["why"] is None
     assert repro["file"] == "break_1_failed-to-trace-builtin-operator.py"
     assert (tmp_path / "repros" / repro["file"]).read_text() == repro["script"]
-    # Reduced as far as 120 s allow (test_repro.py checks how far, with no time bound).
-    assert repro["statements"]["before"] == 3 and repro["statements"]["after"] in (2, 3)
+    assert repro["statements"] is None and "y = x * 2" in repro["script"]
     assert "torch.compile(scale, backend='eager', fullgraph=False, dynamic=False)" in repro["script"]
     markdown = render(RecordedReport(data), "md")
     assert "### Standalone repros" in markdown and "#### Break 1 (Failed to trace builtin operator): `break_1_" in markdown

@@ -1,11 +1,15 @@
+import contextlib
+import io
 import json
 import os
+import runpy
 
 import pytest
 import torch
 
 import repro_cases
 import zoo
+from fullgraph.checks import repro_reduce
 from fullgraph.checks.report import Report
 from fullgraph.checks.repro import NOT_ON_ITS_OWN, NOT_WRITTEN, REPRODUCES, make_repros, verify
 from fullgraph.checks.repro_record import InputRecorder, describe
@@ -122,10 +126,29 @@ def test_strides_and_constants_of_the_file_are_rebuilt(tmp_path):
     assert "tensor((3, 2), (1, 3), torch.float32, 'cpu'), 4, " in repro["script"]
 
 
-def test_reduction_drops_the_statements_and_arguments_the_break_does_not_need(tmp_path):
+def _verify_in_this_process(path, *, timeout):
+    """What verify says of the script at `path`, run here on a fresh dynamo: ddmin's many tries
+    without an interpreter start each (the reduced script is then run in a fresh one)."""
+    out = io.StringIO()
+    torch.compiler.reset()
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(os.fspath(path), run_name="__main__")
+    except Exception as error:  # the break moved or went, or a name the try dropped is missing
+        return NOT_ON_ITS_OWN, f"{type(error).__name__}: {error}"
+    finally:
+        torch.compiler.reset()
+    return (REPRODUCES, None) if out.getvalue().rstrip().endswith(REPRODUCES) else (NOT_ON_ITS_OWN,
+                                                                                  out.getvalue())
+
+
+def test_reduction_drops_the_statements_and_arguments_the_break_does_not_need(tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setattr(repro_reduce, "verify", _verify_in_this_process)
     _, _, [repro] = _repros(tmp_path, [(repro_cases.pads, (torch.ones(3), 2.0, "unused"))],
                             reduce=True)
     assert repro["status"] == REPRODUCES, repro["why"]
+    assert verify(tmp_path / repro["file"]) == (REPRODUCES, None)  # the reduced script, alone
     assert repro["statements"] == {"before": 4, "after": 2}  # y = ..., print(...)
     assert repro["arguments"] == {"before": 3, "after": 2}
     script = repro["script"]
