@@ -29,11 +29,14 @@ test: lint
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# Every test but the slow ones: the end-to-end inductor runs of the reference model (bench,
-# generate, `fullgraph check`) test inductor's generated code, which the pinned run covers; what
-# differs between releases (dynamo's behaviour and wording) is in the rest.
+# The checkers' tests and the project's rules, all but the slow ones. What differs between
+# releases is what dynamo does and says, and that is what the checkers read; test_suite.py runs the
+# reference model through every check. The model's own tests (tests/model) and the slow ones
+# (end-to-end inductor runs, waits on processes) run on the pinned torch, in `make test`.
+TORCH_TESTS = tests/checks $(wildcard tests/test_*.py)
+
 test-torch: $(TORCH_STAMP)
-	$(TORCH_VENV)/bin/python -m pytest -n auto -m "not slow"
+	$(TORCH_VENV)/bin/python -m pytest -n auto -m "not slow" $(TORCH_TESTS)
 
 install: $(STAMP)
 
