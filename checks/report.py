@@ -159,6 +159,14 @@ def _compile_dict(event: CompileEvent, timing: CompileTiming) -> dict:
             "seconds": timing.to_dict()["seconds"]}
 
 
+def failed_guard(reason: str) -> str:
+    """The guard a compile's reason (as `_compile_dict` writes it: "0/0: size guard on
+    x.size()[0]: expected 4, actual 5") says failed, without its cache entry and values: the one
+    cause behind a recompile at each new length. Text without an entry (an error) is cut the same."""
+    entry, separator, guard = reason.partition(": ")
+    return (guard if separator and entry[:1].isdigit() else reason).split(": ")[0]
+
+
 def _context(brk: GraphBreak) -> dict | None:
     """The breaking line with CONTEXT_LINES either side, numbered from `start`."""
     frame = brk.location

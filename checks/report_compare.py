@@ -14,7 +14,8 @@ import json
 from collections import Counter
 from typing import TextIO
 
-from ._compat import breaks as torch_breaks
+from ._report_render import resumed_label
+from .report import failed_guard
 
 __all__ = ["CompareError", "load_report", "compare", "compare_markdown"]
 
@@ -106,10 +107,6 @@ def _causes(data: dict) -> Counter:
         if not compile_["recompile"]:
             continue
         reason = compile_["reasons"][0] if compile_["reasons"] else compile_["error"] or "unknown"
-        guard = reason.split(": ", 1)[1] if reason[:1].isdigit() and ": " in reason else reason
-        guard = guard.split(": ")[0]  # without its values: each new length is the same cause
-        function = torch_breaks.remove_resume_prefix(compile_["function"])
-        if function != compile_["function"]:
-            function += " (resumed)"
-        found[f"`{function}` ({compile_['filename']}): {guard}"] += 1
+        function = resumed_label(compile_["function"])
+        found[f"`{function}` ({compile_['filename']}): {failed_guard(reason)}"] += 1
     return found

@@ -69,14 +69,15 @@ def make_repros(data: dict, recorded: dict, directory: str | os.PathLike, *,
             repros.append({**entry, "why": plan})
             continue
         path = Path(directory) / f"break_{number}_{slug(brk['gb_type'])}.py"
-        path.write_text(plan.script(), encoding="utf-8")
+        script = plan.script()
+        path.write_text(script, encoding="utf-8")
         status, why = verify(path, timeout=timeout)
         if reduce and status == REPRODUCES:
             seconds = {} if reduce_seconds is None else {"seconds": reduce_seconds}
             plan, entry = reduce_repro(plan, path, entry, timeout=timeout, **seconds)
-            path.write_text(plan.script(), encoding="utf-8")
-        repros.append({**entry, "file": path.name, "status": status, "why": why,
-                       "script": plan.script()})
+            script = plan.script()
+            path.write_text(script, encoding="utf-8")  # the last try may have been a larger one
+        repros.append({**entry, "file": path.name, "status": status, "why": why, "script": script})
     return repros + recompile_repros(data, recorded, directory, timeout=timeout)
 
 

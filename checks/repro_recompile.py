@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ._compat import breaks as torch_breaks
 from ._compat import repro as torch_repro
+from .report import failed_guard
 from .repro import NOT_WRITTEN, REPRODUCES, ReproPlan, blockers, slug, verify
 
 __all__ = ["recompile_repros"]
@@ -35,9 +36,9 @@ def recompile_repros(data: dict, recorded: dict, directory: str | os.PathLike, *
     causes: dict[tuple, tuple[dict, str, str]] = {}
     for compile_ in data["compiles"]:
         if compile_["recompile"] and compile_["reasons"]:
-            failed_entry, _, guard = compile_["reasons"][0].partition(": ")
-            # The guard without its values: a size guard failing at each new length is one cause.
-            cause = (compile_["function"], compile_["filename"], guard.split(": ")[0])
+            reason = compile_["reasons"][0]
+            failed_entry, _, guard = reason.partition(": ")
+            cause = (compile_["function"], compile_["filename"], failed_guard(reason))
             causes.setdefault(cause, (compile_, failed_entry, guard))
     repros = []
     for number, (compile_, failed_entry, guard) in enumerate(causes.values(), start=1):

@@ -169,7 +169,6 @@ def _type_name(value: Any) -> str:
     return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
-
 def read_recorded(path: str) -> dict:
     """What an InputRecorder saved at `path` (nothing, if the program broke nowhere)."""
     text = read_written(path)

@@ -96,54 +96,48 @@ def is_resume_code(code: types.CodeType) -> bool:
     return remove_resume_prefix(code.co_name) != code.co_name
 
 
-# The part of a repro script that hears torch's graph breaks: the `graph_breaks` log artifact's
-# first line names the innermost user line ("Graph break in user code at FILE:LINE", or "Graph
-# break (user stack suppressed ...) in user code at FILE:LINE" when repeated), and the reason
-# holds the gb_type on a line of its own.
-REPRO_BREAK_PROBE = '''
+def _log_probe(name: str, doc: str, artifact: str, emit: str) -> str:
+    """The text of a context manager `name`, for a repro script: it turns on torch's log artifact
+    `artifact` and yields a list that `emit` (a logging.Handler's emit body, indented 12) fills."""
+    return f'''
 @contextlib.contextmanager
-def graph_breaks_heard():
-    """A list that fills with (file, line, gb_type lines) for each graph break torch logs."""
+def {name}():
+    """{doc}"""
     heard = []
 
     class Heard(logging.Handler):
         def emit(self, record):
+{emit}
+    handler = Heard(logging.DEBUG)
+    torch._logging.set_logs({artifact}=True)
+    logging.getLogger("torch._dynamo").addHandler(handler)
+    try:
+        yield heard
+    finally:
+        logging.getLogger("torch._dynamo").removeHandler(handler)
+        torch._logging.set_logs()
+'''
+
+
+# The part of a repro script that hears torch's graph breaks: the `graph_breaks` log artifact's
+# first line names the innermost user line ("Graph break in user code at FILE:LINE", or "Graph
+# break (user stack suppressed ...) in user code at FILE:LINE" when repeated), and the reason
+# holds the gb_type on a line of its own.
+REPRO_BREAK_PROBE = _log_probe(
+    "graph_breaks_heard", "A list that fills with (file, line, gb_type lines) for each graph break "
+    "torch logs.", "graph_breaks", '''\
             first, _, reason = record.getMessage().partition("\\n")
             filename, _, line = first.rpartition(" in user code at ")[2].rpartition(":")
             if first.startswith("Graph break") and line.isdigit():
                 reason = reason.replace("Graph Break Reason: ", "", 1)
                 heard.append((filename, int(line), [text.strip() for text in reason.splitlines()]))
-
-    handler = Heard(logging.DEBUG)
-    torch._logging.set_logs(graph_breaks=True)
-    logging.getLogger("torch._dynamo").addHandler(handler)
-    try:
-        yield heard
-    finally:
-        logging.getLogger("torch._dynamo").removeHandler(handler)
-        torch._logging.set_logs()
-'''
-
+''')
 
 # The part of a recompile's repro script that hears recompiles: the `recompiles` artifact reads
 # "Recompiling function f in FILE:LINE\n    triggered by the following guard failure(s): ...".
-REPRO_RECOMPILE_PROBE = '''
-@contextlib.contextmanager
-def recompiles_heard():
-    """A list that fills with torch's message for each recompile it logs."""
-    heard = []
-
-    class Heard(logging.Handler):
-        def emit(self, record):
+REPRO_RECOMPILE_PROBE = _log_probe(
+    "recompiles_heard", "A list that fills with torch's message for each recompile it logs.",
+    "recompiles", '''\
             if record.getMessage().startswith("Recompiling function"):
                 heard.append(record.getMessage())
-
-    handler = Heard(logging.DEBUG)
-    torch._logging.set_logs(recompiles=True)
-    logging.getLogger("torch._dynamo").addHandler(handler)
-    try:
-        yield heard
-    finally:
-        logging.getLogger("torch._dynamo").removeHandler(handler)
-        torch._logging.set_logs()
-'''
+''')

@@ -12,6 +12,7 @@ from fullgraph.checks.report import (
     SCHEMA_VERSION,
     CheckReport,
     Report,
+    failed_guard,
     format_for_path,
     render,
     render_html,
@@ -279,3 +280,11 @@ def test_cudagraph_skips_are_listed_with_the_stack_inductor_gives():
     assert "| CUDA-graph skips | 1 |" in text and "CUDA graphs skipped" in text.splitlines()[0]
     assert f"## CUDA-graph skips\n\n```\n{message.rstrip()}\n```" in text
     assert "<pre>skipping cudagraphs due to mutated inputs" in render_html(report)
+
+
+def test_a_recompile_cause_is_the_failed_guard_without_its_entry_and_values():
+    # --compare and --repro group recompiles by it: each new length is the same cause.
+    assert failed_guard("0/0: size guard on x.size()[0]: expected 4, actual 5") == \
+        "size guard on x.size()[0]"
+    assert failed_guard("1/2: type guard on x") == "type guard on x"
+    assert failed_guard("RuntimeError: boom") == "RuntimeError"  # an error, not a reason
