@@ -401,13 +401,13 @@ def _report(args: argparse.Namespace, *, command: str, out: TextIO) -> int:
 def _with_repros(report: RecordedReport, inputs_path: str, directory: str, *,
                  reduce: bool) -> RecordedReport:
     from .report import with_repros
-    from .repro import make_repros
+    from .repro import REPRODUCES, make_repros
     from .repro_record import read_recorded
 
     data = report.to_dict()
     repros = make_repros(data, read_recorded(inputs_path), directory, reduce=reduce)
     written = [repro for repro in repros if repro["file"]]
-    verified = [repro for repro in written if repro["status"] == "reproduces"]
+    verified = [repro for repro in written if repro["status"] == REPRODUCES]
     print(f"fullgraph report: wrote {len(written)} repros in {directory}, {len(verified)} of them "
           f"reproduce on their own", file=sys.stderr)
     return with_repros(data, repros)
