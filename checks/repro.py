@@ -8,12 +8,12 @@ For each distinct graph break, a script that needs nothing but torch: the functi
 compiling when it broke (and the functions and classes of its file it uses, the torch and standard
 library imports, the constants), its arguments rebuilt from what they were when dynamo compiled it
 (a tensor from its shape, dtype, device, strides and requires_grad, with random values; Python
-values as they were), the torch.compile call the program made, and a check that the graph breaks
-at the same line with the same gb_type. Each script is run in a fresh interpreter: only those
-that print "reproduces" are called so. Delta debugging then drops the statements and arguments
-the break does not need (checks/repro_reduce.py). Where a script cannot stand alone (an argument
-that is a large module or an object of the program's own, a closure), none is written and the
-reason is given.
+values as they were) and the grad mode it had, the torch.compile call the program made (backend,
+fullgraph, dynamic, mode and options), and a check that the graph breaks at the same line with
+the same gb_type. Each script is run in a fresh interpreter: only those that print "reproduces"
+are called so. Delta debugging then drops the statements and arguments the break does not need
+(checks/repro_reduce.py). Where a script cannot stand alone (an argument that is a large module
+or an object of the program's own, a closure), none is written and the reason is given.
 """
 
 from __future__ import annotations
@@ -284,7 +284,8 @@ class ReproPlan:
 
     @staticmethod
     def grad_text(enabled: bool, always: bool = False) -> str:
-        """A line (after a newline) setting the grad mode a compile had: off, or `always`."""
+        """The line, after a newline, that sets the grad mode a compile had: none where grad was
+        on, unless `always`."""
         if enabled and not always:
             return ""
         return f"\n    torch.set_grad_enabled({enabled})  # as it was when dynamo compiled it"

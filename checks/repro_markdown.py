@@ -14,7 +14,7 @@ from collections.abc import Callable
 from .repro import REPRODUCES
 
 __all__ = ["INLINE_CHARS", "repros_markdown", "intro", "verified_shortest_first", "label",
-           "reduced", "listed"]
+           "reduced"]
 
 INLINE_CHARS = 8000
 
@@ -37,7 +37,7 @@ def repros_markdown(repros: list[dict], fence: Callable[[str, str], str]) -> lis
     rest = [repro for repro in repros if repro not in inlined]
     if rest:
         out += ["Not inlined:", ""]
-        out += [f"- {listed(repro)}" for repro in rest]
+        out += [f"- {_listed(repro)}" for repro in rest]
         out.append("")
     return out
 
@@ -76,7 +76,7 @@ def reduced(repro: dict) -> str:
             f"(each a fresh interpreter).")
 
 
-def listed(repro: dict) -> str:
+def _listed(repro: dict) -> str:
     name = f"`{repro['file']}`" if repro["file"] else "no script"
     head = f"{label(repro)}, {name}: {repro['status']}"
     if repro["status"] == REPRODUCES:

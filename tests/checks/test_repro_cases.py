@@ -317,8 +317,11 @@ def test_a_break_only_under_no_grad_and_a_grad_mode_recompile(repros_of):
                                                          ones(3, 5, requires_grad=True)))
     assert [entry["kind"] for entry in repros] == ["break", "recompile"]
     _assert_break_reproduces(repros[0], data["graph_breaks"][0], PRINT, (THIS, "evaluating"))
+    grad_off = "torch.set_grad_enabled(False)  # as it was when dynamo compiled it"
+    assert grad_off in repros[0]["script"]
     assert repros[1]["guard"] == "global state changed: grad_mode"
     assert repros[1]["status"] == REPRODUCES, repros[1]["why"]
+    assert repros[1]["script"].index("torch.set_grad_enabled(True)") < repros[1]["script"].index(grad_off)
 
 
 # -- torch.compile's mode and options ----------------------------------------------------------
