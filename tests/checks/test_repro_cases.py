@@ -68,6 +68,10 @@ def speaks_when_evaluating(x, w):  # test_grad_modes.py's
     return y.sum()
 
 
+def loss(x, w):  # test_grad_modes.py's, recompiled under inference_mode
+    return torch.tanh(x @ w).pow(2).sum()
+
+
 def async_all_reduce(x):  # test_collectives.py's
     y = x * 2
     work = dist.all_reduce(y, async_op=True)  # break: async
@@ -85,11 +89,13 @@ def announces(x):
 # -- running a program, its repros verified in this process -----------------------------------
 
 def _verify_here(path, *, timeout):
-    """What repro.verify says of the script at `path`, run in this process on a fresh dynamo."""
+    """What repro.verify says of the script at `path`, run in this process on a fresh dynamo (and
+    the grad mode it may set put back)."""
     out = io.StringIO()
     torch.compiler.reset()
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()), \
+                torch.set_grad_enabled(torch.is_grad_enabled()):
             runpy.run_path(os.fspath(path), run_name="__main__")
     except Exception as error:  # the script's AssertionError, or what the function raised
         return NOT_ON_ITS_OWN, f"{type(error).__name__}: {error}"
@@ -148,11 +154,11 @@ def qkv():
     return tuple(torch.randn(1, 2, 8, 4) for _ in range(3))
 
 
-def under_no_grad_after_grad(function, *args):
+def under_no_grad_after_grad(function, *args, mode=torch.no_grad):
     def program():
         step = torch.compile(function, backend="eager")
         step(*args)
-        with torch.no_grad():
+        with mode():
             step(*args)
     return program
 
@@ -186,7 +192,8 @@ def raising_after_its_break():
 #
 # Each expects, in order, one entry per repro:
 #   ("break", gb_type, (file, marker)): reproduces, the script's marked line being that source line
-#   ("recompile", guarded name): reproduces, recompiling on a guard on that name
+#   ("recompile", guarded name): reproduces, recompiling on a guard on that name (None: on
+#                                torch's global state, grad mode)
 #   (status, why): does not stand alone, saying why
 
 ITEM = "Unsupported Tensor.item() call with capture_scalar_outputs=False"
@@ -272,6 +279,13 @@ RECOMPILES = [
                  [("recompile", "x")], id="requires_grad"),
     pytest.param(compiled(recompile_zoo.scale, *[(ones(size),) for size in (2, 3, 4)], dynamic=False),
                  [("recompile", "x")], id="dynamic=False sizes"),
+    pytest.param(compiled(recompile_zoo.scale, (ones(3),), (ones(3, device="meta"),)),
+                 [("recompile", "x")], id="device"),
+    pytest.param(under_no_grad_after_grad(recompile_zoo.scale, ones(3)),
+                 [("recompile", None)], id="grad mode"),
+    pytest.param(under_no_grad_after_grad(loss, ones(4, 3), ones(3, 5, requires_grad=True),
+                                          mode=torch.inference_mode),
+                 [("recompile", None)], id="inference mode"),
     pytest.param(with_mark_dynamic_bounds, [("recompile", "x")], id="outside mark_dynamic bounds"),
     pytest.param(compiled(recompile_zoo.rows_sum, *[(ones(size, 4),) for size in (2, 3, 1)]),
                  [("recompile", "x")], id="below a dynamic bound"),
