@@ -68,8 +68,10 @@ def label(repro: dict) -> str:
 
 def reduced(repro: dict) -> str:
     statements, arguments = repro["statements"], repro["arguments"]
-    if statements is None:
+    if statements is None and repro["kind"] == "recompile":
         return "Reproduces (recompile repros are not reduced)."
+    if statements is None:
+        return "Reproduces (not reduced: --no-reduce)."
     return (f"Reproduces. Reduced from {_count(statements['before'], 'statement', 'statements')} "
             f"to {statements['after']} and from {_count(arguments['before'], 'argument', 'arguments')} "
             f"to {arguments['after']}, in {_count(repro['tries'], 'try', 'tries')} "
