@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._compat import breaks as torch_breaks
 from ._message import counted
-from .repro_markdown import repros_markdown
+from .repro_markdown import intro, label, reduced, repros_markdown, verified_shortest_first
 
 if TYPE_CHECKING:
     from .report import CheckReport, Report
@@ -372,6 +372,28 @@ def _compile_html(data: dict) -> str:
     for source in data["reproduction"]["sources"]:
         parts += [f"<p><code>{_e(source['filename'])}:{source['lineno']}</code> "
                   f"{_e(source['function'])}</p>", f"<pre><code>{_e(source['source'])}</code></pre>"]
+    if data["repros"] is not None:
+        parts.append(_repros_html(data["repros"]))
+    return "\n".join(parts)
+
+
+def _repros_html(repros: list[dict]) -> str:
+    """The Markdown's "Standalone repros", with every verified script: a page has the room an
+    issue body has not."""
+    parts = ["<h3>Standalone repros</h3>", f"<p>{_e(intro(repros))}</p>"]
+    verified = verified_shortest_first(repros)
+    for repro in verified:
+        parts += [f'<section class="repro"><h4>{_e(label(repro))}: <code>{_e(repro["file"])}</code>'
+                  f"</h4>", f"<p>{_e(reduced(repro))}</p>",
+                  f"<pre><code>{_e(repro['script'].rstrip(chr(10)))}</code></pre></section>"]
+    rest = [repro for repro in repros if repro not in verified]
+    if rest:
+        items = "".join(
+            f"<li>{_e(label(repro))}, "
+            + (f"<code>{_e(repro['file'])}</code>" if repro["file"] else "no script")
+            + f": {_e(repro['status'])}" + (f"<pre>{_e(repro['why'])}</pre>" if repro["why"] else "")
+            + "</li>" for repro in rest)
+        parts.append(f"<p>Without a verified script:</p><ul>{items}</ul>")
     return "\n".join(parts)
 
 

@@ -8,12 +8,12 @@ For each distinct graph break, a script that needs nothing but torch: the functi
 compiling when it broke (and the functions and classes of its file it uses, the torch and standard
 library imports, the constants), its arguments rebuilt from what they were when dynamo compiled it
 (a tensor from its shape, dtype, device, strides and requires_grad, with random values; Python
-values as they were), the torch.compile call the program made, and a check that the graph breaks
-at the same line with the same gb_type. Each script is run in a fresh interpreter: only those
-that print "reproduces" are called so. Delta debugging then drops the statements and arguments
-the break does not need (checks/repro_reduce.py). Where a script cannot stand alone (an argument
-that is a large module or an object of the program's own, a closure), none is written and the
-reason is given.
+values as they were) and the grad mode it had, the torch.compile call the program made (backend,
+fullgraph, dynamic, mode and options), and a check that the graph breaks at the same line with
+the same gb_type. Each script is run in a fresh interpreter: only those that print "reproduces"
+are called so. Delta debugging then drops the statements and arguments the break does not need
+(checks/repro_reduce.py). Where a script cannot stand alone (an argument that is a large module
+or an object of the program's own, a closure), none is written and the reason is given.
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ def _plan(brk: dict, frames: list[dict]) -> ReproPlan | str:
     if record is None:
         return ("no arguments were recorded for the functions on its stack (the program ended "
                 "before the compile finished, or the function was compiled before the report began)")
+    record = _at_a_break(record)
     found = blockers(record)
     if found:
         return "; ".join(found)
@@ -112,10 +113,22 @@ def _plan(brk: dict, frames: list[dict]) -> ReproPlan | str:
         return f"the source of {record['function']} cannot be read: {error}"
 
 
+def _at_a_break(record: dict) -> dict:
+    """`record` with the arguments and grad mode ("grad") of its first compile that met a graph
+    break (a function may break only under no_grad, say), else of its first compile."""
+    compile_id = next(iter(record["broke"] or record["compiles"]))
+    return {**record, "arguments": record["compiles"][compile_id],
+            "grad": record["grad_enabled"][compile_id]}
+
+
 def _recorded_frame(brk: dict, frames: list[dict]) -> dict | None:
     """The record of the innermost function on the break's stack that dynamo compiled on its own
-    (with the arguments it was called with)."""
-    for line in reversed(brk["frames"]):
+    (with the arguments it was called with). A break torch met while handling an earlier one is
+    about the frame it was compiling (a loop in it, say): that frame's, where it was recorded."""
+    stack = brk["frames"]
+    if brk["caused_by"]:
+        stack = [line for line in stack if line["function"] == brk["compiled_function"]] or stack
+    for line in reversed(stack):
         filename = os.path.abspath(line["filename"])
         for record in frames:
             if ((record["filename"], record["function"]) == (filename, line["function"])
@@ -200,7 +213,8 @@ class ReproPlan:
                       if text.endswith(_MARK))
         inputs = self.inputs_text(self.record["arguments"])
         main = _SCRIPT_MAIN.format(gb_type=self.brk["gb_type"], line=number, inputs=inputs,
-                                   compile=self.compile_text())
+                                   compile=self.compile_text(),
+                                   grad=self.grad_text(self.record["grad"]))
         return self.whole(head, main, torch_repro.REPRO_BREAK_PROBE)
 
     def head(self, docstring: str) -> str:
@@ -268,11 +282,58 @@ class ReproPlan:
         lines += [f"        {item}," for item in keyword]
         return "\n".join([*lines, "    }"])
 
+    @staticmethod
+    def grad_text(enabled: bool, always: bool = False) -> str:
+        """The line, after a newline, that sets the grad mode a compile had: none where grad was
+        on, unless `always`."""
+        if enabled and not always:
+            return ""
+        return f"\n    torch.set_grad_enabled({enabled})  # as it was when dynamo compiled it"
+
     def compile_text(self) -> str:
-        options = self.record["compile"]
-        backend = options["backend"] or "eager"
-        return (f"torch.compile({self.root.name}, backend={backend!r}, "
-                f"fullgraph={options['fullgraph']}, dynamic={options['dynamic']})")
+        """torch.compile as the program called it. A callable backend becomes eager, without the
+        mode and options it was given: graph breaks and recompiles happen in dynamo, before any
+        backend sees a graph."""
+        call = self.record["compile"]
+        head = (f"torch.compile({self.root.name}, backend={call['backend'] or 'eager'!r}, "
+                f"fullgraph={call['fullgraph']}, dynamic={call['dynamic']}")
+        if call["backend"] is None or (call["mode"] is None and call["options"] is None):
+            return head + ")"
+        lines = ["torch.compile(", head.removeprefix("torch.compile(") + ","]
+        if call["cudagraphs"] and _on_cpu(self.record["arguments"]):
+            lines += ["# As the program called it. CUDA graphs need a GPU: with these CPU tensors",
+                      "# inductor skips them, as it did in the program; graph breaks and recompiles",
+                      "# happen in dynamo, before the backend."]
+        if call["mode"] is not None:
+            lines.append(f"mode={call['mode']!r},")
+        if call["options"] is not None:
+            lines += _options_lines(call["options"])
+        return "\n        ".join(lines) + "\n    )"
+
+
+def _on_cpu(arguments: list[dict]) -> bool:
+    """Whether every tensor among the recorded `arguments` is on the CPU."""
+    def devices(spec: dict) -> list[str]:
+        if spec["kind"] == "tensor":
+            return [spec["device"]]
+        items = spec.get("items") or []
+        return [device for item in (items.values() if spec["kind"] == "dict" else items)
+                for device in devices(item)]
+    return all(device == "cpu" for argument in arguments for device in devices(argument["value"]))
+
+
+def _options_lines(spec: dict) -> list[str]:
+    """`options={...},` for torch.compile's recorded `options`, leaving out (and naming) those a
+    script cannot rebuild: they configure the backend, and the break is dynamo's."""
+    if spec["kind"] != "dict":
+        return [f"# options left out: a {spec['type']}, which a script cannot rebuild"]
+    items = spec["items"]
+    left_out = [name for name, item in items.items() if _unbuildable(item)]
+    kept = {"kind": "dict", "items": {name: item for name, item in items.items()
+                                      if name not in left_out}}
+    note = ([f"# left out of options: {', '.join(left_out)}, which a script cannot rebuild"]
+            if left_out else [])
+    return [*note, f"options={_expression(kept)},"]
 
 
 def _find_function(tree: ast.Module, name: str, firstlineno: int) -> ast.FunctionDef:
@@ -414,16 +475,27 @@ LINE = {line}  # the line marked "<- graph break" above
 
 
 def main():
-    torch.manual_seed(0)
+    torch.manual_seed(0){grad}
     args, kwargs = {inputs}
     compiled = {compile}
     with graph_breaks_heard() as heard:
-        compiled(*args, **kwargs)
-    here = [(line, reason) for filename, line, reason in heard if filename == __file__]
-    if not any(line == LINE and GB_TYPE in reason for line, reason in here):
-        seen = [(line, reason[0] if reason else "") for line, reason in here]
+        try:
+            compiled(*args, **kwargs)
+        except Exception:
+            if not breaks_here(heard):
+                raise
+            # It broke where it should, then failed as the program may have: the break is the point.
+    if not breaks_here(heard):
+        seen = [(line, reason[0] if reason else "") for filename, line, reason in heard
+                if filename == __file__]
         raise AssertionError(f"expected a graph break {{GB_TYPE!r}} at line {{LINE}}; heard {{seen}}")
-    print("{reproduces}")'''.replace("{reproduces}", REPRODUCES)
+    print("{reproduces}")
+
+
+def breaks_here(heard):
+    """Whether torch broke the graph at LINE of this file with GB_TYPE."""
+    return any(filename == __file__ and line == LINE and GB_TYPE in reason
+               for filename, line, reason in heard)'''.replace("{reproduces}", REPRODUCES)
 
 _TENSOR = '''\
 def tensor(shape, stride, dtype, device, requires_grad=False):

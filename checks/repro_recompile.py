@@ -89,9 +89,12 @@ def _script(compile_: dict, failed_entry: str, guard: str, frames: list[dict]
         f"guard on the same name, and raises otherwise. Tensor arguments have the recorded "
         f"shapes, dtypes, devices and strides, with random values.", width=96)
     guarded = _GUARDED.search(guard)
+    grads = [record["grad_enabled"][failed_entry], record["grad_enabled"][compile_["compile_id"]]]
     main = _MAIN.format(function=function, guarded=guarded[1] if guarded else None,
                         before=plan.inputs_text(before), after=plan.inputs_text(after),
-                        compile=plan.compile_text())
+                        compile=plan.compile_text(),
+                        grad_before=plan.grad_text(grads[0], always=not all(grads)),
+                        grad_after=plan.grad_text(grads[1], always=not all(grads)))
     return plan.whole(plan.head(docstring), main, torch_repro.REPRO_RECOMPILE_PROBE), None
 
 
@@ -103,9 +106,9 @@ GUARDED = {guarded!r}  # what the guard that failed was on
 def main():
     torch.manual_seed(0)
     compiled = {compile}
-    args, kwargs = {before}
+    args, kwargs = {before}{grad_before}
     compiled(*args, **kwargs)
-    args, kwargs = {after}
+    args, kwargs = {after}{grad_after}
     with recompiles_heard() as heard:
         compiled(*args, **kwargs)
     words = [message.replace("'", " ").replace(".", " ").replace("[", " ").split()

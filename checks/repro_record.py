@@ -21,6 +21,8 @@ import torch
 
 from fullgraph.model.launch import read_written
 
+from ._compat import dynamo as torch_dynamo
+from ._compat import hooks as torch_hooks
 from ._compat import repro as torch_repro
 
 __all__ = ["EXACT_VALUES", "MODULE_PARAMETERS", "MAX_COMPILES", "InputRecorder", "describe", "read_recorded"]
@@ -35,10 +37,12 @@ MAX_COMPILES = 16  # compiles of one function whose arguments are kept
 
 class InputRecorder:
     """Records the arguments of each function dynamo compiles, at each of its first MAX_COMPILES
-    compiles, with how torch.compile was called on it.
+    compiles, with how torch.compile was called on it, the grad mode of each of those compiles
+    and which of them met a graph break.
 
     to_dict(): {"frames": [{filename, function, firstlineno, closure, compile, arguments (those
-    of its first compile), compiles: {compile_id: arguments}}]}.
+    of its first compile), compiles: {compile_id: arguments}, grad_enabled: {compile_id: bool},
+    broke: [compile_id]}]}.
     """
 
     def __init__(self, on_record: Callable[[], None] | None = None) -> None:
@@ -48,20 +52,33 @@ class InputRecorder:
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[InputRecorder]:
-        with torch_repro.compile_start_hook(self._record):
+        with torch_repro.compile_start_hook(self._record), torch_hooks.graph_break_hook(self._broke):
             yield self
 
     def to_dict(self) -> dict:
         with self._lock:
-            return {"frames": [{**frame, "compiles": dict(frame["compiles"])}
+            return {"frames": [{**frame, "compiles": dict(frame["compiles"]),
+                                "grad_enabled": dict(frame["grad_enabled"]),
+                                "broke": list(frame["broke"])}
                                for frame in self._frames.values()]}
+
+    def _broke(self, *_: object) -> None:
+        # A function may break only in some of its compiles (under no_grad, say): its repro
+        # replays one of those.
+        frame, compile_id = torch_repro.compiling_frame(), torch_dynamo.current_compile_id()
+        if frame is None or compile_id is None:
+            return
+        with self._lock:
+            known = self._frames.get(_key(frame))
+            if known is not None and compile_id in known["compiles"] and compile_id not in known["broke"]:
+                known["broke"].append(compile_id)
 
     def _record(self, frame: torch_repro.CompilingFrame, compile_id: str | None) -> None:
         # A resume function's locals are the rest of a function's state, not arguments anyone
         # passed: the function's own compile has those.
         if torch_repro.is_resume_code(frame.code) or compile_id is None:
             return
-        key = f"{frame.code.co_filename}:{frame.code.co_firstlineno}:{frame.code.co_name}"
+        key = _key(frame)
         with self._lock:
             known = self._frames.get(key)
             if known is not None and (compile_id in known["compiles"]
@@ -74,9 +91,14 @@ class InputRecorder:
             return
         with self._lock:
             record["compiles"][compile_id] = arguments
+            record["grad_enabled"][compile_id] = torch.is_grad_enabled()
             self._frames.setdefault(key, record)
         if self._on_record is not None:
             self._on_record()
+
+
+def _key(frame: torch_repro.CompilingFrame) -> str:
+    return f"{frame.code.co_filename}:{frame.code.co_firstlineno}:{frame.code.co_name}"
 
 
 def _frame_record(frame: torch_repro.CompilingFrame, arguments: list[dict]) -> dict:
@@ -85,8 +107,10 @@ def _frame_record(frame: torch_repro.CompilingFrame, arguments: list[dict]) -> d
             "firstlineno": code.co_firstlineno, "arguments": arguments,
             "closure": list(code.co_freevars),
             "compile": {"backend": frame.backend, "fullgraph": frame.fullgraph,
-                        "dynamic": frame.dynamic},
-            "compiles": {}}
+                        "dynamic": frame.dynamic, "mode": frame.mode,
+                        "options": None if frame.options is None else describe(frame.options),
+                        "cudagraphs": frame.cudagraphs},
+            "compiles": {}, "grad_enabled": {}, "broke": []}
 
 
 def _arguments(frame: torch_repro.CompilingFrame) -> list[dict]:

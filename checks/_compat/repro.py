@@ -33,7 +33,9 @@ class CompilingFrame:
     """The frame dynamo is compiling, as it was entered, and how torch.compile was called on it.
 
     backend: the name torch.compile was given, None for a callable backend; dynamic: as
-    torch.compile's argument (False and True patch dynamo's config for the compile, None does not).
+    torch.compile's argument (False and True patch dynamo's config for the compile, None does not);
+    mode and options: as torch.compile's arguments, None where not given (or "default");
+    cudagraphs: whether they turn on inductor's CUDA graphs.
     """
 
     code: types.CodeType
@@ -41,6 +43,9 @@ class CompilingFrame:
     backend: str | None
     fullgraph: bool
     dynamic: bool | None
+    mode: str | None
+    options: dict[str, Any] | None
+    cudagraphs: bool
 
 
 def compiling_frame() -> CompilingFrame | None:
@@ -60,8 +65,35 @@ def _frame_of(tx: Any) -> CompilingFrame:
     config = torch._dynamo.config
     dynamic = (False if not config.automatic_dynamic_shapes
                else True if not config.assume_static_by_default else None)
+    mode, options, cudagraphs = _mode_and_options(getattr(tx.output, "compiler_fn", None))
     return CompilingFrame(tx.f_code, dict(tx.f_locals),
-                          name if name in backend_names() else None, bool(tx.one_graph), dynamic)
+                          name if name in backend_names() else None, bool(tx.one_graph), dynamic,
+                          mode, options, cudagraphs)
+
+
+def _mode_and_options(compiler_fn: Any) -> tuple[str | None, dict[str, Any] | None, bool]:
+    """torch.compile's mode and options, read back from the backend object it built, and whether
+    they turn on inductor's CUDA graphs.
+
+    A backend other than inductor (torch._TorchCompileWrapper) keeps them as given, in `kwargs`.
+    Inductor's (torch._TorchCompileInductorWrapper) keeps only the config patches they make,
+    merged in `config`; torch.compile refuses both at once, so patches equal to a mode's are
+    that mode, and any others are the options.
+    """
+    given = getattr(compiler_fn, "_torchdynamo_orig_backend", compiler_fn)
+    kwargs = getattr(given, "kwargs", None)
+    if isinstance(kwargs, dict):
+        return kwargs.get("mode"), kwargs.get("options"), False
+    patches = getattr(given, "config", None)
+    if not isinstance(patches, dict) or not patches or not hasattr(given, "apply_mode"):
+        return None, None, False
+    from torch._inductor import list_mode_options
+
+    cudagraphs = bool(patches.get("triton.cudagraphs"))
+    modes = list_mode_options(None, getattr(given, "dynamic", None))
+    mode = next((name for name, options in modes.items()
+                 if name != "default" and options == patches), None)
+    return (mode, None, cudagraphs) if mode else (None, dict(patches), cudagraphs)
 
 
 _COMPILE_START_HOOKS = ActiveHooks()
@@ -122,7 +154,9 @@ def {name}():
 # The part of a repro script that hears torch's graph breaks: the `graph_breaks` log artifact's
 # first line names the innermost user line ("Graph break in user code at FILE:LINE", or "Graph
 # break (user stack suppressed ...) in user code at FILE:LINE" when repeated), and the reason
-# holds the gb_type on a line of its own.
+# holds the gb_type on a line of its own. A break inside one of torch's polyfills names torch's
+# file there: then the innermost frame of the script's own in the "User code traceback" that
+# follows (`File "FILE", line N, in f`) is the user's line.
 REPRO_BREAK_PROBE = _log_probe(
     "graph_breaks_heard", "A list that fills with (file, line, gb_type lines) for each graph break "
     "torch logs.", "graph_breaks", '''\
@@ -130,7 +164,12 @@ REPRO_BREAK_PROBE = _log_probe(
             filename, _, line = first.rpartition(" in user code at ")[2].rpartition(":")
             if first.startswith("Graph break") and line.isdigit():
                 reason = reason.replace("Graph Break Reason: ", "", 1)
-                heard.append((filename, int(line), [text.strip() for text in reason.splitlines()]))
+                lines = [text.strip() for text in reason.splitlines()]
+                ours = [text.partition(", line ")[2].partition(",")[0] for text in lines
+                        if text.startswith(f'File "{__file__}", line ')]
+                if filename != __file__ and ours:
+                    filename, line = __file__, ours[-1]
+                heard.append((filename, int(line), lines))
 ''')
 
 # The part of a recompile's repro script that hears recompiles: the `recompiles` artifact reads

@@ -57,7 +57,8 @@ def test_the_arguments_are_recorded_when_dynamo_compiles_the_frame_that_breaks()
     recorded = _recorded(zoo.reads_item, torch.ones(2, 3))
     [frame] = recorded["frames"]
     assert frame["function"] == "reads_item" and frame["filename"] == str(zoo.SOURCE)
-    assert frame["compile"] == {"backend": "eager", "fullgraph": False, "dynamic": False}
+    assert frame["compile"] == {"backend": "eager", "fullgraph": False, "dynamic": False,
+                                "mode": None, "options": None, "cudagraphs": False}
     [argument] = frame["arguments"]
     assert argument["name"] == "x" and argument["value"]["shape"] == [2, 3]
 
