@@ -31,7 +31,7 @@ try:
 except ImportError:  # torch's CPU build: the callers keep to their PyTorch path
     triton = None
 
-__all__ = ["has_triton", "int8_gemv", "decode_attention", "paged_decode_attention"]
+__all__ = ["has_triton", "int8_gemv", "int4_gemv", "decode_attention", "paged_decode_attention"]
 
 
 def has_triton(x: Tensor) -> bool:
@@ -73,6 +73,70 @@ if triton is not None:
         y = torch.empty(n, dtype=x.dtype, device=x.device)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
         torch.library.wrap_triton(_int8_gemv_kernel)[grid](x, weight, scales, y, n, k)
+        return y
+
+    def _int4_gemv_configs() -> list:
+        return [triton.Config({"BLOCK_TILES": tiles, "BLOCK_OUTER": outer}, num_warps=warps)
+                for tiles in (1, 2, 4) for outer in (1, 2, 4, 8) for warps in (2, 4, 8)
+                if tiles * outer * 8 // warps >= 1]
+
+    @triton.autotune(configs=_int4_gemv_configs(), key=["N", "K_OUTER"])
+    @triton.jit
+    def _int4_gemv_kernel(x_ptr, w_ptr, sz_ptr, y_ptr, N, K_OUTER,
+                          GROUP: tl.constexpr, WORDS: tl.constexpr,
+                          BLOCK_TILES: tl.constexpr, BLOCK_OUTER: tl.constexpr):
+        # The weight is in torch's CUDA int4 layout, int32 (N / 8, K_OUTER, 32, WORDS): the word
+        # [tile, outer, lane, word] holds row tile * 8 + lane // 4, and its nibble p (bits 4p..4p+3)
+        # the input k = 32 * (outer * WORDS + word) + 2 * (lane % 4) + 8 * (p % 4) + p // 4. A
+        # word's 32 inputs lie in one group, so each word needs one scale and zero. The order in
+        # which a GEMV reads the weight does not matter: it reads the words as they lie and sends
+        # each nibble to its row and input.
+        ROWS: tl.constexpr = BLOCK_TILES * 8
+        COLS: tl.constexpr = BLOCK_OUTER * 4 * WORDS
+        r = tl.arange(0, ROWS)
+        c = tl.arange(0, COLS)
+        tile = tl.program_id(0) * BLOCK_TILES + r // 8
+        rows = tile * 8 + r % 8
+        row_ok = rows < N
+        quad, word = (c // WORDS) % 4, c % WORDS
+        acc = tl.zeros((ROWS, COLS), tl.float32)
+        for outer_start in range(0, K_OUTER, BLOCK_OUTER):
+            outer = outer_start + c // (4 * WORDS)
+            col_ok = outer < K_OUTER
+            first = 32 * (outer * WORDS + word)  # the word's first input; one group holds it all
+            offsets = (tile[:, None].to(tl.int64) * K_OUTER * 32 * WORDS + outer[None, :] * 32 * WORDS
+                       + ((r % 8)[:, None] * 4 + quad[None, :]) * WORDS + word[None, :])
+            words = tl.load(w_ptr + offsets, mask=row_ok[:, None] & col_ok[None, :], other=0,
+                            eviction_policy="evict_first")
+            dot = tl.zeros((ROWS, COLS), tl.float32)
+            x_sum = tl.zeros((COLS,), tl.float32)
+            for p in tl.static_range(8):
+                x = tl.load(x_ptr + first + 2 * quad + 8 * (p % 4) + p // 4, mask=col_ok,
+                            other=0.0).to(tl.float32)
+                dot += ((words >> (4 * p)) & 15).to(tl.float32) * x[None, :]
+                x_sum += x
+            group = first // GROUP
+            sz = sz_ptr + (group[None, :] * N + rows[:, None]) * 2
+            both_ok = row_ok[:, None] & col_ok[None, :]
+            scale = tl.load(sz, mask=both_ok, other=0.0).to(tl.float32)
+            zero = tl.load(sz + 1, mask=both_ok, other=0.0).to(tl.float32)
+            # sum over the word of ((q - 8) * scale + zero) * x
+            acc += scale * (dot - 8 * x_sum[None, :]) + zero * x_sum[None, :]
+        tl.store(y_ptr + rows, tl.sum(acc, 1).to(y_ptr.dtype.element_ty), mask=row_ok)
+
+    @torch.library.triton_op("fullgraph::int4_gemv", mutates_args=())
+    def int4_gemv(x: Tensor, packed: Tensor, scales_and_zeros: Tensor) -> Tensor:
+        """x @ W.T for one row x (K,) and W stored in torch's CUDA int4 layout: (N,).
+
+        packed: int32 (N / 8, K / (32 * words), 32, words); scales_and_zeros (K / group, N, 2),
+        W = (q - 8) * scale + zero, as torch's int4 matmul reads them.
+        """
+        n_tiles, k_outer, _, words = packed.shape
+        groups, n, _ = scales_and_zeros.shape
+        y = torch.empty(n, dtype=x.dtype, device=x.device)
+        grid = lambda meta: (triton.cdiv(n_tiles, meta["BLOCK_TILES"]),)  # noqa: E731
+        torch.library.wrap_triton(_int4_gemv_kernel)[grid](
+            x, packed, scales_and_zeros, y, n, k_outer, GROUP=x.shape[0] // groups, WORDS=words)
         return y
 
     @triton.jit
@@ -169,6 +233,10 @@ else:
     def int8_gemv(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
         """(x @ weight.T) * scales for one row x (K,), int8 weight (N, K), scales (N,): (N,)."""
         raise RuntimeError("int8_gemv needs triton, which this torch build does not have")
+
+    def int4_gemv(x: Tensor, packed: Tensor, scales_and_zeros: Tensor) -> Tensor:
+        """x @ W.T for one row x (K,) and W stored in torch's CUDA int4 layout: (N,)."""
+        raise RuntimeError("int4_gemv needs triton, which this torch build does not have")
 
     def paged_decode_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_table: Tensor,
                                positions: Tensor, block_size: int, split_len: int) -> Tensor:

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fullgraph.model.kernels import decode_attention, has_triton, int8_gemv
+from fullgraph.model.kernels import decode_attention, has_triton, int4_gemv, int8_gemv
+from fullgraph.model.quant import dequantize, quantize
 
 
 def test_cpu_tensors_keep_to_the_plain_torch_path():
@@ -35,3 +36,18 @@ def test_decode_attention_equals_sdpa_over_the_positions_written(split_len):
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=True)
     actual = decode_attention(q, k, v, positions, split_len)
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n, k, group_size", [(8, 64, 32), (96, 384, 64), (4096, 11008, 128),
+                                             (11008, 4096, 32)])
+def test_int4_gemv_reads_torchs_cuda_int4_layout(n, k, group_size):
+    weight = torch.randn(n, k, dtype=torch.bfloat16, device="cuda")
+    params = quantize({"output.weight": weight}, "int4", group_size=group_size)
+    x = torch.randn(k, dtype=torch.bfloat16, device="cuda")
+    # dequantize unpacks through torch's own int4 matmul, so this holds the kernel to its reading.
+    expected = dequantize(params)["output.weight"].float() @ x.float()
+    actual = int4_gemv(x, params["output.weight"], params["output.scales_and_zeros"]).float()
+    # The bf16 weights and outputs round differently along 11,008 inputs; a misread layout is off
+    # by the output's whole size.
+    assert torch.linalg.norm(actual - expected) / torch.linalg.norm(expected) < 1e-2
