@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-from fullgraph.model import forward, fuse_projections_, init_params, new_cache
+from fullgraph.model import LlamaConfig, forward, fuse_projections_, init_params, new_cache
 from fullgraph.model.generate import decode_step, step_functions
 from fullgraph.model.quant import ERROR_BOUNDS, dequantize, quantize
 
@@ -320,6 +320,25 @@ def test_cuda_quantized_forward_equals_the_forward_on_fake_quantized_weights(tin
     assert_parity(forward(quantized, tokens, cfg=tiny_cfg), expected, dtype=torch.bfloat16)
     compiled = torch.compile(forward, fullgraph=True)(quantized, tokens, cfg=tiny_cfg)
     assert_parity(compiled, expected, dtype=torch.bfloat16)
+
+
+@pytest.mark.gpu
+def test_llama2_7b_quantized_logits_are_within_the_documented_bound(capsys):
+    # The bounds at full size: 32 layers of 4096 on random bf16 weights, 2 x 256 positions, every
+    # scheme against the same dense logits (the kernels of batch 1 are not on this path).
+    cfg = LlamaConfig.from_name("llama2-7b")
+    params = init_params(cfg, seed=3, dtype=torch.bfloat16, device="cuda")
+    tokens = torch.randint(0, cfg.vocab_size, (2, 256), device="cuda",
+                           generator=torch.Generator(device="cuda").manual_seed(1))
+    with torch.inference_mode():
+        dense = forward(params, tokens, cfg=cfg).float()
+        for scheme, group_size in [("int8", None), ("int4", 32), ("int4", 64), ("int4", 128)]:
+            quantized = forward(quantize(params, scheme, group_size=group_size), tokens, cfg=cfg)
+            relative, agreement = error_against(quantized.float(), dense)
+            with capsys.disabled():
+                print(f"\nllama2-7b {scheme} group {group_size}: relative RMS {relative:.4f}, "
+                      f"greedy agreement {agreement:.3f}")
+            assert_within_bound(quantized.float(), dense, scheme)
 
 
 @pytest.mark.gpu
