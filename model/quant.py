@@ -164,7 +164,7 @@ def linear(params: dict[str, Tensor], x: Tensor, name: str) -> Tensor:
     weight = params[f"{name}.weight"]
     scales = params.get(f"{name}.{_INT8_SCALES}")
     if scales is not None:
-        if x.numel() == x.shape[-1] and has_triton(x):
+        if has_triton(x) and x.numel() == x.shape[-1]:
             # One row (batch-1 decode): a matrix-vector kernel that reads the weights near the
             # memory's speed, where inductor's reduction reaches about half of it.
             return int8_gemv(x.reshape(-1), weight, scales).view(*x.shape[:-1], -1)
@@ -180,7 +180,7 @@ def linear(params: dict[str, Tensor], x: Tensor, name: str) -> Tensor:
 def _int4_linear(x: Tensor, packed: Tensor, scales_and_zeros: Tensor) -> Tensor:
     groups, n, _ = scales_and_zeros.shape
     k = x.shape[-1]
-    if x.numel() == k and has_triton(x):
+    if has_triton(x) and x.numel() == k:
         # One row: a matrix-vector kernel over the same layout, where torch's tensor-core kernel
         # reads the weights at about 60% of the memory's speed at one row.
         y = int4_gemv(x.reshape(k).to(scales_and_zeros.dtype), packed, scales_and_zeros)
