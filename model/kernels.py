@@ -52,12 +52,12 @@ if triton is not None:
         return configs[-1:] if INTERPRETED else configs
 
     def _gemv_configs() -> list:
-        # One to a few rows per program: many programs keep enough loads in flight to saturate
-        # the memory; wider K blocks give each thread 16-byte loads.
+        # (rows, K block, warps): one to a few rows per program, so that many programs keep enough
+        # loads in flight to saturate the memory; wide K blocks give each thread 16-byte loads.
+        # Few configs: inductor compiles each one for each shape while compiling the model.
         return _tuned([triton.Config({"BLOCK_N": rows, "BLOCK_K": width}, num_warps=warps)
-                       for rows in (1, 2, 4, 8) for width in (256, 512, 1024, 2048)
-                       for warps in (2, 4, 8)
-                       if rows * width // (32 * warps) >= 4 and rows * width <= 8192])
+                       for rows, width, warps in [(1, 2048, 4), (2, 1024, 4), (4, 512, 4),
+                                                  (2, 2048, 8), (4, 1024, 8), (8, 512, 8)]])
 
     @triton.autotune(configs=_gemv_configs(), key=["N", "K"])
     @triton.jit
@@ -87,8 +87,10 @@ if triton is not None:
         return y
 
     def _int4_gemv_configs() -> list:
+        # (row tiles of 8, groups of 32 inputs a row, warps), few for the same reason.
         return _tuned([triton.Config({"BLOCK_TILES": tiles, "BLOCK_OUTER": outer}, num_warps=warps)
-                       for tiles in (1, 2, 4) for outer in (1, 2, 4, 8) for warps in (2, 4, 8)])
+                       for tiles, outer, warps in [(1, 4, 4), (1, 8, 4), (2, 2, 4), (2, 4, 4),
+                                                   (4, 2, 8), (4, 4, 8)]])
 
     @triton.autotune(configs=_int4_gemv_configs(), key=["N", "K_OUTER"])
     @triton.jit
