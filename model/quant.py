@@ -42,10 +42,11 @@ class ErrorBound(NamedTuple):
     min_greedy_agreement: float  # share of positions whose argmax token is the dense model's
 
 
-# Measured on random weights (the tiny config in fp32 and bf16, 2 x 256 tokens, 3 seeds): int8
-# 0.008-0.010 relative RMS and 0.98-0.99 agreement; int4 with groups of 32, 0.099 and 0.81-0.88.
-# The bounds leave room for other seeds and devices; a wrong scale or layout lands far outside.
-ERROR_BOUNDS = {"int8": ErrorBound(0.02, 0.95), "int4": ErrorBound(0.15, 0.75)}
+# Measured on random weights, 2 x 256 tokens: the tiny config in fp32 and bf16 (3 seeds), int8
+# 0.008-0.010 relative RMS and 0.98-0.99 agreement, int4 with groups of 32, 0.099 and 0.81-0.88;
+# Llama-2-7B's shapes in bf16 on an H100, int8 0.0185 and 0.949. The bounds leave room for other
+# seeds, sizes and devices; one wrong scale lands far outside (0.58 and 0.28 on the tiny config).
+ERROR_BOUNDS = {"int8": ErrorBound(0.03, 0.93), "int4": ErrorBound(0.15, 0.75)}
 
 # The suffixes quantization adds beside a weight; their presence is what `linear` dispatches on.
 _INT8_SCALES = "scales"
