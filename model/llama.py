@@ -23,7 +23,9 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from .cache import KVCache
 from .config import LlamaConfig
+from .kernels import decode_attention, has_triton
 from .paged import (
+    MAX_SPLITS,
     PagedKVCache,
     check_paged_inputs,
     gather_pages,
@@ -138,6 +140,10 @@ def attention(
         # Always causal: for one token it changes nothing, and `S > 1` would be a SymBool once the
         # length is dynamic, which scaled_dot_product_attention does not take (a graph break).
         y = _sdpa(q, k, v, mask=None, is_causal=True, backend=sdpa_backend)
+    elif S == 1 and sdpa_backend == "auto" and has_triton(q):
+        # Decode on CUDA: split-KV that reads each row's keys up to its position (kernels.py).
+        per_split = -(-k.shape[2] // MAX_SPLITS)
+        y = decode_attention(q, k, v, input_pos.expand(B), -(-per_split // 16) * 16)
     else:
         positions = torch.arange(k.shape[2], device=x.device)
         mask = positions[None, :] <= input_pos[:, None]  # (S, T)

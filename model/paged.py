@@ -14,11 +14,13 @@ Page 0 is the null page. The allocator never hands it out; table entries past a 
 and the rows of an idle batch slot point at it. Its contents are never attended to by a real
 sequence (every position a row reads lies in its own pages), so idle rows may write there.
 
-Decode attention is split-KV (flash decoding), written in plain torch: the keys are cut into
-splits, each split gives its softmax max, sum and weighted values, and the splits are combined
-by their log-sum-exp. Indexing the pool with the table is a load that inductor fuses into the
-score and value reductions, so a compiled decode step reads each page once, with no gathered copy
-and parallel over the splits even at batch 1.
+Decode attention is split-KV (flash decoding): the keys are cut into splits, each split gives its
+softmax max, sum and weighted values, and the splits are combined by their log-sum-exp. In plain
+torch, indexing the pool with the table is a load that inductor fuses into the score and value
+reductions, so a compiled decode step reads each page once, with no gathered copy and parallel
+over the splits even at batch 1. On CUDA a triton kernel does the same splits and also skips the
+pages past each row's position (kernels.py); the plain-torch version is what it is tested
+against.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import LlamaConfig
+from .kernels import has_triton, paged_decode_attention
 
 __all__ = [
     "NULL_PAGE",
@@ -234,6 +237,10 @@ def split_kv_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_table: T
     B, H, _, D = q.shape
     K = k_pool.shape[1]
     pages_per_split = -(-block_table.shape[1] // MAX_SPLITS)
+    if has_triton(q):
+        # The same splits in one kernel that stops at each row's position (kernels.py).
+        return paged_decode_attention(q, k_pool, v_pool, block_table, positions.reshape(B),
+                                      block_size, pages_per_split * block_size)
     # Pad the table with null pages to whole splits; positions there are past every row's end.
     table = F.pad(block_table, (0, -block_table.shape[1] % pages_per_split), value=NULL_PAGE)
     n_splits, split_len = table.shape[1] // pages_per_split, pages_per_split * block_size

@@ -82,8 +82,10 @@ def test_rows_at_different_positions_equal_each_row_alone(tiny_cfg, tiny_params)
     torch.testing.assert_close(actual, torch.cat(expected), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("pages", [5, MAX_SPLITS + 7], ids=["one page a split", "padded splits"])
-def test_split_kv_attention_equals_sdpa_over_the_gathered_pages(pages):
+def test_split_kv_attention_equals_sdpa_over_the_gathered_pages(pages, device):
+    # On CUDA this is the triton kernel (kernels.py), on CPU the plain-torch splits.
     batch, heads, kv_heads, head_dim, block_size = 3, 4, 2, 8, 2
     generator = torch.Generator().manual_seed(pages)
     pool_rows = (1 + batch * pages) * block_size
@@ -92,9 +94,10 @@ def test_split_kv_attention_equals_sdpa_over_the_gathered_pages(pages):
     table = _shuffled_table(batch, pages, seed=pages)
     # First position, one inside the last page, and one mid-way, so some splits see nothing.
     positions = torch.tensor([[0], [pages * block_size - 1], [pages * block_size // 2]])
+    k_pool, v_pool, q, table, positions = (t.to(device) for t in (k_pool, v_pool, q, table, positions))
     actual = split_kv_attention(q, k_pool, v_pool, table, positions, block_size=block_size)
     keys, values = (gather_pages(pool, table, block_size) for pool in (k_pool, v_pool))
-    visible = torch.arange(keys.shape[2]) <= positions[:, :, None]
+    visible = torch.arange(keys.shape[2], device=device) <= positions[:, :, None]
     expected = F.scaled_dot_product_attention(q, keys, values, attn_mask=visible[:, None],
                                               enable_gqa=True)
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)

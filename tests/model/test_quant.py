@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-from fullgraph.model import forward, fuse_projections_, init_params, new_cache
+from fullgraph.model import LlamaConfig, forward, fuse_projections_, init_params, new_cache
 from fullgraph.model.generate import decode_step, step_functions
 from fullgraph.model.quant import ERROR_BOUNDS, dequantize, quantize
 
@@ -323,6 +323,28 @@ def test_cuda_quantized_forward_equals_the_forward_on_fake_quantized_weights(tin
 
 
 @pytest.mark.gpu
+def test_llama2_7b_quantized_logits_are_within_the_documented_bound(capsys):
+    # The bounds at full size: 32 layers of 4096 on random bf16 weights, 2 x 256 positions, every
+    # scheme against the same dense logits (the kernels of batch 1 are not on this path).
+    cfg = LlamaConfig.from_name("llama2-7b")
+    params = init_params(cfg, seed=3, dtype=torch.bfloat16, device="cuda")
+    tokens = torch.randint(0, cfg.vocab_size, (2, 256), device="cuda",
+                           generator=torch.Generator(device="cuda").manual_seed(1))
+    schemes = [("int8", None), ("int4", 32), ("int4", 64), ("int4", 128)]
+    with torch.inference_mode():
+        dense = forward(params, tokens, cfg=cfg).float()
+        logits = [forward(quantize(params, scheme, group_size=group_size), tokens, cfg=cfg).float()
+                  for scheme, group_size in schemes]
+    for (scheme, group_size), quantized in zip(schemes, logits):
+        relative, agreement = error_against(quantized, dense)
+        with capsys.disabled():
+            print(f"\nllama2-7b {scheme} group {group_size}: relative RMS {relative:.4f}, "
+                  f"greedy agreement {agreement:.3f}")
+    for (scheme, _), quantized in zip(schemes, logits):
+        assert_within_bound(quantized, dense, scheme)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("scheme, group_size", SCHEMES, ids=SCHEME_IDS)
 def test_cuda_fusing_quantized_params_stores_what_quantizing_fused_params_does(tiny_cfg, scheme,
                                                                                group_size):
@@ -335,13 +357,33 @@ def test_cuda_fusing_quantized_params_stores_what_quantizing_fused_params_does(t
 
 
 @pytest.mark.gpu
+def test_cuda_int8_batch_1_decode_calls_the_gemv_kernel_inside_the_graph(tiny_cfg):
+    _, params = _on_cuda(tiny_cfg, "int8", None)
+    targets = []
+
+    def backend(gm, example_inputs):
+        targets.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        return gm
+
+    token = torch.tensor([[3]], device="cuda")
+    torch.compile(forward, backend=backend, fullgraph=True)(params, token, cfg=tiny_cfg)
+    gemvs = [t for t in targets if "int8_gemv" in t]
+    # Every layer's q/k/v, wo, w1, w2, w3 and the output projection.
+    assert len(gemvs) == 7 * tiny_cfg.n_layers + 1, targets
+    expected = forward(dequantize(params), token, cfg=tiny_cfg)
+    torch.testing.assert_close(forward(params, token, cfg=tiny_cfg), expected, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch_size", [1, 2])
 @pytest.mark.parametrize("scheme, group_size", SCHEMES[:2], ids=SCHEME_IDS[:2])
-def test_cuda_quantized_decode_records_one_cuda_graph_and_replays_it(tiny_cfg, scheme, group_size):
+def test_cuda_quantized_decode_records_one_cuda_graph_and_replays_it(tiny_cfg, scheme, group_size,
+                                                                     batch_size):
     from fullgraph.checks.cudagraphs import assert_cudagraphs
     from fullgraph.model.generate import step_functions
 
     _, params = _on_cuda(tiny_cfg, scheme, group_size)
-    cache = new_cache(tiny_cfg, batch_size=2, dtype=torch.bfloat16, device="cuda")
+    cache = new_cache(tiny_cfg, batch_size=batch_size, dtype=torch.bfloat16, device="cuda")
     # Marks params and cache as static addresses, as generate does before compiling decode.
     step_functions(params, cache, compile=True, device=torch.device("cuda"))
 
@@ -350,7 +392,7 @@ def test_cuda_quantized_decode_records_one_cuda_graph_and_replays_it(tiny_cfg, s
                            temperature=0.0, top_k=None)
 
     with torch.inference_mode():
-        token = torch.tensor([[3], [4]], device="cuda")
+        token = torch.tensor([[3], [4]][:batch_size], device="cuda")
         calls = ((params, token, torch.tensor([pos], device="cuda"), cache) for pos in range(32))
         report = assert_cudagraphs(decode, calls, max_recordings=1, max_memory_growth_mb=0)
     assert report.replays == 32 - report.warmups - len(report.recordings)
