@@ -9,9 +9,10 @@ compiling when it broke (and the functions and classes of its file it uses, the 
 library imports, the constants), its arguments rebuilt from what they were when dynamo compiled it
 (a tensor from its shape, dtype, device, strides and requires_grad, with random values; Python
 values as they were), the torch.compile call the program made, and a check that the graph breaks
-at the same line with the same gb_type. Each script is run in a fresh interpreter: only those
-that print "reproduces" are called so. Delta debugging then drops the statements and arguments
-the break does not need (checks/repro_reduce.py). Where a script cannot stand alone (an argument
+at the same line with the same gb_type. Delta debugging drops the statements and arguments the
+break does not need, its tries in one long-lived worker (checks/repro_reduce.py); the script it
+keeps is run in a fresh interpreter, and only those that print "reproduces" there are called
+so. Where a script cannot stand alone (an argument
 that is a large module or an object of the program's own, a closure), none is written and the
 reason is given.
 """
@@ -20,26 +21,31 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import os
 import re
 import sys
 import tempfile
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fullgraph.model.launch import run_processes
 
 from ._compat import repro as torch_repro
 
-__all__ = ["REPRODUCES", "NOT_ON_ITS_OWN", "NOT_WRITTEN", "VERIFY_TIMEOUT_S", "ReproPlan",
-           "make_repros", "verify", "blockers", "slug"]
+if TYPE_CHECKING:
+    from ._repro_worker import ReproWorker
+
+__all__ = ["REPRODUCES", "NOT_ON_ITS_OWN", "NOT_WRITTEN", "VERIFY_TIMEOUT_S", "TAIL_LINES",
+           "ReproPlan", "make_repros", "verify", "blockers", "slug"]
 
 REPRODUCES = "reproduces"
 NOT_ON_ITS_OWN = "does not reproduce on its own"
 NOT_WRITTEN = "not written"
 VERIFY_TIMEOUT_S = 120.0
 _MARK = "  # <- graph break"
-_TAIL_LINES = 12
+TAIL_LINES = 12
 
 
 # -- afterwards: one script per break ---------------------------------------------------------
@@ -48,37 +54,39 @@ def make_repros(data: dict, recorded: dict, directory: str | os.PathLike, *,
                 timeout: float = VERIFY_TIMEOUT_S, reduce: bool = True,
                 reduce_seconds: float | None = None) -> list[dict]:
     """Write, run and reduce a repro for each distinct graph break in the report `data`, then
-    write and run one for each distinct recompile cause, using the arguments InputRecorder
-    `recorded`; return one entry per break and cause (docs/report-format.md).
+    one for each distinct recompile cause, using the arguments InputRecorder `recorded`; return
+    one entry per break and cause (docs/report-format.md). Reduction's tries run in one
+    repro_worker.ReproWorker; each status comes from a fresh interpreter.
 
-    reduce_seconds: how long ddmin may take per break (repro_reduce.REDUCE_S by default).
+    reduce_seconds: how long ddmin may take per script (repro_reduce.REDUCE_S by default).
     """
+    from ._repro_worker import ReproWorker
     from .repro_recompile import recompile_repros
-    from .repro_reduce import reduce_repro
+    from .repro_reduce import REDUCE_S
 
     Path(directory).mkdir(parents=True, exist_ok=True)
-    repros = []
-    for number, brk in enumerate(data["graph_breaks"], start=1):
-        if brk["disabled"]:
-            continue
-        plan = _plan(brk, recorded["frames"])
-        entry = {"kind": "break", "break": number, "gb_type": brk["gb_type"], "compile": None,
-                 "guard": None, "file": None, "status": NOT_WRITTEN, "why": None,
-                 "statements": None, "arguments": None, "tries": 0, "script": None}
-        if isinstance(plan, str):
-            repros.append({**entry, "why": plan})
-            continue
-        path = Path(directory) / f"break_{number}_{slug(brk['gb_type'])}.py"
-        script = plan.script()
-        path.write_text(script, encoding="utf-8")
-        status, why = verify(path, timeout=timeout)
-        if reduce and status == REPRODUCES:
-            seconds = {} if reduce_seconds is None else {"seconds": reduce_seconds}
-            plan, entry = reduce_repro(plan, path, entry, timeout=timeout, **seconds)
-            script = plan.script()
-            path.write_text(script, encoding="utf-8")  # the last try may have been a larger one
-        repros.append({**entry, "file": path.name, "status": status, "why": why, "script": script})
-    return repros + recompile_repros(data, recorded, directory, timeout=timeout)
+    seconds = REDUCE_S if reduce_seconds is None else reduce_seconds
+    with ReproWorker() if reduce else contextlib.nullcontext() as worker:
+        repros = [_break_repro(number, brk, recorded, directory, worker=worker, timeout=timeout,
+                               seconds=seconds)
+                  for number, brk in enumerate(data["graph_breaks"], start=1) if not brk["disabled"]]
+        return repros + recompile_repros(data, recorded, directory, worker=worker, timeout=timeout,
+                                         seconds=seconds)
+
+
+def _break_repro(number: int, brk: dict, recorded: dict, directory: str | os.PathLike, *,
+                 worker: ReproWorker | None, timeout: float, seconds: float) -> dict:
+    from .repro_reduce import settle
+
+    entry = {"kind": "break", "break": number, "gb_type": brk["gb_type"], "compile": None,
+             "guard": None, "file": None, "status": NOT_WRITTEN, "why": None, "statements": None,
+             "arguments": None, "tries": 0, "tries_lost": 0, "script": None}
+    plan = _plan(brk, recorded["frames"])
+    if isinstance(plan, str):
+        return {**entry, "why": plan}
+    path = Path(directory) / f"break_{number}_{slug(brk['gb_type'])}.py"
+    return settle(plan, path, entry, render=ReproPlan.script, worker=worker, timeout=timeout,
+                  seconds=seconds)
 
 
 def verify(path: str | os.PathLike, *, timeout: float = VERIFY_TIMEOUT_S) -> tuple[str, str | None]:
@@ -89,7 +97,7 @@ def verify(path: str | os.PathLike, *, timeout: float = VERIFY_TIMEOUT_S) -> tup
     if ended.returncode == 0 and ended.stopped is None and ended.stdout.rstrip().endswith(REPRODUCES):
         return REPRODUCES, None
     how = ended.stopped or f"exit {ended.returncode}"
-    return NOT_ON_ITS_OWN, f"{how}: {ended.output(_TAIL_LINES).strip()}"
+    return NOT_ON_ITS_OWN, f"{how}: {ended.output(TAIL_LINES).strip()}"
 
 
 def slug(gb_type: str) -> str:
