@@ -76,9 +76,12 @@ class ReproWorker:
             started, why = self._wait_ready()
             if not started:
                 return NOT_ON_ITS_OWN, why
-        self._process.stdin.write(json.dumps({"path": os.path.abspath(path)}) + "\n")
-        self._process.stdin.flush()
-        reply = self._read_line(timeout)
+        try:
+            self._process.stdin.write(json.dumps({"path": os.path.abspath(path)}) + "\n")
+            self._process.stdin.flush()
+            reply = self._read_line(timeout)
+        except BrokenPipeError:  # it ended between two scripts
+            reply = ""
         if reply is None:
             self.lost += 1
             self._stop()
@@ -124,21 +127,23 @@ class ReproWorker:
 
     def _ended(self) -> str:
         """Why the worker ended, with the last lines it wrote; the next run starts another."""
-        returncode = self._process.wait()
-        self._process = None
+        returncode = self._stop()
         with open(self._log_path, encoding="utf-8", errors="replace") as log:
             tail = "\n".join(log.read().splitlines()[-TAIL_LINES:])
         return f"the worker ended ({exit_description(returncode)}): {tail}".strip()
 
-    def _stop(self) -> None:
+    def _stop(self) -> int | None:
+        """Kill the worker and what its script started, if it runs; its return code."""
         if self._process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._process.pid, signal.SIGKILL)  # with whatever the script started
-        self._process.wait()
-        self._process.stdin.close()
+            return None
+        with contextlib.suppress(ProcessLookupError):  # before wait: the group is still its own
+            os.killpg(self._process.pid, signal.SIGKILL)
+        returncode = self._process.wait()
+        with contextlib.suppress(BrokenPipeError):  # a request it never read
+            self._process.stdin.close()
         self._process.stdout.close()
         self._process = None
+        return returncode
 
 
 # -- in the worker ------------------------------------------------------------------------------

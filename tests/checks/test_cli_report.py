@@ -214,6 +214,7 @@ def test_repro_writes_a_verified_script_and_inlines_it(tmp_path, capfd):
     assert "torch.compile(scale, backend='eager', fullgraph=False, dynamic=False)" in repro["script"]
     markdown = render(RecordedReport(data), "md")
     assert "### Standalone repros" in markdown and "#### Break 1 (Failed to trace builtin operator): `break_1_" in markdown
+    assert markdown.count("Reproduces (not reduced).") == 2  # --no-reduce: the break's and the recompile's
     assert markdown.index("```sh\nfullgraph report --repro") < markdown.index(repro["script"][:60])
 
 

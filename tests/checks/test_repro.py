@@ -9,6 +9,7 @@ import zoo
 from fullgraph.checks._repro_worker import ReproWorker
 from fullgraph.checks.report import Report
 from fullgraph.checks.repro import NOT_ON_ITS_OWN, NOT_WRITTEN, REPRODUCES, make_repros, verify
+from fullgraph.checks.repro_markdown import repros_markdown
 from fullgraph.checks.repro_record import InputRecorder, describe
 from fullgraph.checks.repro_reduce import ddmin
 from fullgraph.checks.watch import watch
@@ -226,3 +227,19 @@ def test_recompile_reduction_keeps_the_guard_and_drops_what_the_recompile_does_n
     # Both calls lost the arguments: the first with a tensor of 2, the second of 4.
     assert "(tensor((2,), (1,), torch.float32, 'cpu'), ), {}" in script
     assert "(tensor((4,), (1,), torch.float32, 'cpu'), ), {}" in script
+
+
+def test_the_markdown_says_how_far_reduction_went_and_what_the_worker_lost():
+    entry = {"kind": "recompile", "break": None, "gb_type": None, "compile": "0/1",
+             "guard": "size guard on x.size()[0]: expected 2, actual 4", "file": "recompile_1_f.py",
+             "status": REPRODUCES, "why": None, "statements": {"before": 3, "after": 1},
+             "arguments": {"before": 3, "after": 1}, "tries": 9, "tries_lost": 2,
+             "script": "print('reproduces')\n"}
+    text = "\n".join(repros_markdown([entry], lambda text, language: text))
+    assert ("Reproduces. Reduced from 3 statements to 1 and from 3 arguments to 1, in 9 tries, 2 "
+            "of which hung or crashed the worker; the reduced script reproduces in a fresh "
+            "interpreter.") in text
+    text = "\n".join(repros_markdown([{**entry, "tries_lost": 0}], lambda text, language: text))
+    assert "in 9 tries; the reduced script reproduces in a fresh interpreter." in text
+    whole = {**entry, "statements": None, "arguments": None, "tries": 0, "tries_lost": 0}
+    assert "Reproduces (not reduced)." in repros_markdown([whole], lambda text, language: text)
