@@ -22,23 +22,22 @@ from __future__ import annotations
 import ast
 import builtins
 import contextlib
+import math
 import os
 import re
 import sys
 import tempfile
 import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from fullgraph.model.launch import run_processes
+from fullgraph.model.launch import Ended, run_processes
 
 from ._compat import repro as torch_repro
 
-if TYPE_CHECKING:
-    from ._repro_worker import ReproWorker
-
 __all__ = ["REPRODUCES", "NOT_ON_ITS_OWN", "NOT_WRITTEN", "VERIFY_TIMEOUT_S", "TAIL_LINES",
-           "ReproPlan", "make_repros", "verify", "blockers", "slug"]
+           "Pending", "ReproPlan", "make_repros", "verify", "verify_all", "blockers", "slug"]
 
 REPRODUCES = "reproduces"
 NOT_ON_ITS_OWN = "does not reproduce on its own"
@@ -62,22 +61,22 @@ def make_repros(data: dict, recorded: dict, directory: str | os.PathLike, *,
     """
     from ._repro_worker import ReproWorker
     from .repro_recompile import recompile_repros
-    from .repro_reduce import REDUCE_S
+    from .repro_reduce import REDUCE_S, settle
 
     Path(directory).mkdir(parents=True, exist_ok=True)
-    seconds = REDUCE_S if reduce_seconds is None else reduce_seconds
-    with ReproWorker() if reduce else contextlib.nullcontext() as worker:
-        repros = [_break_repro(number, brk, recorded, directory, worker=worker, timeout=timeout,
-                               seconds=seconds)
-                  for number, brk in enumerate(data["graph_breaks"], start=1) if not brk["disabled"]]
-        return repros + recompile_repros(data, recorded, directory, worker=worker, timeout=timeout,
-                                         seconds=seconds)
+    made = [_break_repro(number, brk, recorded, directory)
+            for number, brk in enumerate(data["graph_breaks"], start=1) if not brk["disabled"]]
+    made += recompile_repros(data, recorded, directory)
+    pending = [item for item in made if isinstance(item, Pending)]
+    with ReproWorker() if reduce and pending else contextlib.nullcontext() as worker:
+        settled = iter(settle(pending, worker=worker, timeout=timeout,
+                              seconds=REDUCE_S if reduce_seconds is None else reduce_seconds))
+    return [next(settled) if isinstance(item, Pending) else item for item in made]
 
 
-def _break_repro(number: int, brk: dict, recorded: dict, directory: str | os.PathLike, *,
-                 worker: ReproWorker | None, timeout: float, seconds: float) -> dict:
-    from .repro_reduce import settle
-
+def _break_repro(number: int, brk: dict, recorded: dict, directory: str | os.PathLike
+                 ) -> dict | Pending:
+    """The break's entry if no script can be written, else its script to settle."""
     entry = {"kind": "break", "break": number, "gb_type": brk["gb_type"], "compile": None,
              "guard": None, "file": None, "status": NOT_WRITTEN, "why": None, "statements": None,
              "arguments": None, "tries": 0, "tries_lost": 0, "script": None}
@@ -85,15 +84,42 @@ def _break_repro(number: int, brk: dict, recorded: dict, directory: str | os.Pat
     if isinstance(plan, str):
         return {**entry, "why": plan}
     path = Path(directory) / f"break_{number}_{slug(brk['gb_type'])}.py"
-    return settle(plan, path, entry, render=ReproPlan.script, worker=worker, timeout=timeout,
-                  seconds=seconds)
+    return Pending(entry, path, plan, ReproPlan.script)
+
+
+@dataclass
+class Pending:
+    """A repro script to reduce and run: `entry` (with no status yet) for `plan`'s script as
+    `render` makes it, at `path`."""
+
+    entry: dict
+    path: Path
+    plan: ReproPlan
+    render: Callable[[ReproPlan], str]
 
 
 def verify(path: str | os.PathLike, *, timeout: float = VERIFY_TIMEOUT_S) -> tuple[str, str | None]:
     """Run the script at `path` in a fresh interpreter: (REPRODUCES, None), or (NOT_ON_ITS_OWN,
     why: how it ended and the last lines it wrote)."""
-    with tempfile.TemporaryDirectory(prefix="fullgraph-repro-") as workdir:
-        [ended] = run_processes([[os.fspath(path)]], workdir=workdir, timeout=timeout).ended
+    [verdict] = verify_all([path], timeout=timeout)
+    return verdict
+
+
+def verify_all(paths: list[str | os.PathLike], *, timeout: float = VERIFY_TIMEOUT_S
+               ) -> list[tuple[str, str | None]]:
+    """`verify` for each script, as many at once as there are CPUs: each still in an interpreter
+    of its own, and one that fails stops none of the others."""
+    at_once = os.cpu_count() or 1
+    verdicts = []
+    for start in range(0, len(paths), at_once):
+        with tempfile.TemporaryDirectory(prefix="fullgraph-repro-") as workdir:
+            launched = run_processes([[os.fspath(path)] for path in paths[start:start + at_once]],
+                                     workdir=workdir, timeout=timeout, grace=math.inf)
+        verdicts += [_verdict(ended) for ended in launched.ended]
+    return verdicts
+
+
+def _verdict(ended: Ended) -> tuple[str, str | None]:
     if ended.returncode == 0 and ended.stopped is None and ended.stdout.rstrip().endswith(REPRODUCES):
         return REPRODUCES, None
     how = ended.stopped or f"exit {ended.returncode}"

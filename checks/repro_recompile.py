@@ -22,26 +22,21 @@ import os
 import re
 import textwrap
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ._compat import breaks as torch_breaks
 from ._compat import repro as torch_repro
 from .report import failed_guard
-from .repro import NOT_WRITTEN, REPRODUCES, ReproPlan, blockers, slug
-from .repro_reduce import settle
-
-if TYPE_CHECKING:
-    from ._repro_worker import ReproWorker
+from .repro import NOT_WRITTEN, REPRODUCES, Pending, ReproPlan, blockers, slug
 
 __all__ = ["recompile_repros"]
 
 _GUARDED = re.compile(r" on ([A-Za-z_]\w*)")  # fullgraph's "size guard on x.size()[0]: ..."
 
 
-def recompile_repros(data: dict, recorded: dict, directory: str | os.PathLike, *,
-                     worker: ReproWorker | None, timeout: float, seconds: float) -> list[dict]:
-    """Write, reduce in `worker` (unless None) and run a repro for each distinct recompile cause
-    in the report `data`."""
+def recompile_repros(data: dict, recorded: dict, directory: str | os.PathLike
+                     ) -> list[dict | Pending]:
+    """For each distinct recompile cause in the report `data`: its entry if no script can be
+    written, else its script to settle (repro_reduce.settle)."""
     causes: dict[tuple, tuple[dict, str, str]] = {}
     for compile_ in data["compiles"]:
         if compile_["recompile"] and compile_["reasons"]:
@@ -63,8 +58,7 @@ def recompile_repros(data: dict, recorded: dict, directory: str | os.PathLike, *
         path = Path(directory) / f"recompile_{number}_{slug(compile_['function'])}.py"
         render = functools.partial(_script, compile_=compile_, failed_entry=failed_entry,
                                    guard=guard, before=before, after=after)
-        repros.append(settle(plan, path, entry, render=render, worker=worker, timeout=timeout,
-                             seconds=seconds))
+        repros.append(Pending(entry, path, plan, render))
     return repros
 
 

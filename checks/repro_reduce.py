@@ -13,13 +13,11 @@ run in one instead.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from ._repro_worker import ReproWorker
-from .repro import REPRODUCES, ReproPlan, verify
+from .repro import REPRODUCES, Pending, ReproPlan, verify_all
 
 __all__ = ["MAX_TRIES", "REDUCE_S", "ddmin", "reduce_repro", "settle"]
 
@@ -27,28 +25,36 @@ MAX_TRIES = 64
 REDUCE_S = 120.0
 
 
-def settle(plan: ReproPlan, path: Path, entry: dict, *, render: Callable[[ReproPlan], str],
-           worker: ReproWorker | None, timeout: float, seconds: float = REDUCE_S) -> dict:
-    """`entry` for the script of `plan` (as `render` makes it), written at `path`: reduced in
-    `worker` unless it is None, with its status from a fresh interpreter."""
-    entry = {**entry, "file": path.name}
-    if worker is None:
-        return _verified(plan, path, entry, render, timeout)
-    return reduce_repro(plan, path, entry, render=render, worker=worker, timeout=timeout,
-                        seconds=seconds)
+def settle(pending: list[Pending], *, worker: ReproWorker | None, timeout: float,
+           seconds: float = REDUCE_S) -> list[dict]:
+    """The entry of each pending script, in order: reduced in `worker` (unless None), then run in
+    a fresh interpreter, several at once, for its status; a reduced script that does not
+    reproduce there is put back whole and run again."""
+    reduced = [reduce_repro(item, worker=worker, timeout=timeout, seconds=seconds)
+               if worker is not None else (item.plan, item.entry) for item in pending]
+    entries = _verified([(item, plan, entry) for item, (plan, entry) in zip(pending, reduced,
+                                                                            strict=True)], timeout)
+    # Those it needed what the worker kept from an earlier try: whole again, as they reproduced.
+    again = [index for index, (item, (plan, _)) in enumerate(zip(pending, reduced, strict=True))
+             if entries[index]["status"] != REPRODUCES and plan is not item.plan]
+    whole = _verified([(pending[index], pending[index].plan, _unreduced(entries[index]))
+                       for index in again], timeout)
+    for index, entry in zip(again, whole, strict=True):
+        entries[index] = entry
+    return entries
 
 
-def reduce_repro(plan: ReproPlan, path: str | os.PathLike, entry: dict, *,
-                 render: Callable[[ReproPlan], str], worker: ReproWorker, timeout: float,
-                 max_tries: int = MAX_TRIES, seconds: float = REDUCE_S) -> dict:
-    """Write the smallest plan ddmin finds that still reproduces, starting from `plan`, at `path`
-    as `render` makes its script; return `entry` with its status and why from a fresh
-    interpreter, its script, and how far reduction went: statements and arguments before and
-    after, tries, and tries_lost (those that hung or ended the worker)."""
+def reduce_repro(item: Pending, *, worker: ReproWorker, timeout: float,
+                 max_tries: int = MAX_TRIES, seconds: float = REDUCE_S) -> tuple[ReproPlan, dict]:
+    """The smallest plan ddmin finds whose script (at item.path) still reproduces in `worker`,
+    starting from item.plan, and item.entry with how far it went: statements and arguments
+    before and after, tries, and tries_lost (those that hung or ended the worker). item.plan
+    itself if it does not reproduce in the worker."""
+    plan, path, render = item.plan, item.path, item.render
     lost_before = worker.lost
-    Path(path).write_text(render(plan), encoding="utf-8")
-    if worker.run(path, timeout=timeout)[0] != REPRODUCES:  # nothing to reduce: say why, afresh
-        return _verified(plan, path, entry, render, timeout)
+    path.write_text(render(plan), encoding="utf-8")
+    if worker.run(path, timeout=timeout)[0] != REPRODUCES:  # the fresh run will say why
+        return plan, item.entry
     statements = [("statement", index) for index in plan.kept if index != plan.pinned]
     arguments = [("argument", name) for name in plan.arguments]
     tries = 0
@@ -59,30 +65,33 @@ def reduce_repro(plan: ReproPlan, path: str | os.PathLike, entry: dict, *,
         if tries >= max_tries or time.monotonic() > deadline:
             return False
         tries += 1
-        Path(path).write_text(render(_with(plan, parts)), encoding="utf-8")
+        path.write_text(render(_with(plan, parts)), encoding="utf-8")
         return worker.run(path, timeout=timeout)[0] == REPRODUCES
 
-    reduced = _with(plan, ddmin(statements + arguments, reproduces))
-    entry = _verified(reduced, path, entry, render, timeout)
-    if entry["status"] != REPRODUCES:  # it needed what the worker kept from an earlier try
-        reduced = plan
-        entry = _verified(plan, path, entry, render, timeout)
+    parts = ddmin(statements + arguments, reproduces)
+    reduced = plan if parts == statements + arguments else _with(plan, parts)
     kept = [index for index in reduced.kept if index != reduced.pinned]
-    return {**entry, "tries": tries, "tries_lost": worker.lost - lost_before,
-                     "statements": {"before": len(plan.root.body),
-                                    "after": len(kept) + (plan.pinned is not None
-                                                          and plan.pinned >= 0)},
+    pinned = plan.pinned is not None and plan.pinned >= 0
+    return reduced, {**item.entry, "tries": tries, "tries_lost": worker.lost - lost_before,
+                     "statements": {"before": len(plan.root.body), "after": len(kept) + pinned},
                      "arguments": {"before": len(arguments), "after": len(reduced.arguments)}}
 
 
-def _verified(plan: ReproPlan, path: str | os.PathLike, entry: dict,
-              render: Callable[[ReproPlan], str], timeout: float) -> dict:
-    """`entry` with the status and why of `plan`'s script, written at `path` and run in a fresh
-    interpreter, and the script."""
-    script = render(plan)
-    Path(path).write_text(script, encoding="utf-8")
-    status, why = verify(path, timeout=timeout)
-    return {**entry, "status": status, "why": why, "script": script}
+def _verified(scripts: list[tuple[Pending, ReproPlan, dict]], timeout: float) -> list[dict]:
+    """Each entry with the status and why of its plan's script, written at its path and run in a
+    fresh interpreter, and the script."""
+    texts = [item.render(plan) for item, plan, _ in scripts]
+    for (item, _, _), text in zip(scripts, texts, strict=True):
+        item.path.write_text(text, encoding="utf-8")
+    verdicts = verify_all([item.path for item, _, _ in scripts], timeout=timeout)
+    return [{**entry, "file": item.path.name, "status": status, "why": why, "script": text}
+            for (item, _, entry), text, (status, why) in zip(scripts, texts, verdicts, strict=True)]
+
+
+def _unreduced(entry: dict) -> dict:
+    """`entry` of a reduction whose result was put back whole: nothing dropped."""
+    return {**entry, "statements": {**entry["statements"], "after": entry["statements"]["before"]},
+            "arguments": {**entry["arguments"], "after": entry["arguments"]["before"]}}
 
 
 def _with(plan: ReproPlan, parts: list[tuple[str, object]]) -> ReproPlan:

@@ -6,6 +6,7 @@ import torch
 
 import repro_cases
 import zoo
+from fullgraph.checks import repro
 from fullgraph.checks._repro_worker import ReproWorker
 from fullgraph.checks.report import Report
 from fullgraph.checks.repro import NOT_ON_ITS_OWN, NOT_WRITTEN, REPRODUCES, make_repros, verify
@@ -178,6 +179,15 @@ def test_the_worker_reports_a_script_that_hangs_or_crashes_and_starts_again(tmp_
         assert "_repro_worker" not in why  # the script's frames, as a fresh interpreter shows them
         assert worker.run(good, timeout=60) == (REPRODUCES, None)
         assert worker.lost == 2
+
+
+def test_fresh_interpreters_run_side_by_side_and_one_that_fails_stops_none_of_the_others(tmp_path):
+    fails, slow = tmp_path / "fails.py", tmp_path / "slow.py"
+    fails.write_text("raise SystemExit('gone')\n")
+    # Past launch.GRACE_S after the other failed: run_processes' default would have stopped it.
+    slow.write_text(f"import time\ntime.sleep(7)\nprint({REPRODUCES!r})\n")
+    assert repro.verify_all([fails, slow, slow]) == [(NOT_ON_ITS_OWN, "exit 1: gone"), (REPRODUCES, None),
+                                               (REPRODUCES, None)]
 
 
 def test_ddmin_finds_a_minimal_set():
