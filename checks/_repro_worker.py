@@ -46,8 +46,8 @@ _READY = "ready"
 
 
 class ReproWorker:
-    """A worker process, started at once (it imports torch while the caller does other work) and
-    again after a script that ended it. `lost`: the scripts that hung or ended it."""
+    """A worker process, started when this is made and again after a script that hung or ended
+    it. `lost`: the scripts that did."""
 
     def __init__(self) -> None:
         self._folder = tempfile.TemporaryDirectory(prefix="fullgraph-worker-")
