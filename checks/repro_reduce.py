@@ -34,7 +34,7 @@ def settle(pending: list[Pending], *, worker: ReproWorker | None, timeout: float
                if worker is not None else (item.plan, item.entry) for item in pending]
     entries = _verified([(item, plan, entry) for item, (plan, entry) in zip(pending, reduced,
                                                                             strict=True)], timeout)
-    # Those it needed what the worker kept from an earlier try: whole again, as they reproduced.
+    # A reduced script that needed what an earlier try left in the worker: whole again.
     again = [index for index, (item, (plan, _)) in enumerate(zip(pending, reduced, strict=True))
              if entries[index]["status"] != REPRODUCES and plan is not item.plan]
     whole = _verified([(pending[index], pending[index].plan, _unreduced(entries[index]))
