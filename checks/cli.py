@@ -62,11 +62,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="stop TARGET after SECONDS, reporting where it was (default: none)")
     report.add_argument("--repro", metavar="DIR",
                         help="write a standalone script for each graph break and recompile cause "
-                             "into DIR, run each in a fresh interpreter, reduce the breaks' ones, "
-                             "and add them to the report")
+                             "into DIR, reduce each, run each in a fresh interpreter, and add "
+                             "them to the report")
     report.add_argument("--no-reduce", action="store_true",
-                        help="with --repro: keep each script whole (reducing runs a fresh "
-                             "interpreter per try, up to 24 tries or 120 s a break)")
+                        help="with --repro: keep each script whole (reducing tries up to 64 "
+                             "smaller scripts, or 120 s, a script, in one worker process)")
     report.add_argument("--compare", metavar="OLD.json",
                         help="print what is new, gone and changed since OLD.json (a JSON report); "
                              "exit 1 if anything is new")

@@ -10,36 +10,41 @@ library imports, the constants), its arguments rebuilt from what they were when 
 (a tensor from its shape, dtype, device, strides and requires_grad, with random values; Python
 values as they were) and the grad mode it had, the torch.compile call the program made (backend,
 fullgraph, dynamic, mode and options), and a check that the graph breaks at the same line with
-the same gb_type. Each script is run in a fresh interpreter: only those that print "reproduces"
-are called so. Delta debugging then drops the statements and arguments the break does not need
-(checks/repro_reduce.py). Where a script cannot stand alone (an argument that is a large module
-or an object of the program's own, a closure), none is written and the reason is given.
+the same gb_type. Delta debugging drops the statements and arguments the break does not need, its
+tries in one long-lived worker (checks/repro_reduce.py); the script it keeps is run in a fresh
+interpreter, and only those that print "reproduces" there are called so. Where a script cannot
+stand alone (an argument that is a large module or an object of the program's own, a closure),
+none is written and the reason is given.
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
+import math
 import os
 import re
 import sys
 import tempfile
 import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from fullgraph.model.launch import run_processes
+from fullgraph.model.launch import Ended, run_processes
 
 from ._compat import repro as torch_repro
 
-__all__ = ["REPRODUCES", "NOT_ON_ITS_OWN", "NOT_WRITTEN", "VERIFY_TIMEOUT_S", "ReproPlan",
-           "make_repros", "verify", "blockers", "slug"]
+__all__ = ["REPRODUCES", "NOT_ON_ITS_OWN", "NOT_WRITTEN", "VERIFY_TIMEOUT_S", "TAIL_LINES",
+           "Pending", "ReproPlan", "make_repros", "verify", "verify_all", "blockers", "slug"]
 
 REPRODUCES = "reproduces"
 NOT_ON_ITS_OWN = "does not reproduce on its own"
 NOT_WRITTEN = "not written"
 VERIFY_TIMEOUT_S = 120.0
 _MARK = "  # <- graph break"
-_TAIL_LINES = 12
+TAIL_LINES = 12
 
 
 # -- afterwards: one script per break ---------------------------------------------------------
@@ -48,48 +53,77 @@ def make_repros(data: dict, recorded: dict, directory: str | os.PathLike, *,
                 timeout: float = VERIFY_TIMEOUT_S, reduce: bool = True,
                 reduce_seconds: float | None = None) -> list[dict]:
     """Write, run and reduce a repro for each distinct graph break in the report `data`, then
-    write and run one for each distinct recompile cause, using the arguments InputRecorder
-    `recorded`; return one entry per break and cause (docs/report-format.md).
+    one for each distinct recompile cause, using the arguments InputRecorder `recorded`; return
+    one entry per break and cause (docs/report-format.md). Reduction's tries run in one
+    repro_worker.ReproWorker; each status comes from a fresh interpreter.
 
-    reduce_seconds: how long ddmin may take per break (repro_reduce.REDUCE_S by default).
+    reduce_seconds: how long ddmin may take per script (repro_reduce.REDUCE_S by default).
     """
+    from ._repro_worker import ReproWorker
     from .repro_recompile import recompile_repros
-    from .repro_reduce import reduce_repro
+    from .repro_reduce import REDUCE_S, settle
 
     Path(directory).mkdir(parents=True, exist_ok=True)
-    repros = []
-    for number, brk in enumerate(data["graph_breaks"], start=1):
-        if brk["disabled"]:
-            continue
-        plan = _plan(brk, recorded["frames"])
-        entry = {"kind": "break", "break": number, "gb_type": brk["gb_type"], "compile": None,
-                 "guard": None, "file": None, "status": NOT_WRITTEN, "why": None,
-                 "statements": None, "arguments": None, "tries": 0, "script": None}
-        if isinstance(plan, str):
-            repros.append({**entry, "why": plan})
-            continue
-        path = Path(directory) / f"break_{number}_{slug(brk['gb_type'])}.py"
-        script = plan.script()
-        path.write_text(script, encoding="utf-8")
-        status, why = verify(path, timeout=timeout)
-        if reduce and status == REPRODUCES:
-            seconds = {} if reduce_seconds is None else {"seconds": reduce_seconds}
-            plan, entry = reduce_repro(plan, path, entry, timeout=timeout, **seconds)
-            script = plan.script()
-            path.write_text(script, encoding="utf-8")  # the last try may have been a larger one
-        repros.append({**entry, "file": path.name, "status": status, "why": why, "script": script})
-    return repros + recompile_repros(data, recorded, directory, timeout=timeout)
+    made = [_break_repro(number, brk, recorded, directory)
+            for number, brk in enumerate(data["graph_breaks"], start=1) if not brk["disabled"]]
+    made += recompile_repros(data, recorded, directory)
+    pending = [item for item in made if isinstance(item, Pending)]
+    with ReproWorker() if reduce and pending else contextlib.nullcontext() as worker:
+        settled = iter(settle(pending, worker=worker, timeout=timeout,
+                              seconds=REDUCE_S if reduce_seconds is None else reduce_seconds))
+    return [next(settled) if isinstance(item, Pending) else item for item in made]
+
+
+def _break_repro(number: int, brk: dict, recorded: dict, directory: str | os.PathLike
+                 ) -> dict | Pending:
+    """The break's entry if no script can be written, else its script to settle."""
+    entry = {"kind": "break", "break": number, "gb_type": brk["gb_type"], "compile": None,
+             "guard": None, "file": None, "status": NOT_WRITTEN, "why": None, "statements": None,
+             "arguments": None, "tries": 0, "tries_lost": 0, "script": None}
+    plan = _plan(brk, recorded["frames"])
+    if isinstance(plan, str):
+        return {**entry, "why": plan}
+    path = Path(directory) / f"break_{number}_{slug(brk['gb_type'])}.py"
+    return Pending(entry, path, plan, ReproPlan.script)
+
+
+@dataclass
+class Pending:
+    """A repro script to reduce and run: `entry` (with no status yet) for `plan`'s script as
+    `render` makes it, at `path`."""
+
+    entry: dict
+    path: Path
+    plan: ReproPlan
+    render: Callable[[ReproPlan], str]
 
 
 def verify(path: str | os.PathLike, *, timeout: float = VERIFY_TIMEOUT_S) -> tuple[str, str | None]:
     """Run the script at `path` in a fresh interpreter: (REPRODUCES, None), or (NOT_ON_ITS_OWN,
     why: how it ended and the last lines it wrote)."""
-    with tempfile.TemporaryDirectory(prefix="fullgraph-repro-") as workdir:
-        [ended] = run_processes([[os.fspath(path)]], workdir=workdir, timeout=timeout).ended
+    [verdict] = verify_all([path], timeout=timeout)
+    return verdict
+
+
+def verify_all(paths: list[str | os.PathLike], *, timeout: float = VERIFY_TIMEOUT_S
+               ) -> list[tuple[str, str | None]]:
+    """`verify` for each script, as many at once as there are CPUs: each still in an interpreter
+    of its own, and one that fails stops none of the others."""
+    at_once = os.cpu_count() or 1
+    verdicts = []
+    for start in range(0, len(paths), at_once):
+        with tempfile.TemporaryDirectory(prefix="fullgraph-repro-") as workdir:
+            launched = run_processes([[os.fspath(path)] for path in paths[start:start + at_once]],
+                                     workdir=workdir, timeout=timeout, grace=math.inf)
+        verdicts += [_verdict(ended) for ended in launched.ended]
+    return verdicts
+
+
+def _verdict(ended: Ended) -> tuple[str, str | None]:
     if ended.returncode == 0 and ended.stopped is None and ended.stdout.rstrip().endswith(REPRODUCES):
         return REPRODUCES, None
     how = ended.stopped or f"exit {ended.returncode}"
-    return NOT_ON_ITS_OWN, f"{how}: {ended.output(_TAIL_LINES).strip()}"
+    return NOT_ON_ITS_OWN, f"{how}: {ended.output(TAIL_LINES).strip()}"
 
 
 def slug(gb_type: str) -> str:

@@ -68,14 +68,14 @@ def label(repro: dict) -> str:
 
 def reduced(repro: dict) -> str:
     statements, arguments = repro["statements"], repro["arguments"]
-    if statements is None and repro["kind"] == "recompile":
-        return "Reproduces (recompile repros are not reduced)."
     if statements is None:
-        return "Reproduces (not reduced: --no-reduce)."
+        return "Reproduces (not reduced)."
+    lost = repro["tries_lost"]
+    hung = f", {lost} of which hung or crashed the worker" if lost else ""
     return (f"Reproduces. Reduced from {_count(statements['before'], 'statement', 'statements')} "
             f"to {statements['after']} and from {_count(arguments['before'], 'argument', 'arguments')} "
-            f"to {arguments['after']}, in {_count(repro['tries'], 'try', 'tries')} "
-            f"(each a fresh interpreter).")
+            f"to {arguments['after']}, in {_count(repro['tries'], 'try', 'tries')}{hung}; the "
+            f"reduced script reproduces in a fresh interpreter.")
 
 
 def _listed(repro: dict) -> str:

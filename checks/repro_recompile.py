@@ -6,7 +6,9 @@ compile whose guard failed and then with those of the recompile, both as recorde
 compiled them, and a check that torch recompiles the function on the second call, naming what
 the failed guard was on (`x` for a guard on `x.size()[0]`), heard through torch's `recompiles`
 log. One script per distinct cause: the function and the guard that failed, without its values
-(a size guard that fails at each new length is one cause).
+(a size guard that fails at each new length is one cause). Delta debugging drops the statements
+and arguments (from both calls) the recompile does not need, as for a graph break
+(checks/repro_reduce.py).
 
 A resume function's recompile (dynamo's code for the rest of a function after a graph break)
 gets no script: its locals are not arguments anyone passed, and the function's own recompile
@@ -15,6 +17,7 @@ usually shows the same cause.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import textwrap
@@ -23,16 +26,17 @@ from pathlib import Path
 from ._compat import breaks as torch_breaks
 from ._compat import repro as torch_repro
 from .report import failed_guard
-from .repro import NOT_WRITTEN, REPRODUCES, ReproPlan, blockers, slug, verify
+from .repro import NOT_WRITTEN, REPRODUCES, Pending, ReproPlan, blockers, slug
 
 __all__ = ["recompile_repros"]
 
 _GUARDED = re.compile(r" on ([A-Za-z_]\w*)")  # fullgraph's "size guard on x.size()[0]: ..."
 
 
-def recompile_repros(data: dict, recorded: dict, directory: str | os.PathLike, *,
-                     timeout: float) -> list[dict]:
-    """Write and run a repro for each distinct recompile cause in the report `data`."""
+def recompile_repros(data: dict, recorded: dict, directory: str | os.PathLike
+                     ) -> list[dict | Pending]:
+    """For each distinct recompile cause in the report `data`: its entry if no script can be
+    written, else its script to settle (repro_reduce.settle)."""
     causes: dict[tuple, tuple[dict, str, str]] = {}
     for compile_ in data["compiles"]:
         if compile_["recompile"] and compile_["reasons"]:
@@ -45,24 +49,26 @@ def recompile_repros(data: dict, recorded: dict, directory: str | os.PathLike, *
         entry = {"kind": "recompile", "break": None, "gb_type": None,
                  "compile": compile_["compile_id"], "guard": guard, "file": None,
                  "status": NOT_WRITTEN, "why": None, "statements": None, "arguments": None,
-                 "tries": 0, "script": None}
-        script, why = _script(compile_, failed_entry, guard, recorded["frames"])
-        if script is None:
-            repros.append({**entry, "why": why})
+                 "tries": 0, "tries_lost": 0, "script": None}
+        made = _plan(compile_, failed_entry, recorded["frames"])
+        if isinstance(made, str):
+            repros.append({**entry, "why": made})
             continue
+        plan, before, after, grads = made
         path = Path(directory) / f"recompile_{number}_{slug(compile_['function'])}.py"
-        path.write_text(script, encoding="utf-8")
-        status, why = verify(path, timeout=timeout)
-        repros.append({**entry, "file": path.name, "status": status, "why": why, "script": script})
+        render = functools.partial(_script, compile_=compile_, failed_entry=failed_entry,
+                                   guard=guard, before=before, after=after, grads=grads)
+        repros.append(Pending(entry, path, plan, render))
     return repros
 
 
-def _script(compile_: dict, failed_entry: str, guard: str, frames: list[dict]
-            ) -> tuple[str | None, str | None]:
-    """(the script for this recompile, None), or (None, why there is none)."""
+def _plan(compile_: dict, failed_entry: str, frames: list[dict]
+          ) -> tuple[ReproPlan, list[dict], list[dict], list[bool]] | str:
+    """(the function's plan, the arguments of the compile whose guard failed, those of the
+    recompile, the grad mode of each), or why there is no script."""
     function = compile_["function"]
     if torch_breaks.remove_resume_prefix(function) != function:
-        return None, (f"a recompile of dynamo's resume function for the rest of "
+        return (f"a recompile of dynamo's resume function for the rest of "
                 f"{torch_breaks.remove_resume_prefix(function)} after a graph break: its locals are "
                 f"not arguments a script can pass")
     record = next((frame for frame in frames
@@ -70,16 +76,25 @@ def _script(compile_: dict, failed_entry: str, guard: str, frames: list[dict]
                    == (os.path.abspath(compile_["filename"]), function, compile_["lineno"])), None)
     compiles = record["compiles"] if record else {}
     if failed_entry not in compiles or compile_["compile_id"] not in compiles:
-        return None, (f"the arguments of compiles {failed_entry} and {compile_['compile_id']} of "
+        return (f"the arguments of compiles {failed_entry} and {compile_['compile_id']} of "
                 f"{function} were not both recorded")
     before, after = compiles[failed_entry], compiles[compile_["compile_id"]]
     found = blockers({**record, "arguments": before}) + blockers({**record, "arguments": after})
     if found:
-        return None, "; ".join(dict.fromkeys(found))
+        return "; ".join(dict.fromkeys(found))
     try:
         plan = ReproPlan.build(Path(record["filename"]).read_text(encoding="utf-8"), record, None)
     except (OSError, SyntaxError, LookupError) as error:
-        return None, f"the source of {function} cannot be read: {error}"
+        return f"the source of {function} cannot be read: {error}"
+    grads = [record["grad_enabled"][failed_entry], record["grad_enabled"][compile_["compile_id"]]]
+    return plan, before, after, grads
+
+
+def _script(plan: ReproPlan, *, compile_: dict, failed_entry: str, guard: str,
+            before: list[dict], after: list[dict], grads: list[bool]) -> str:
+    """The recompile's script for `plan`: its function called with `before`, then `after`, the
+    arguments `plan` keeps of each."""
+    function = compile_["function"]
     where = f"{compile_['filename']}:{compile_['lineno']}"
     docstring = textwrap.fill(
         f"Recompile {compile_['compile_id']} of {function} ({where}): {guard}. Standalone: "
@@ -89,13 +104,12 @@ def _script(compile_: dict, failed_entry: str, guard: str, frames: list[dict]
         f"guard on the same name, and raises otherwise. Tensor arguments have the recorded "
         f"shapes, dtypes, devices and strides, with random values.", width=96)
     guarded = _GUARDED.search(guard)
-    grads = [record["grad_enabled"][failed_entry], record["grad_enabled"][compile_["compile_id"]]]
     main = _MAIN.format(function=function, guarded=guarded[1] if guarded else None,
                         before=plan.inputs_text(before), after=plan.inputs_text(after),
                         compile=plan.compile_text(),
                         grad_before=plan.grad_text(grads[0], always=not all(grads)),
                         grad_after=plan.grad_text(grads[1], always=not all(grads)))
-    return plan.whole(plan.head(docstring), main, torch_repro.REPRO_RECOMPILE_PROBE), None
+    return plan.whole(plan.head(docstring), main, torch_repro.REPRO_RECOMPILE_PROBE)
 
 
 _MAIN = '''\

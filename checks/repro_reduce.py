@@ -1,33 +1,60 @@
 """Delta debugging (Zeller's ddmin) over a repro's statements and arguments.
 
 A repro is first written whole, from the function dynamo compiled: every top-level statement of
-its body and every argument. Most of them have nothing to do with the break. ddmin drops parts
-in halves, then quarters, ..., keeping a drop only when the script still reproduces in a fresh
-interpreter, so what is left is a set none of whose chunks can go. Each try starts a Python
-process that imports torch (about two seconds on a small machine): the number of tries and the
-time are bounded, and the script is as far as it got when either runs out.
+its body and every argument. Most of them have nothing to do with the break or the recompile.
+ddmin drops parts in halves, then quarters, ..., keeping a drop only when the script still
+reproduces, so what is left is a set none of whose chunks can go. Its tries run in one
+long-lived worker (checks/_repro_worker.py: milliseconds a try, not the seconds a fresh
+interpreter spends importing torch), bounded in number and time; the script is as far as it got
+when either runs out. What the report says of the result comes from a fresh interpreter: the
+reduced script is run in one, and if it does not reproduce there the whole script is kept and
+run in one instead.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-from .repro import REPRODUCES, ReproPlan, verify
+from ._repro_worker import ReproWorker
+from .repro import REPRODUCES, Pending, ReproPlan, verify_all
 
-__all__ = ["MAX_TRIES", "REDUCE_S", "ddmin", "reduce_repro"]
+__all__ = ["MAX_TRIES", "REDUCE_S", "ddmin", "reduce_repro", "settle"]
 
-MAX_TRIES = 24
+MAX_TRIES = 64
 REDUCE_S = 120.0
 
 
-def reduce_repro(plan: ReproPlan, path: str | os.PathLike, entry: dict, *, timeout: float,
+def settle(pending: list[Pending], *, worker: ReproWorker | None, timeout: float,
+           seconds: float = REDUCE_S) -> list[dict]:
+    """The entry of each pending script, in order: reduced in `worker` (unless None), then run in
+    a fresh interpreter, several at once, for its status; a reduced script that does not
+    reproduce there is put back whole and run again."""
+    reduced = [reduce_repro(item, worker=worker, timeout=timeout, seconds=seconds)
+               if worker is not None else (item.plan, item.entry) for item in pending]
+    entries = _verified([(item, plan, entry) for item, (plan, entry) in zip(pending, reduced,
+                                                                            strict=True)], timeout)
+    # A reduced script that needed what an earlier try left in the worker: whole again.
+    again = [index for index, (item, (plan, _)) in enumerate(zip(pending, reduced, strict=True))
+             if entries[index]["status"] != REPRODUCES and plan is not item.plan]
+    whole = _verified([(pending[index], pending[index].plan, _unreduced(entries[index]))
+                       for index in again], timeout)
+    for index, entry in zip(again, whole, strict=True):
+        entries[index] = entry
+    return entries
+
+
+def reduce_repro(item: Pending, *, worker: ReproWorker, timeout: float,
                  max_tries: int = MAX_TRIES, seconds: float = REDUCE_S) -> tuple[ReproPlan, dict]:
-    """The smallest plan ddmin finds that still reproduces, starting from `plan`, which does; and
-    `entry` with how far it went: statements and arguments before and after, tries. Every plan
-    ddmin keeps was run and reproduced, so the result needs no further run."""
+    """The smallest plan ddmin finds whose script (at item.path) still reproduces in `worker`,
+    starting from item.plan, and item.entry with how far it went: statements and arguments
+    before and after, tries, and tries_lost (those that hung or ended the worker). item.plan
+    itself if it does not reproduce in the worker."""
+    plan, path, render = item.plan, item.path, item.render
+    lost_before = worker.lost
+    path.write_text(render(plan), encoding="utf-8")
+    if worker.run(path, timeout=timeout)[0] != REPRODUCES:  # the fresh run will say why
+        return plan, item.entry
     statements = [("statement", index) for index in plan.kept if index != plan.pinned]
     arguments = [("argument", name) for name in plan.arguments]
     tries = 0
@@ -38,18 +65,33 @@ def reduce_repro(plan: ReproPlan, path: str | os.PathLike, entry: dict, *, timeo
         if tries >= max_tries or time.monotonic() > deadline:
             return False
         tries += 1
-        candidate = _with(plan, parts)
-        Path(path).write_text(candidate.script(), encoding="utf-8")
-        return verify(path, timeout=timeout)[0] == REPRODUCES
+        path.write_text(render(_with(plan, parts)), encoding="utf-8")
+        return worker.run(path, timeout=timeout)[0] == REPRODUCES
 
     parts = ddmin(statements + arguments, reproduces)
-    plan = _with(plan, parts)
-    kept = [index for kind, index in parts if kind == "statement"]
-    before = len(plan.root.body)
-    return plan, {**entry, "tries": tries,
-                  "statements": {"before": before, "after": len(kept) + (plan.pinned is not None
-                                                                           and plan.pinned >= 0)},
-                  "arguments": {"before": len(arguments), "after": len(plan.arguments)}}
+    reduced = plan if parts == statements + arguments else _with(plan, parts)
+    kept = [index for index in reduced.kept if index != reduced.pinned]
+    pinned = plan.pinned is not None and plan.pinned >= 0
+    return reduced, {**item.entry, "tries": tries, "tries_lost": worker.lost - lost_before,
+                     "statements": {"before": len(plan.root.body), "after": len(kept) + pinned},
+                     "arguments": {"before": len(arguments), "after": len(reduced.arguments)}}
+
+
+def _verified(scripts: list[tuple[Pending, ReproPlan, dict]], timeout: float) -> list[dict]:
+    """Each entry with the status and why of its plan's script, written at its path and run in a
+    fresh interpreter, and the script."""
+    texts = [item.render(plan) for item, plan, _ in scripts]
+    for (item, _, _), text in zip(scripts, texts, strict=True):
+        item.path.write_text(text, encoding="utf-8")
+    verdicts = verify_all([item.path for item, _, _ in scripts], timeout=timeout)
+    return [{**entry, "file": item.path.name, "status": status, "why": why, "script": text}
+            for (item, _, entry), text, (status, why) in zip(scripts, texts, verdicts, strict=True)]
+
+
+def _unreduced(entry: dict) -> dict:
+    """`entry` of a reduction whose result was put back whole: nothing dropped."""
+    return {**entry, "statements": {**entry["statements"], "after": entry["statements"]["before"]},
+            "arguments": {**entry["arguments"], "after": entry["arguments"]["before"]}}
 
 
 def _with(plan: ReproPlan, parts: list[tuple[str, object]]) -> ReproPlan:

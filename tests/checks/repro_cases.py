@@ -4,6 +4,7 @@ Each breaking line ends with `# break: <name>`, found by `line_of` as in zoo.py.
 """
 
 import math
+import os
 from pathlib import Path
 
 SOURCE = Path(__file__).resolve()
@@ -55,3 +56,21 @@ def takes_settings(x, settings):
 def doubles(x, times):
     # no break: compiled with dynamic=False, each new size recompiles on a size guard on x
     return x * 2 * times
+
+
+def resizes(x, label, scale):
+    # no break: with dynamic=False a new size of x recompiles; label and scale play no part
+    width = len(label)
+    y = x * 2
+    return y + width * scale
+
+
+def quits_when_cut(x, code):
+    code = 0  # a try that drops this line ends its process: os._exit(code) below
+    y = x + 1
+    y = y * 2
+    y = y - 1
+    print("quitting", x.shape)  # break: quits
+    if code:
+        os._exit(code)
+    return x

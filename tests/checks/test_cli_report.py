@@ -198,7 +198,7 @@ def test_check_writes_its_results_by_extension(tmp_path, monkeypatch, capsys):
 # -- --repro and --compare -------------------------------------------------------------------------
 
 def test_repro_writes_a_verified_script_and_inlines_it(tmp_path, capfd):
-    # Kept whole: reducing is test_repro.py's, here it would add a fresh interpreter per try.
+    # Kept whole (--no-reduce): reducing, in the worker, is test_repro.py's.
     json_path = tmp_path / "r.json"
     assert main(["report", "--repro", str(tmp_path / "repros"), "--no-reduce", "-o", str(json_path),
                  "--", SCRIPT]) == 0
@@ -214,6 +214,7 @@ def test_repro_writes_a_verified_script_and_inlines_it(tmp_path, capfd):
     assert "torch.compile(scale, backend='eager', fullgraph=False, dynamic=False)" in repro["script"]
     markdown = render(RecordedReport(data), "md")
     assert "### Standalone repros" in markdown and "#### Break 1 (Failed to trace builtin operator): `break_1_" in markdown
+    assert markdown.count("Reproduces (not reduced).") == 2  # --no-reduce: the break's and the recompile's
     assert markdown.index("```sh\nfullgraph report --repro") < markdown.index(repro["script"][:60])
 
 

@@ -1,17 +1,16 @@
-import contextlib
-import io
 import json
 import os
-import runpy
 
 import pytest
 import torch
 
 import repro_cases
 import zoo
-from fullgraph.checks import repro_reduce
+from fullgraph.checks import repro
+from fullgraph.checks._repro_worker import ReproWorker
 from fullgraph.checks.report import Report
 from fullgraph.checks.repro import NOT_ON_ITS_OWN, NOT_WRITTEN, REPRODUCES, make_repros, verify
+from fullgraph.checks.repro_markdown import repros_markdown
 from fullgraph.checks.repro_record import InputRecorder, describe
 from fullgraph.checks.repro_reduce import ddmin
 from fullgraph.checks.watch import watch
@@ -127,35 +126,69 @@ def test_strides_and_constants_of_the_file_are_rebuilt(tmp_path):
     assert "tensor((3, 2), (1, 3), torch.float32, 'cpu'), 4, " in repro["script"]
 
 
-def _verify_in_this_process(path, *, timeout):
-    """What verify says of the script at `path`, run here on a fresh dynamo: ddmin's many tries
-    without an interpreter start each (the reduced script is then run in a fresh one)."""
-    out = io.StringIO()
-    torch.compiler.reset()
-    try:
-        with contextlib.redirect_stdout(out):
-            runpy.run_path(os.fspath(path), run_name="__main__")
-    except Exception as error:  # the break moved or went, or a name the try dropped is missing
-        return NOT_ON_ITS_OWN, f"{type(error).__name__}: {error}"
-    finally:
-        torch.compiler.reset()
-    return (REPRODUCES, None) if out.getvalue().rstrip().endswith(REPRODUCES) else (NOT_ON_ITS_OWN,
-                                                                                  out.getvalue())
+def _marked(script):
+    """The script's line marked as the break's, without the mark, and its number."""
+    number = next(number for number, line in enumerate(script.splitlines(), start=1)
+                  if line.endswith("  # <- graph break"))
+    return script.splitlines()[number - 1].removesuffix("  # <- graph break"), number
 
 
-def test_reduction_drops_the_statements_and_arguments_the_break_does_not_need(tmp_path,
-                                                                             monkeypatch):
-    monkeypatch.setattr(repro_reduce, "verify", _verify_in_this_process)
+def test_reduction_drops_the_statements_and_arguments_the_break_does_not_need(tmp_path):
     _, _, [repro] = _repros(tmp_path, [(repro_cases.pads, (torch.ones(3), 2.0, "unused"))],
                             reduce=True)
     assert repro["status"] == REPRODUCES, repro["why"]
     assert verify(tmp_path / repro["file"]) == (REPRODUCES, None)  # the reduced script, alone
     assert repro["statements"] == {"before": 4, "after": 2}  # y = ..., print(...)
     assert repro["arguments"] == {"before": 3, "after": 2}
+    assert repro["tries"] > 0 and repro["tries_lost"] == 0
     script = repro["script"]
     assert "math.pi" not in script and "return y" not in script and "unused" not in script
     assert "def pads(x, scale):" in script and "OFFSET = 0.5" in script
+    # The same break as the whole script's: the same gb_type, at the same line of the function.
+    line, number = _marked(script)
+    assert line.strip() == 'print("padding", y.shape)  # break: pads'
+    assert f"LINE = {number} " in script and "GB_TYPE = 'Failed to trace builtin operator'" in script
     assert json.loads(json.dumps(repro)) == repro
+
+
+def test_a_try_that_ends_the_worker_counts_as_not_reproducing_and_reduction_goes_on(tmp_path):
+    # ddmin's first try drops `code = 0` and keeps `os._exit(code)`: the worker dies under it.
+    _, _, [repro] = _repros(tmp_path, [(repro_cases.quits_when_cut, (torch.ones(3), 3))],
+                            reduce=True)
+    assert repro["tries_lost"] >= 1
+    assert repro["status"] == REPRODUCES, repro["why"]
+    assert repro["statements"] == {"before": 7, "after": 1} and repro["arguments"]["after"] == 1
+    assert "os._exit" not in repro["script"] and "def quits_when_cut(x):" in repro["script"]
+    assert _marked(repro["script"])[0].strip().startswith('print("quitting", x.shape)')
+
+
+def test_the_worker_reports_a_script_that_hangs_or_crashes_and_starts_again(tmp_path):
+    good = tmp_path / "good.py"
+    good.write_text(f"print({REPRODUCES!r})\n")
+    (tmp_path / "hangs.py").write_text("import time\ntime.sleep(600)\n")
+    (tmp_path / "crashes.py").write_text("import ctypes\n\nctypes.string_at(0)\n")
+    (tmp_path / "raises.py").write_text("raise ValueError('no break here')\n")
+    with ReproWorker() as worker:
+        assert worker.run(good, timeout=60) == (REPRODUCES, None)
+        assert worker.run(tmp_path / "hangs.py", timeout=1) == (
+            NOT_ON_ITS_OWN, "timed out after 1 s (the worker was killed)")
+        status, why = worker.run(tmp_path / "crashes.py", timeout=60)
+        assert status == NOT_ON_ITS_OWN and why.startswith("the worker ended (signal SIGSEGV): ")
+        assert 'crashes.py", line 3 in <module>' in why  # faulthandler's stack
+        status, why = worker.run(tmp_path / "raises.py", timeout=60)  # the script's own error
+        assert why.startswith("exit 1: Traceback") and why.endswith("ValueError: no break here")
+        assert "_repro_worker" not in why  # the script's frames, as a fresh interpreter shows them
+        assert worker.run(good, timeout=60) == (REPRODUCES, None)
+        assert worker.lost == 2
+
+
+def test_fresh_interpreters_run_side_by_side_and_one_that_fails_stops_none_of_the_others(tmp_path):
+    fails, slow = tmp_path / "fails.py", tmp_path / "slow.py"
+    fails.write_text("raise SystemExit('gone')\n")
+    # Past launch.GRACE_S after the other failed: run_processes' default would have stopped it.
+    slow.write_text(f"import time\ntime.sleep(7)\nprint({REPRODUCES!r})\n")
+    assert repro.verify_all([fails, slow, slow]) == [(NOT_ON_ITS_OWN, "exit 1: gone"), (REPRODUCES, None),
+                                               (REPRODUCES, None)]
 
 
 def test_ddmin_finds_a_minimal_set():
@@ -189,3 +222,35 @@ def test_a_recompile_gets_a_script_that_recompiles_on_a_guard_on_the_same_name(t
     path.write_text(repro["script"].replace("tensor((4,), (1,), torch.float32, 'cpu'), 3, ", first))
     status, why = verify(path)
     assert status == NOT_ON_ITS_OWN and "AssertionError: expected doubles to recompile on a guard on x" in why
+
+
+def test_recompile_reduction_keeps_the_guard_and_drops_what_the_recompile_does_not_need(tmp_path):
+    calls = [(repro_cases.resizes, (torch.ones(2), "label", 0.5)),
+             (repro_cases.resizes, (torch.ones(4), "label", 0.5))]
+    _, _, [repro] = _repros(tmp_path, calls, dynamic=False, reduce=True)
+    assert repro["kind"] == "recompile" and repro["status"] == REPRODUCES, repro["why"]
+    assert repro["guard"] == "size guard on x.size()[0]: expected 2, actual 4"
+    assert repro["statements"] == {"before": 3, "after": 1}
+    assert repro["arguments"] == {"before": 3, "after": 1} and repro["tries"] > 0
+    script = repro["script"]
+    assert "def resizes(x):\n    y = x * 2\n" in script and "label" not in script.split("def main")[1]
+    assert "GUARDED = 'x'" in script and verify(tmp_path / repro["file"]) == (REPRODUCES, None)
+    # Both calls lost the arguments: the first with a tensor of 2, the second of 4.
+    assert "(tensor((2,), (1,), torch.float32, 'cpu'), ), {}" in script
+    assert "(tensor((4,), (1,), torch.float32, 'cpu'), ), {}" in script
+
+
+def test_the_markdown_says_how_far_reduction_went_and_what_the_worker_lost():
+    entry = {"kind": "recompile", "break": None, "gb_type": None, "compile": "0/1",
+             "guard": "size guard on x.size()[0]: expected 2, actual 4", "file": "recompile_1_f.py",
+             "status": REPRODUCES, "why": None, "statements": {"before": 3, "after": 1},
+             "arguments": {"before": 3, "after": 1}, "tries": 9, "tries_lost": 2,
+             "script": "print('reproduces')\n"}
+    text = "\n".join(repros_markdown([entry], lambda text, language: text))
+    assert ("Reproduces. Reduced from 3 statements to 1 and from 3 arguments to 1, in 9 tries, 2 "
+            "of which hung or crashed the worker; the reduced script reproduces in a fresh "
+            "interpreter.") in text
+    text = "\n".join(repros_markdown([{**entry, "tries_lost": 0}], lambda text, language: text))
+    assert "in 9 tries; the reduced script reproduces in a fresh interpreter." in text
+    whole = {**entry, "statements": None, "arguments": None, "tries": 0, "tries_lost": 0}
+    assert "Reproduces (not reduced)." in repros_markdown([whole], lambda text, language: text)

@@ -406,7 +406,7 @@ def test_the_html_page_shows_each_verdict_and_the_verified_scripts_escaped(repro
     assert "<p>One script per graph break and per recompile cause. Each needs only torch and was run in a fresh interpreter: 1 of 2 reproduce.</p>" in page
     verified, refused = repros
     assert (f'<h4>Break 1 (Failed to trace builtin operator): <code>{verified["file"]}</code></h4>'
-            f"\n<p>Reproduces (not reduced: --no-reduce).</p>") in page
+            f"\n<p>Reproduces (not reduced).</p>") in page
     # The script whole, escaped: its quotes and the arrow of its mark.
     assert 'print(&quot;tracing&quot;, y.shape)  # break: print  # &lt;- graph break' in page
     assert "def main():" in page and '<pre><code>"""' not in page
