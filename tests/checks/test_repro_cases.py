@@ -5,7 +5,7 @@ or a recompile on a guard on the same name), or the report says why it cannot st
 The cases are zoo.py's breaks, recompile_zoo.py's recompiles, the programs under targets/ that
 can run in this process, and the breaks test_sdpa.py, test_grad_modes.py and test_collectives.py
 write for themselves (copied below, each marked `# break: <name>`). The scripts run here on a
-fresh dynamo, as test_repro.py's reduction test runs its tries: about a second a case, where a
+fresh dynamo, as the reduction worker runs its tries: about a second a case, where a
 fresh interpreter costs a torch import each; test_repro.py runs scripts in fresh interpreters.
 """
 
@@ -24,7 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import recompile_zoo
 import zoo
-from fullgraph.checks import repro, repro_recompile
+from fullgraph.checks import repro_reduce
 from fullgraph.checks.report import (
     RecordedReport,
     Report,
@@ -108,8 +108,9 @@ def _verify_here(path, *, timeout):
 @pytest.fixture
 def repros_of(tmp_path, monkeypatch):
     """The report data and repros (unreduced) of running `program()` in this process."""
-    monkeypatch.setattr(repro, "verify", _verify_here)
-    monkeypatch.setattr(repro_recompile, "verify", _verify_here)
+    monkeypatch.setattr(repro_reduce, "verify_all",
+                        lambda paths, *, timeout: [_verify_here(path, timeout=timeout)
+                                                   for path in paths])
 
     def run(program):
         torch.compiler.reset()
