@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch_versions import per_torch
 
 import recompile_zoo
 import zoo
@@ -197,6 +198,9 @@ def raising_after_its_break():
 #                                torch's global state, grad mode)
 #   (status, why): does not stand alone, saying why
 
+# The deprecated SDPA context manager breaks the graph twice on 2.11 and 2.13 and once on 2.15;
+# its gb_type changed at 2.14 (test_sdpa.py), taken here as where the count changed too.
+OLD_CONTEXT_MANAGER_BREAKS = per_torch({(2, 11): 2, (2, 14): 1})
 ITEM = "Unsupported Tensor.item() call with capture_scalar_outputs=False"
 PRINT = "Failed to trace builtin operator"
 ZOO, THIS = Path(zoo.__file__), SOURCE
@@ -208,8 +212,8 @@ BREAKS = [
     pytest.param(compiled(zoo.calls_c_function, (ones(3),)),
                  [("break", "Attempted to call function marked as skipped", (ZOO, "c function"))],
                  id="C function"),
-    pytest.param(compiled(zoo.calls_ctypes, (ones(3),)),
-                 [("break", "Unsupported method call", (ZOO, "ctypes"))], id="ctypes in a polyfill"),
+    pytest.param(compiled(zoo.calls_ctypes, (ones(3),)),  # torch's gb_type for it varies
+                 [("break", None, (ZOO, "ctypes"))], id="ctypes in a polyfill"),
     pytest.param(compiled(zoo.breaks_first, (ones(3),)),
                  [("break", PRINT, (ZOO, "first"))], id="first statement"),
     pytest.param(compiled(zoo.calls_helper_twice, (ones(3),)),
@@ -231,7 +235,7 @@ BREAKS = [
                  id="method"),
     pytest.param(compiled(zoo.clean, (ones(3),)), [], id="clean"),
     pytest.param(compiled(old_context_manager, qkv()),  # torch's gb_types for it vary
-                 [("break", None, (THIS, "sdp_kernel")), ("break", None, (THIS, "sdp_kernel"))],
+                 [("break", None, (THIS, "sdp_kernel"))] * OLD_CONTEXT_MANAGER_BREAKS,
                  id="sdpa old context manager"),
     pytest.param(compiled(reads_a_value, qkv()),
                  [("break", "Data-dependent branching", (THIS, "kernels"))], id="sdpa kernel from a value"),
