@@ -1,10 +1,12 @@
-"""The pytest plugin, run the way users run it: pytest in a subprocess, through the entry point.
+"""The pytest plugin, run the way users run it: pytest through the entry point, in a process of
+its own where that is what a test is about.
 
-Each subprocess imports torch (seconds on a loaded machine), so each run covers many scenarios:
-one for the marker and the fixtures; one file run in order, reversed, under `-n 2` and with warm
-caches; one suite built on torch._dynamo.test_case.TestCase; one that watches, reports and writes
-a baseline, and one under `-n 2` that compares against it. Option errors and the plain run are
-checked in-process, where nothing compiles.
+A process imports torch (seconds on a loaded machine), so each run covers many scenarios. The
+marker and the fixtures run in a subprocess: the plugin must load without the compiler, and the
+tests there register compile callbacks. The TestCase suite runs in one too. The runs about order,
+workers, watching, reports and baselines run in this process (pytester's in-process runs, after
+programs_report has compiled once here, so that what a compile imports from torch is imported
+before them), the `-n 2` ones on two worker processes; option errors and the plain run too.
 """
 
 import json
@@ -287,13 +289,12 @@ def verdicts(result) -> dict[str, str]:
     return {match[2]: match[1] for match in found if match}
 
 
-def test_verdicts_and_counts_do_not_depend_on_test_order_or_worker(pytester, run_pytest):
+def test_verdicts_and_counts_do_not_depend_on_test_order_or_worker(pytester, run_in_process):
     pytester.makepyfile(functions=FUNCTIONS, test_order=ORDER_TESTS)
     pytester.makeconftest(ORDER_CONFTEST)
 
     def run(*args):
-        return run_pytest("-p", "no:cacheprovider", "-p", "no:randomly",
-                                             "-rA", *args)
+        return run_in_process("-p", "no:cacheprovider", "-p", "no:randomly", "-rA", *args)
 
     # Every test watched, for its counts: in file order, reversed and on two workers.
     runs = {"forward": run("--fullgraph-report=forward.json"),
@@ -395,12 +396,13 @@ def test_clean():
 '''
 
 
-def test_watch_report_and_baseline_then_compare_under_xdist(programs_report, pytester, run_pytest):
+def test_watch_report_and_baseline_then_compare_under_xdist(programs_report, pytester,
+                                                            run_in_process):
     pytester.makepyfile(functions=FUNCTIONS, test_suite=SUITE_TESTS)
     pytester.makeconftest(SUITE_CONFTEST)
     baseline = pytester.path / "fullgraph.json"
 
-    written = run_pytest(
+    written = run_in_process(
         "-p", "no:cacheprovider", "--fullgraph-watch", "--fullgraph-report=run.json",
         f"--fullgraph-baseline={baseline}", "--fullgraph-update-baseline")
     written.assert_outcomes(passed=5)
@@ -447,7 +449,7 @@ def test_watch_report_and_baseline_then_compare_under_xdist(programs_report, pyt
     del stored["test_suite.py::test_branches"]
     stored["test_suite.py::test_prints_once"]["graph_breaks"] = 3
     baseline.write_text(json.dumps(stored))
-    compared = run_pytest(
+    compared = run_in_process(
         "-p", "no:cacheprovider", "-n", "2", "--fullgraph-watch", "--fullgraph-report=run.html",
         f"--fullgraph-baseline={baseline}")
     assert compared.ret == pytest.ExitCode.TESTS_FAILED
@@ -468,6 +470,13 @@ def test_watch_report_and_baseline_then_compare_under_xdist(programs_report, pyt
     compared.stdout.no_fnmatch_line("*test_prints_once: graph breaks*")
     assert_html_names_the_tests((pytester.path / "run.html").read_text())
     assert json.loads(baseline.read_text()) == stored  # compared, not rewritten
+
+
+@pytest.fixture
+def run_in_process(pytester, programs_report):
+    """pytester.runpytest_inprocess, once programs_report has compiled and watched in this process:
+    the runs drop every module they import, and torch's cannot be imported twice."""
+    return pytester.runpytest_inprocess
 
 
 @pytest.fixture(scope="module")
