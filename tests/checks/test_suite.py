@@ -8,10 +8,19 @@ from fullgraph.checks.parity import LOGIT_TOLERANCES
 
 @pytest.fixture(scope="module")
 def target():
-    return suite.build_target(backend="eager")
+    # aot_eager, as in `fullgraph check --backend aot_eager`: the compiled-parity check runs
+    # AOTAutograd, which eager would skip, at a fraction of inductor's compile time.
+    return suite.build_target(backend="aot_eager")
 
 
-@pytest.mark.parametrize("name, check", [c for c in suite.CHECKS if c[0] != "generate: compiled equals eager"])
+# Generation compiles prefill and decode with inductor whatever the backend: an end-to-end
+# inductor run, slow.
+EVERY_CHECK = [pytest.param(name, check, marks=pytest.mark.slow)
+               if check is suite.check_compiled_generation else (name, check)
+               for name, check in suite.CHECKS]
+
+
+@pytest.mark.parametrize("name, check", EVERY_CHECK)
 def test_every_check_passes_on_the_reference_model(target, name, check):
     assert check(target)
 
