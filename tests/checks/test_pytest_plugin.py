@@ -1,12 +1,15 @@
 """The pytest plugin, run the way users run it: pytest through the entry point, in a process of
-its own where that is what a test is about.
+its own where the process is part of what a test is about.
 
 A process imports torch (seconds on a loaded machine), so each run covers many scenarios. The
-marker and the fixtures run in a subprocess: the plugin must load without the compiler, and the
-tests there register compile callbacks. The TestCase suite runs in one too. The runs about order,
-workers, watching, reports and baselines run in this process (pytester's in-process runs, after
-programs_report has compiled once here, so that what a compile imports from torch is imported
-before them), the `-n 2` ones on two worker processes; option errors and the plain run too.
+marker and the fixtures run in a subprocess: the plugin must load without the compiler there, and
+those tests register compile callbacks. So does the TestCase suite: importing
+torch._dynamo.test_case freezes torch's backend flags for the rest of the process (setting one
+outside a `flags()` block raises). The runs
+about order, workers, watching, reports and baselines run in this process, through pytester's
+in-process runs (the `-n 2` ones on two worker processes), after programs_report has compiled
+here, so that what a compile imports from torch is imported before them. Option errors and the
+plain run are checked in-process too, where nothing compiles.
 """
 
 import json
