@@ -8,15 +8,16 @@ STAMP := $(VENV)/.installed
 TORCH ?=
 TORCH_VENV ?= .venv-torch-$(TORCH)
 TORCH_STAMP := $(TORCH_VENV)/.installed
+TORCH_ONLY_STAMP := $(TORCH_VENV)/.torch-installed
 
 # pip's output goes to a log in the venv ($(1)), printed only when the install fails.
 QUIET_PIP = > $(1)/pip.log 2>&1 || { cat $(1)/pip.log >&2; exit 1; }
 
-.PHONY: check test test-torch lint install clean
+.PHONY: check test test-torch install-torch lint install clean
 
-ifneq ($(filter test-torch,$(MAKECMDGOALS)),)
+ifneq ($(filter test-torch install-torch,$(MAKECMDGOALS)),)
 ifeq ($(TORCH),)
-$(error make test-torch needs the torch version to test, e.g. make test-torch TORCH=2.15.0)
+$(error make $(filter test-torch install-torch,$(MAKECMDGOALS)) needs the torch version, e.g. make test-torch TORCH=2.15.0)
 endif
 endif
 
@@ -47,9 +48,18 @@ $(STAMP): pyproject.toml ci/constraints.txt
 	touch $@
 
 # Any release but the pinned one is PyPI's, a CUDA build: it runs the suite on CPU all the same.
-$(TORCH_STAMP): pyproject.toml
+# `make install-torch` installs that torch alone, a multi-GB download that .ci/run makes for two
+# releases side by side: it builds nothing from the checkout, where an install of the project
+# writes its metadata.
+install-torch: $(TORCH_ONLY_STAMP)
+
+$(TORCH_ONLY_STAMP):
 	$(PYTHON) -m venv $(TORCH_VENV)
 	$(TORCH_VENV)/bin/python -m pip install --quiet --upgrade pip $(call QUIET_PIP,$(TORCH_VENV))
+	$(TORCH_VENV)/bin/python -m pip install --quiet 'torch==$(TORCH)' $(call QUIET_PIP,$(TORCH_VENV))
+	touch $@
+
+$(TORCH_STAMP): pyproject.toml $(TORCH_ONLY_STAMP)
 	$(TORCH_VENV)/bin/python -m pip install --quiet -e '.[test]' 'torch==$(TORCH)' $(call QUIET_PIP,$(TORCH_VENV))
 	$(TORCH_VENV)/bin/python -c 'import torch; print("torch", torch.__version__, "in $(TORCH_VENV)")'
 	touch $@

@@ -148,6 +148,9 @@ def _xdist_worker_of_this(environ: bytes) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
+    # The slow tests first, in their order, the rest after in theirs: under xdist a long test
+    # started last keeps one worker busy while the other has nothing left to run.
+    items.sort(key=lambda item: "slow" not in item.keywords)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -1,3 +1,5 @@
+import functools
+
 import pytest
 import torch
 
@@ -47,13 +49,45 @@ def test_an_unknown_backend_is_refused_before_any_check_runs(capsys):
     assert captured.out == ""
 
 
-@pytest.mark.slow
-def test_check_runs_every_check_and_exits_zero(run_python):
-    [run] = run_python(["-m", "fullgraph.checks.cli", "check", "--backend", "aot_eager"],
-                       timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
-    lines = run.stdout.splitlines()
-    assert lines[0] == "fullgraph check: tiny on cpu, float32, backend aot_eager"
+def _checks_that_record(ran: list, failing: str | None = None) -> list:
+    """Every check of suite.CHECKS by name, each recording the target it ran on; `failing` fails."""
+    def check_named(name):
+        def check(target):
+            ran.append((name, target.label))
+            if name == failing:
+                raise AssertionError(f"{name} failed\n  the whole message")
+            return f"ran on {target.backend}"
+        return check
+
+    return [(name, check_named(name)) for name, _ in suite.CHECKS]
+
+
+def test_check_runs_every_check_on_the_target_its_options_build(capsys, monkeypatch):
+    # The command around the checks; each check passing on the reference model (generation, with
+    # inductor, among them) is test_suite.py's.
+    label = "tiny on cpu, float32, backend aot_eager"
+    ran = []
+    monkeypatch.setattr(suite, "run_checks",
+                        functools.partial(suite.run_checks, checks=_checks_that_record(ran)))
+    assert main(["check", "--backend", "aot_eager"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert ran == [(name, label) for name, _ in suite.CHECKS]
+    assert lines[0] == f"fullgraph check: {label}"
     for name, _ in suite.CHECKS:
-        assert any(line.startswith(name) and " pass " in line for line in lines), name
+        assert any(line.startswith(name) and " pass " in line and "ran on aot_eager" in line
+                   for line in lines), name
     assert lines[-1].startswith(f"{len(suite.CHECKS)} passed, 0 failed in ")
+
+
+def test_check_exits_one_and_prints_the_message_of_a_failing_check(capsys, monkeypatch):
+    failing = suite.CHECKS[3][0]
+    ran = []
+    monkeypatch.setattr(suite, "run_checks", functools.partial(
+        suite.run_checks, checks=_checks_that_record(ran, failing=failing)))
+    assert main(["check", "--backend", "eager"]) == 1
+    out = capsys.readouterr().out
+    assert len(ran) == len(suite.CHECKS)  # the rest still ran
+    assert any(line.startswith(failing) and " FAIL " in line and f" {failing} failed " in line
+               for line in out.splitlines())
+    assert f"\n== {failing} ==\n{failing} failed\n  the whole message\n" in out
+    assert out.splitlines()[-1].startswith(f"{len(suite.CHECKS) - 1} passed, 1 failed in ")

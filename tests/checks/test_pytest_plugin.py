@@ -1,10 +1,15 @@
-"""The pytest plugin, run the way users run it: pytest in a subprocess, through the entry point.
+"""The pytest plugin, run the way users run it: pytest through the entry point, in a process of
+its own where the process is part of what a test is about.
 
-Each subprocess imports torch (seconds on a loaded machine), so each run covers many scenarios:
-one for the marker and the fixtures; one file run in order, reversed, under `-n 2` and with warm
-caches; one suite built on torch._dynamo.test_case.TestCase; one that watches, reports and writes
-a baseline, and one under `-n 2` that compares against it. Option errors and the plain run are
-checked in-process, where nothing compiles.
+A process imports torch (seconds on a loaded machine), so each run covers many scenarios. The
+marker and the fixtures run in a subprocess: the plugin must load without the compiler there, and
+those tests register compile callbacks. So does the TestCase suite: importing
+torch._dynamo.test_case freezes torch's backend flags for the rest of the process (setting one
+outside a `flags()` block raises). The runs
+about order, workers, watching, reports and baselines run in this process, through pytester's
+in-process runs (the `-n 2` ones on two worker processes), after programs_report has compiled
+here, so that what a compile imports from torch is imported before them. Option errors and the
+plain run are checked in-process too, where nothing compiles.
 """
 
 import json
@@ -287,13 +292,12 @@ def verdicts(result) -> dict[str, str]:
     return {match[2]: match[1] for match in found if match}
 
 
-def test_verdicts_and_counts_do_not_depend_on_test_order_or_worker(pytester, run_pytest):
+def test_verdicts_and_counts_do_not_depend_on_test_order_or_worker(pytester, run_in_process):
     pytester.makepyfile(functions=FUNCTIONS, test_order=ORDER_TESTS)
     pytester.makeconftest(ORDER_CONFTEST)
 
     def run(*args):
-        return run_pytest("-p", "no:cacheprovider", "-p", "no:randomly",
-                                             "-rA", *args)
+        return run_in_process("-p", "no:cacheprovider", "-p", "no:randomly", "-rA", *args)
 
     # Every test watched, for its counts: in file order, reversed and on two workers.
     runs = {"forward": run("--fullgraph-report=forward.json"),
@@ -395,12 +399,14 @@ def test_clean():
 '''
 
 
-def test_watch_report_and_baseline_then_compare_under_xdist(programs_report, pytester, run_pytest):
-    pytester.makepyfile(functions=FUNCTIONS, test_suite=SUITE_TESTS)
+def test_watch_report_and_baseline_then_compare_under_xdist(programs_report, pytester,
+                                                            run_in_process):
+    # Not test_suite.py: this process has imported the suite's own test_suite module by that name.
+    pytester.makepyfile(functions=FUNCTIONS, test_watched=SUITE_TESTS)
     pytester.makeconftest(SUITE_CONFTEST)
     baseline = pytester.path / "fullgraph.json"
 
-    written = run_pytest(
+    written = run_in_process(
         "-p", "no:cacheprovider", "--fullgraph-watch", "--fullgraph-report=run.json",
         f"--fullgraph-baseline={baseline}", "--fullgraph-update-baseline")
     written.assert_outcomes(passed=5)
@@ -410,24 +416,24 @@ def test_watch_report_and_baseline_then_compare_under_xdist(programs_report, pyt
         "graph breaks, by type and location:",
         f"  {BUILTIN}",
         f'    functions.py:{PRINT_LINE} in prints: print("tracing")',
-        "      test_suite.py::test_prints_once",
-        "      test_suite.py::test_prints_again",
+        "      test_watched.py::test_prints_once",
+        "      test_watched.py::test_prints_again",
         f"  {BRANCH}",
-        "*      test_suite.py::test_branches",
+        "*      test_watched.py::test_branches",
         "recompiles, by function and guard:",
         f"  functions.py:{ADDS_LINE} in adds",
         "    value guard on n",
-        "      test_suite.py::test_recompiles",
+        "      test_watched.py::test_recompiles",
         "report written to run.json",
         f"baseline written to {baseline} (5 tests updated)",
     ])
     counts = {"graph_breaks": 1, "recompiles": 0}
     assert json.loads(baseline.read_text()) == {
-        "test_suite.py::test_branches": counts,
-        "test_suite.py::test_clean": {"graph_breaks": 0, "recompiles": 0},
-        "test_suite.py::test_prints_again": counts,
-        "test_suite.py::test_prints_once": counts,
-        "test_suite.py::test_recompiles": {"graph_breaks": 0, "recompiles": 1},
+        "test_watched.py::test_branches": counts,
+        "test_watched.py::test_clean": {"graph_breaks": 0, "recompiles": 0},
+        "test_watched.py::test_prints_again": counts,
+        "test_watched.py::test_prints_once": counts,
+        "test_watched.py::test_recompiles": {"graph_breaks": 0, "recompiles": 1},
     }
     report = json.loads((pytester.path / "run.json").read_text())
     assert report["kind"] == "compile-report"
@@ -435,19 +441,19 @@ def test_watch_report_and_baseline_then_compare_under_xdist(programs_report, pyt
     assert report["summary"]["graph_breaks"] == 2  # distinct sites, over the whole run
     printed = next(brk for brk in report["graph_breaks"] if brk["gb_type"] == BUILTIN)
     assert printed["count"] == 2
-    assert printed["tests"] == ["test_suite.py::test_prints_once", "test_suite.py::test_prints_again"]
-    assert [c["test"] for c in report["compiles"] if c["recompile"]] == ["test_suite.py::test_recompiles"]
+    assert printed["tests"] == ["test_watched.py::test_prints_once", "test_watched.py::test_prints_again"]
+    assert [c["test"] for c in report["compiles"] if c["recompile"]] == ["test_watched.py::test_recompiles"]
     assert_shaped_like(report, programs_report, pytester.path)
     # The Markdown the plugin writes from that same dict.
     assert_markdown_names_the_tests(render_markdown(SimpleNamespace(to_dict=lambda: report)))
 
     # One count up, one test new to the baseline, one count down (not a failure).
     stored = json.loads(baseline.read_text())
-    stored["test_suite.py::test_recompiles"]["recompiles"] = 0
-    del stored["test_suite.py::test_branches"]
-    stored["test_suite.py::test_prints_once"]["graph_breaks"] = 3
+    stored["test_watched.py::test_recompiles"]["recompiles"] = 0
+    del stored["test_watched.py::test_branches"]
+    stored["test_watched.py::test_prints_once"]["graph_breaks"] = 3
     baseline.write_text(json.dumps(stored))
-    compared = run_pytest(
+    compared = run_in_process(
         "-p", "no:cacheprovider", "-n", "2", "--fullgraph-watch", "--fullgraph-report=run.html",
         f"--fullgraph-baseline={baseline}")
     assert compared.ret == pytest.ExitCode.TESTS_FAILED
@@ -455,19 +461,26 @@ def test_watch_report_and_baseline_then_compare_under_xdist(programs_report, pyt
     compared.stdout.fnmatch_lines([
         "*= fullgraph =*",
         f'    functions.py:{PRINT_LINE} in prints: print("tracing")',
-        "      test_suite.py::test_prints_*",
-        "      test_suite.py::test_prints_*",
+        "      test_watched.py::test_prints_*",
+        "      test_watched.py::test_prints_*",
         f"2 increase(s) over the baseline {baseline}:",
-        "  test_suite.py::test_*: *",
-        "  test_suite.py::test_*: *",
+        "  test_watched.py::test_*: *",
+        "  test_watched.py::test_*: *",
         "If they are expected, record them with --fullgraph-update-baseline.",
     ])
-    compared.stdout.fnmatch_lines(["  test_suite.py::test_recompiles: recompiles 0 -> 1"])
+    compared.stdout.fnmatch_lines(["  test_watched.py::test_recompiles: recompiles 0 -> 1"])
     compared.stdout.fnmatch_lines(
-        ["  test_suite.py::test_branches: graph breaks not in the baseline, so 0 -> 1"])
+        ["  test_watched.py::test_branches: graph breaks not in the baseline, so 0 -> 1"])
     compared.stdout.no_fnmatch_line("*test_prints_once: graph breaks*")
     assert_html_names_the_tests((pytester.path / "run.html").read_text())
     assert json.loads(baseline.read_text()) == stored  # compared, not rewritten
+
+
+@pytest.fixture
+def run_in_process(pytester, programs_report):
+    """pytester.runpytest_inprocess, once programs_report has compiled and watched in this process:
+    the runs drop every module they import, and torch's cannot be imported twice."""
+    return pytester.runpytest_inprocess
 
 
 @pytest.fixture(scope="module")
@@ -515,18 +528,18 @@ def assert_markdown_names_the_tests(text: str) -> None:
     tests = text[text.index("## Tests"):text.index("## Graph breaks")]
     assert tests.splitlines()[2:] == [
         "| test | graph breaks | recompiles |", "|---|---:|---:|",
-        "| `test_suite.py::test_branches` | 1 | 0 |",
-        "| `test_suite.py::test_prints_again` | 1 | 0 |",
-        "| `test_suite.py::test_prints_once` | 1 | 0 |",
-        "| `test_suite.py::test_recompiles` | 0 | 1 |", "",
+        "| `test_watched.py::test_branches` | 1 | 0 |",
+        "| `test_watched.py::test_prints_again` | 1 | 0 |",
+        "| `test_watched.py::test_prints_once` | 1 | 0 |",
+        "| `test_watched.py::test_recompiles` | 0 | 1 |", "",
         "Not listed: 1 test with no graph breaks and no recompiles.", ""]
     breaks = text[text.index("## Graph breaks"):text.index("## Recompiles")].split("\n### ")[1:]
-    assert ("Met in: `test_suite.py::test_prints_once`, `test_suite.py::test_prints_again`."
+    assert ("Met in: `test_watched.py::test_prints_once`, `test_watched.py::test_prints_again`."
             in the_break(breaks, BUILTIN))
-    assert "Met in: `test_suite.py::test_branches`." in the_break(breaks, BRANCH)
+    assert "Met in: `test_watched.py::test_branches`." in the_break(breaks, BRANCH)
     recompiles = text[text.index("## Recompiles"):text.index("## Reproduction")]
     assert [line for line in recompiles.splitlines() if line.startswith("| 0/")] == [
-        f"| 0/1 | `test_suite.py::test_recompiles` | `adds` (functions.py:{ADDS_LINE}) "
+        f"| 0/1 | `test_watched.py::test_recompiles` | `adds` (functions.py:{ADDS_LINE}) "
         "| 0/0: value guard on n: expected 1 |"]
 
 
@@ -535,18 +548,18 @@ def assert_html_names_the_tests(page: str) -> None:
     assert page.startswith("<!DOCTYPE html>")
     tests = page[page.index("<h2>Tests</h2>"):page.index("<h2>Graph breaks</h2>")]
     assert re.findall(r"<tr><td><code>(.+?)</code></td><td>(\d)</td><td>(\d)</td></tr>", tests) == [
-        ("test_suite.py::test_branches", "1", "0"), ("test_suite.py::test_prints_again", "1", "0"),
-        ("test_suite.py::test_prints_once", "1", "0"), ("test_suite.py::test_recompiles", "0", "1")]
+        ("test_watched.py::test_branches", "1", "0"), ("test_watched.py::test_prints_again", "1", "0"),
+        ("test_watched.py::test_prints_once", "1", "0"), ("test_watched.py::test_recompiles", "0", "1")]
     assert "<p>Not listed: 1 test with no graph breaks and no recompiles.</p>" in tests
     breaks = page[:page.index("<h2>Recompiles</h2>")].split('<section class="break">')[1:]
     printed = re.search(r"<p>Met in: (.+?)\.</p>", the_break(breaks, BUILTIN))[1]
-    assert sorted(printed.split(", ")) == ["<code>test_suite.py::test_prints_again</code>",
-                                           "<code>test_suite.py::test_prints_once</code>"]
-    assert "<p>Met in: <code>test_suite.py::test_branches</code>.</p>" in the_break(breaks, BRANCH)
+    assert sorted(printed.split(", ")) == ["<code>test_watched.py::test_prints_again</code>",
+                                           "<code>test_watched.py::test_prints_once</code>"]
+    assert "<p>Met in: <code>test_watched.py::test_branches</code>.</p>" in the_break(breaks, BRANCH)
     recompiles = page[page.index("<h2>Recompiles</h2>"):page.index("<h2>Timeline of compiles</h2>")]
     assert re.findall(r"<tr><td>([\d/]+)</td><td><code>(.+?)</code></td>", recompiles) == [
-        ("0/1", "test_suite.py::test_recompiles")]
-    assert '<span class="label" title="0/1 recompile: adds in test_suite.py::test_recompiles">' in page
+        ("0/1", "test_watched.py::test_recompiles")]
+    assert '<span class="label" title="0/1 recompile: adds in test_watched.py::test_recompiles">' in page
 
 
 # -- a plain run, and options that cannot work ----------------------------------------------------

@@ -1,17 +1,29 @@
+import dataclasses
+
 import pytest
 import torch
 from torch_versions import per_torch
 
 from fullgraph.checks import suite
 from fullgraph.checks.parity import LOGIT_TOLERANCES
+from fullgraph.model import init_params
 
 
 @pytest.fixture(scope="module")
 def target():
-    return suite.build_target(backend="eager")
+    # aot_eager, as in `fullgraph check --backend aot_eager`: the compiled-parity check runs
+    # AOTAutograd, which eager would skip, at a fraction of inductor's compile time.
+    return suite.build_target(backend="aot_eager")
 
 
-@pytest.mark.parametrize("name, check", [c for c in suite.CHECKS if c[0] != "generate: compiled equals eager"])
+# Generation compiles prefill and decode with inductor whatever the backend: an end-to-end
+# inductor run, slow.
+EVERY_CHECK = [pytest.param(name, check, marks=pytest.mark.slow)
+               if check is suite.check_compiled_generation else (name, check)
+               for name, check in suite.CHECKS]
+
+
+@pytest.mark.parametrize("name, check", EVERY_CHECK)
 def test_every_check_passes_on_the_reference_model(target, name, check):
     assert check(target)
 
@@ -179,6 +191,11 @@ def _tables_as_wide_as_the_longest_row(t, cache, token):
 
 
 def test_a_paged_decode_that_recompiles_per_length_fails_its_check(target, monkeypatch):
+    # One layer and 8 steps (the table widens at the fifth): the same recompile, at a fraction of
+    # the tracing.
+    cfg = dataclasses.replace(target.cfg, n_layers=1)
+    target = dataclasses.replace(target, cfg=cfg, params=init_params(cfg))
+    monkeypatch.setattr(suite, "DECODE_STEPS", 8)
     monkeypatch.setattr(suite, "_paged_decode_calls", _tables_as_wide_as_the_longest_row)
     [result] = suite.run_checks(target, checks=[("paged", suite.check_paged_decode_compiles_once)])
     assert not result.passed
