@@ -33,11 +33,14 @@ lint: $(STAMP)
 # The checkers' tests and the project's rules, all but the slow ones. What differs between
 # releases is what dynamo does and says, and that is what the checkers read; test_suite.py runs the
 # reference model through every check. The model's own tests (tests/model) and the slow ones
-# (end-to-end inductor runs, waits on processes) run on the pinned torch, in `make test`.
+# (end-to-end inductor runs, waits on processes) run on the pinned torch, in `make test`. Then the
+# CUDA kernels' tests under triton's interpreter, on CPU tensors: these torches are CUDA builds
+# and bring triton, which the pinned CPU build lacks (triton older than 3.9 skips them).
 TORCH_TESTS = tests/checks $(wildcard tests/test_*.py)
 
 test-torch: $(TORCH_STAMP)
 	$(TORCH_VENV)/bin/python -m pytest -n auto -m "not slow" $(TORCH_TESTS)
+	TRITON_INTERPRET=1 $(TORCH_VENV)/bin/python -m pytest tests/model/test_kernels.py
 
 install: $(STAMP)
 
