@@ -140,7 +140,7 @@ def attention(
         # Always causal: for one token it changes nothing, and `S > 1` would be a SymBool once the
         # length is dynamic, which scaled_dot_product_attention does not take (a graph break).
         y = _sdpa(q, k, v, mask=None, is_causal=True, backend=sdpa_backend)
-    elif S == 1 and sdpa_backend == "auto" and has_triton(q):
+    elif has_triton(q) and S == 1 and sdpa_backend == "auto":
         # Decode on CUDA: split-KV that reads each row's keys up to its position (kernels.py).
         per_split = -(-k.shape[2] // MAX_SPLITS)
         y = decode_attention(q, k, v, input_pos.expand(B), -(-per_split // 16) * 16)
