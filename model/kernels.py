@@ -1,10 +1,12 @@
 """Triton kernels for the CUDA decode step, registered as torch custom ops.
 
-A decode step is bound by memory bandwidth, and two of its parts read memory slowly when left to
-inductor:
+A decode step is bound by memory bandwidth, and three of its parts read memory slowly when left
+to torch and inductor:
 - int8 linears at one row: inductor turns `F.linear(x, w.to(bf16))` into a reduction that reads
-  the weights at about half of the copy bandwidth; `int8_gemv` reads them at 75-90% of it on an
-  H100 (docs/performance.md).
+  the weights at about half of the copy bandwidth; `int8_gemv` read them at 77% of it in a 7B
+  decode step on an H100 (docs/performance.md).
+- int4 linears at one row: torch's tensor-core kernel reads at about 60% of it; `int4_gemv` reads
+  the same layout as a matrix-vector product.
 - decode attention: SDPA over the contiguous cache reads every position up to the cache's length
   and, for one query, runs far below the memory's speed at short contexts; the plain-torch
   split-KV over pages (paged.py) reads every page of the table. `decode_attention` and
