@@ -1,17 +1,17 @@
 """Triton kernels for the CUDA decode step, registered as torch custom ops.
 
-A decode step is bound by memory bandwidth, and three of its parts read memory slowly when left
+A decode step is bound by memory bandwidth, and two of its parts read memory slowly when left
 to torch and inductor:
 - int8 linears at one row: inductor turns `F.linear(x, w.to(bf16))` into a reduction that reads
   the weights at about half of the copy bandwidth; `int8_gemv` read them at 77% of it in a 7B
   decode step on an H100 (docs/performance.md).
-- int4 linears at one row: torch's tensor-core kernel reads at about 60% of it; `int4_gemv` reads
-  the same layout as a matrix-vector product.
 - decode attention: SDPA over the contiguous cache reads every position up to the cache's length
   and, for one query, runs far below the memory's speed at short contexts; the plain-torch
   split-KV over pages (paged.py) reads every page of the table. `decode_attention` and
   `paged_decode_attention` are one split-KV (flash decoding) kernel that reads each row's keys up
   to its own position only, from either layout.
+int4 linears keep torch's tensor-core kernel: a matrix-vector kernel over its layout read the
+weights at 38% of the copy bandwidth in a 7B decode step, below torch's 58% (docs/performance.md).
 Each is a `torch.library.triton_op`, so dynamo keeps it in the graph, inductor calls it from its
 generated code, and CUDA graphs record it like any kernel. The plain-torch paths stay the
 reference the kernels are tested against, and what runs on CPU.
@@ -34,8 +34,7 @@ try:
 except ImportError:  # torch's CPU build: the callers keep to their PyTorch path
     triton = None
 
-__all__ = ["INTERPRETED", "has_triton", "int8_gemv", "int4_gemv", "decode_attention",
-           "paged_decode_attention"]
+__all__ = ["INTERPRETED", "has_triton", "int8_gemv", "decode_attention", "paged_decode_attention"]
 
 # Under triton's interpreter (TRITON_INTERPRET=1 before import) the kernels run on CPU tensors:
 # that is how the tests check them where there is no GPU. It cannot time configs, so the
@@ -86,71 +85,6 @@ if triton is not None:
         y = torch.empty(n, dtype=x.dtype, device=x.device)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
         torch.library.wrap_triton(_int8_gemv_kernel)[grid](x, weight, scales, y, n, k)
-        return y
-
-    def _int4_gemv_configs() -> list:
-        # (row tiles of 8, groups of 32 inputs a row, warps), few for the same reason.
-        return _tuned([triton.Config({"BLOCK_TILES": tiles, "BLOCK_OUTER": outer}, num_warps=warps)
-                       for tiles, outer, warps in [(1, 4, 4), (1, 8, 4), (2, 2, 4), (2, 4, 4),
-                                                   (4, 2, 8), (4, 4, 8)]])
-
-    @triton.autotune(configs=_int4_gemv_configs(), key=["N", "K_OUTER"])
-    @triton.jit
-    def _int4_gemv_kernel(x_ptr, w_ptr, sz_ptr, y_ptr, N, K_OUTER,
-                          GROUP: tl.constexpr, WORDS: tl.constexpr,
-                          BLOCK_TILES: tl.constexpr, BLOCK_OUTER: tl.constexpr):
-        # The weight is in torch's CUDA int4 layout, int32 (N / 8, K_OUTER, 32, WORDS): the word
-        # [tile, outer, lane, word] holds row tile * 8 + lane // 4, and its nibble p (bits 4p..4p+3)
-        # the input k = 32 * (outer * WORDS + word) + 2 * (lane % 4) + 8 * (p % 4) + p // 4. A
-        # word's 32 inputs lie in one group, so each word needs one scale and zero. The order in
-        # which a GEMV reads the weight does not matter: it reads the words as they lie and sends
-        # each nibble to its row and input.
-        ROWS: tl.constexpr = BLOCK_TILES * 8
-        COLS: tl.constexpr = BLOCK_OUTER * 4 * WORDS
-        r = tl.arange(0, ROWS)
-        c = tl.arange(0, COLS)
-        tile = tl.program_id(0) * BLOCK_TILES + r // 8
-        rows = tile * 8 + r % 8
-        row_ok = rows < N
-        quad, word = (c // WORDS) % 4, c % WORDS
-        acc = tl.zeros((ROWS, COLS), tl.float32)
-        for outer_start in range(0, K_OUTER, BLOCK_OUTER):
-            outer = outer_start + c // (4 * WORDS)
-            col_ok = outer < K_OUTER
-            first = 32 * (outer * WORDS + word)  # the word's first input; one group holds it all
-            offsets = (tile[:, None].to(tl.int64) * K_OUTER * 32 * WORDS + outer[None, :] * 32 * WORDS
-                       + ((r % 8)[:, None] * 4 + quad[None, :]) * WORDS + word[None, :])
-            words = tl.load(w_ptr + offsets, mask=row_ok[:, None] & col_ok[None, :], other=0,
-                            eviction_policy="evict_first")
-            dot = tl.zeros((ROWS, COLS), tl.float32)
-            x_sum = tl.zeros((COLS,), tl.float32)
-            for p in tl.static_range(8):
-                x = tl.load(x_ptr + first + 2 * quad + 8 * (p % 4) + p // 4, mask=col_ok,
-                            other=0.0).to(tl.float32)
-                dot += ((words >> (4 * p)) & 15).to(tl.float32) * x[None, :]
-                x_sum += x
-            group = first // GROUP
-            sz = sz_ptr + (group[None, :] * N + rows[:, None]) * 2
-            both_ok = row_ok[:, None] & col_ok[None, :]
-            scale = tl.load(sz, mask=both_ok, other=0.0).to(tl.float32)
-            zero = tl.load(sz + 1, mask=both_ok, other=0.0).to(tl.float32)
-            # sum over the word of ((q - 8) * scale + zero) * x
-            acc += scale * (dot - 8 * x_sum[None, :]) + zero * x_sum[None, :]
-        tl.store(y_ptr + rows, tl.sum(acc, 1).to(y_ptr.dtype.element_ty), mask=row_ok)
-
-    @torch.library.triton_op("fullgraph::int4_gemv", mutates_args=())
-    def int4_gemv(x: Tensor, packed: Tensor, scales_and_zeros: Tensor) -> Tensor:
-        """x @ W.T for one row x (K,) and W stored in torch's CUDA int4 layout: (N,).
-
-        packed: int32 (N / 8, K / (32 * words), 32, words); scales_and_zeros (K / group, N, 2),
-        W = (q - 8) * scale + zero, as torch's int4 matmul reads them.
-        """
-        n_tiles, k_outer, _, words = packed.shape
-        groups, n, _ = scales_and_zeros.shape
-        y = torch.empty(n, dtype=x.dtype, device=x.device)
-        grid = lambda meta: (triton.cdiv(n_tiles, meta["BLOCK_TILES"]),)  # noqa: E731
-        torch.library.wrap_triton(_int4_gemv_kernel)[grid](
-            x, packed, scales_and_zeros, y, n, k_outer, GROUP=x.shape[0] // groups, WORDS=words)
         return y
 
     @triton.jit
@@ -247,10 +181,6 @@ else:
     def int8_gemv(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
         """(x @ weight.T) * scales for one row x (K,), int8 weight (N, K), scales (N,): (N,)."""
         raise RuntimeError("int8_gemv needs triton, which this torch build does not have")
-
-    def int4_gemv(x: Tensor, packed: Tensor, scales_and_zeros: Tensor) -> Tensor:
-        """x @ W.T for one row x (K,) and W stored in torch's CUDA int4 layout: (N,)."""
-        raise RuntimeError("int4_gemv needs triton, which this torch build does not have")
 
     def paged_decode_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_table: Tensor,
                                positions: Tensor, block_size: int, split_len: int) -> Tensor:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _torch
-from .kernels import has_triton, int4_gemv, int8_gemv
+from .kernels import has_triton, int8_gemv
 
 __all__ = ["SCHEMES", "INT4_GROUP_SIZES", "DEFAULT_INT4_GROUP_SIZE", "ErrorBound", "ERROR_BOUNDS",
            "check_scheme", "quantize", "dequantize", "linear", "weight_shape", "concat_linears"]
@@ -181,11 +181,6 @@ def linear(params: dict[str, Tensor], x: Tensor, name: str) -> Tensor:
 def _int4_linear(x: Tensor, packed: Tensor, scales_and_zeros: Tensor) -> Tensor:
     groups, n, _ = scales_and_zeros.shape
     k = x.shape[-1]
-    if has_triton(x) and x.numel() == k:
-        # One row: a matrix-vector kernel over the same layout, where torch's tensor-core kernel
-        # reads the weights at about 60% of the memory's speed at one row.
-        y = int4_gemv(x.reshape(k).to(scales_and_zeros.dtype), packed, scales_and_zeros)
-        return y.to(x.dtype).view(*x.shape[:-1], n)
     mm = (_torch.weight_int4pack_mm if packed.device.type == "cuda"
           else _torch.weight_int4pack_mm_for_cpu)
     y = mm(x.reshape(-1, k).to(scales_and_zeros.dtype), packed, k // groups, scales_and_zeros)

@@ -395,7 +395,8 @@ def test_reference_decode_records_once_and_replays_every_position_in_flat_memory
                  for pos in range(positions))
         report = assert_cudagraphs(_decode, calls, max_recordings=1, max_memory_growth_mb=0)
     [recording] = report.recordings
-    assert recording.inputs == ((2, 1), (1,)) and recording.call == 2
+    # The token and the position, in whichever order the compiled graph takes its inputs.
+    assert sorted(recording.inputs) == [(1,), (2, 1)] and recording.call == 2
     assert recording.memory_bytes > 0  # its warmup and recording, in the private pool
     assert (report.calls, report.warmups, report.eager_runs) == (positions, 1, 0)
     assert report.replays == recording.replays == positions - 2
