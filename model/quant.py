@@ -44,9 +44,10 @@ class ErrorBound(NamedTuple):
 
 # Measured on random weights, 2 x 256 tokens: the tiny config in fp32 and bf16 (3 seeds), int8
 # 0.008-0.010 relative RMS and 0.98-0.99 agreement, int4 with groups of 32, 0.099 and 0.81-0.88;
-# Llama-2-7B's shapes in bf16 on an H100, int8 0.0185 and 0.949. The bounds leave room for other
-# seeds, sizes and devices; one wrong scale lands far outside (0.58 and 0.28 on the tiny config).
-ERROR_BOUNDS = {"int8": ErrorBound(0.03, 0.93), "int4": ErrorBound(0.15, 0.75)}
+# Llama-2-7B's shapes in bf16 on an H100, int8 0.0185 and 0.949, int4 0.102 and 0.764 (groups of
+# 32) to 0.129 and 0.725 (groups of 128). The bounds leave room for other seeds, sizes and
+# devices; one wrong scale lands far outside (0.58 and 0.28 on the tiny config).
+ERROR_BOUNDS = {"int8": ErrorBound(0.03, 0.93), "int4": ErrorBound(0.15, 0.70)}
 
 # The suffixes quantization adds beside a weight; their presence is what `linear` dispatches on.
 _INT8_SCALES = "scales"
