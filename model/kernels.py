@@ -34,7 +34,8 @@ try:
 except ImportError:  # torch's CPU build: the callers keep to their PyTorch path
     triton = None
 
-__all__ = ["INTERPRETED", "has_triton", "int8_gemv", "decode_attention", "paged_decode_attention"]
+__all__ = ["INTERPRETED", "has_triton", "combine_splits", "int8_gemv", "decode_attention",
+           "paged_decode_attention"]
 
 # Under triton's interpreter (TRITON_INTERPRET=1 before import) the kernels run on CPU tensors:
 # that is how the tests check them where there is no GPU. It cannot time configs, so the
@@ -45,6 +46,17 @@ INTERPRETED = triton is not None and os.environ.get("TRITON_INTERPRET") == "1"
 def has_triton(x: Tensor) -> bool:
     """Whether the model's calls use the kernels on x: a CUDA tensor, with triton installed."""
     return triton is not None and x.is_cuda
+
+
+def combine_splits(outputs: Tensor, maxes: Tensor, sums: Tensor, dim: int) -> Tensor:
+    """Split-KV attention's result from its splits along dim: each split's weighted values
+    (outputs, one more trailing dim than the others), its max score and its sum of exponentials.
+
+    Each split is rescaled to the common max (its log-sum-exp), so a split that saw nothing (max
+    -inf, sum 0) weighs exp(-inf) = 0, as long as one split saw a key.
+    """
+    weights = torch.exp(maxes - maxes.amax(dim, keepdim=True))
+    return (outputs * weights[..., None]).sum(dim) / (sums * weights).sum(dim)[..., None]
 
 
 if triton is not None:
@@ -146,11 +158,8 @@ if triton is not None:
             (q.float() / math.sqrt(D)).contiguous(), k, v, table, positions.contiguous(), acc,
             best, total, H, H // kv_heads, table.shape[-1], split_len, n_splits, *strides,
             PAGED=page > 0, PAGE=max(page, 1), D=D, BLOCK=min(triton.next_power_of_2(split_len), 64))
-        # Combine the splits by their log-sum-exp. Split 0 always holds position 0, so the
-        # common max is finite and empty splits (max -inf) weigh exp(-inf) = 0.
-        weight = torch.exp(best - best.amax(1, keepdim=True))
-        out = (acc * weight[..., None]).sum(1) / (total * weight).sum(1)[:, None]
-        return out.view(B, H, 1, D).to(q.dtype)
+        # Split 0 always holds position 0: one split saw a key.
+        return combine_splits(acc, best, total, 1).view(B, H, 1, D).to(q.dtype)
 
     @torch.library.triton_op("fullgraph::paged_decode_attention", mutates_args=())
     def paged_decode_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_table: Tensor,

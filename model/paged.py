@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .config import LlamaConfig
-from .kernels import has_triton, paged_decode_attention
+from .kernels import combine_splits, has_triton, paged_decode_attention
 
 __all__ = [
     "NULL_PAGE",
@@ -258,7 +258,5 @@ def split_kv_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_table: T
     weights = torch.exp(scores - split_max[:, :, None])
     split_sum = weights.sum(2)
     split_out = (weights[..., None] * v).sum(2)  # (B, n, K, G, D)
-    # Combine the splits by their log-sum-exp: rescale each to the common max.
-    scale = torch.exp(split_max - split_max.amax(1, keepdim=True))  # (B, n, K, G)
-    out = (split_out * scale[..., None]).sum(1) / (split_sum * scale).sum(1)[..., None]
+    out = combine_splits(split_out, split_max, split_sum, 1)
     return out.view(B, H, 1, D).to(v_pool.dtype)
