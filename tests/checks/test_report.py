@@ -233,7 +233,7 @@ def test_a_failed_run_says_how_it_ended():
 
 
 def test_write_report_picks_the_format_from_the_extension(report, tmp_path):
-    assert json.loads(write_report(report, tmp_path / "r.json").read_text())["schema_version"] == 3
+    assert json.loads(write_report(report, tmp_path / "r.json").read_text())["schema_version"] == 4
     assert write_report(report, tmp_path / "r.md").read_text().startswith("**Suggested issue title")
     assert write_report(report, tmp_path / "r.htm").read_text().startswith("<!DOCTYPE html>")
     assert write_report(report, tmp_path / "r.txt", format="json").read_text().startswith("{")
