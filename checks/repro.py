@@ -8,8 +8,9 @@ For each distinct graph break, a script that needs nothing but torch: the functi
 compiling when it broke (and the functions and classes of its file it uses, the torch and standard
 library imports, the constants), its arguments rebuilt from what they were when dynamo compiled it
 (a tensor from its shape, dtype, device, strides and requires_grad, with random values; Python
-values as they were) and the grad mode it had, the torch.compile call the program made (backend,
-fullgraph, dynamic, mode and options), and a check that the graph breaks at the same line with
+values as they were) and the grad mode it had (and the program's command-line arguments, where
+its code reads sys.argv), the torch.compile call the program made (backend, fullgraph, dynamic,
+mode and options), and a check that the graph breaks at the same line with
 the same gb_type. Delta debugging drops the statements and arguments the break does not need, its
 tries in one long-lived worker (checks/repro_reduce.py); the script it keeps is run in a fresh
 interpreter, and only those that print "reproduces" there are called so. Where a script cannot

@@ -1,9 +1,9 @@
 """Every graph break and recompile the project's tests know, through `fullgraph report --repro`'s
 builder and verifier: each gets a script that reproduces it on its own (the same line and gb_type,
-or a recompile on a guard on the same name), or the report says why it cannot stand alone.
+or a recompile on the same guard), or the report says why it cannot stand alone.
 
 The cases are zoo.py's breaks, recompile_zoo.py's recompiles, the programs under targets/ that
-can run in this process, and the breaks test_sdpa.py, test_grad_modes.py and test_collectives.py
+can run in this process (targets/crashes.py through `fullgraph report`), and the breaks test_sdpa.py, test_grad_modes.py and test_collectives.py
 write for themselves (copied below, each marked `# break: <name>`). The scripts run here on a
 fresh dynamo, as the reduction worker runs its tries: about a second a case, where a
 fresh interpreter costs a torch import each; test_repro.py runs scripts in fresh interpreters.
@@ -204,8 +204,8 @@ def raising_after_its_break():
 #
 # Each expects, in order, one entry per repro:
 #   ("break", gb_type, (file, marker)): reproduces, the script's marked line being that source line
-#   ("recompile", guarded name): reproduces, recompiling on a guard on that name (None: on
-#                                torch's global state, grad mode)
+#   ("recompile", guarded name): reproduces, recompiling on the program's guard, one on that name
+#                                (None: on torch's global state, grad mode)
 #   (status, why): does not stand alone, saying why
 
 # The deprecated SDPA context manager breaks the graph twice on 2.11 and 2.13 and once on 2.15;
