@@ -68,6 +68,11 @@ def test_json_has_the_versioned_schema(report):
     assert first["function"] == "calls_helpers" and first["recompile"] is False
     assert first["filename"] == ZOO and first["seconds"] > 0
     assert recompile["recompile"] and "size guard on x.size()[0]: expected 2, actual 3" in recompile["reasons"][0]
+    # The same guards as data, one per reason: what --repro compares a script's recompile with.
+    assert len(recompile["failed_guards"]) == len(recompile["reasons"])
+    assert recompile["failed_guards"][0] == {"entry": recompile["reasons"][0].split(":")[0],
+                                             "kind": "size", "source": "x.size()[0]"}
+    assert first["failed_guards"] == []
 
 
 def test_markdown_is_an_issue_body(report):
