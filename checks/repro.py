@@ -111,8 +111,8 @@ def verify(path: str | os.PathLike, *, timeout: float = VERIFY_TIMEOUT_S,
            confirm: Confirm | None = None) -> tuple[str, str | None]:
     """Run the script at `path` in a fresh interpreter: (REPRODUCES, None), or (NOT_ON_ITS_OWN,
     why: how it ended and the last lines it wrote, or what `confirm` found)."""
-    [verdict_] = verify_all([path], timeout=timeout, confirms=[confirm])
-    return verdict_
+    [result] = verify_all([path], timeout=timeout, confirms=[confirm])
+    return result
 
 
 def verify_all(paths: list[str | os.PathLike], *, timeout: float = VERIFY_TIMEOUT_S,
