@@ -19,7 +19,7 @@ from . import _compat
 __all__ = ["SCHEMA_VERSION", "compile_report", "scrubbed"]
 
 # Bump on any change a reader of the JSON could notice; docs/report-format.md lists each version.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def compile_report(*, target: str, command: str, status: str, exception: str | None,

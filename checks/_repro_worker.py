@@ -37,7 +37,7 @@ import torch
 
 from fullgraph.model.launch import exit_description
 
-from .repro import NOT_ON_ITS_OWN, REPRODUCES, TAIL_LINES
+from .repro import NOT_ON_ITS_OWN, TAIL_LINES, Confirm, verdict
 
 __all__ = ["STARTUP_S", "ReproWorker"]
 
@@ -67,9 +67,10 @@ class ReproWorker:
         self._stop()
         self._folder.cleanup()
 
-    def run(self, path: str | os.PathLike, *, timeout: float) -> tuple[str, str | None]:
+    def run(self, path: str | os.PathLike, *, timeout: float, confirm: Confirm | None = None
+            ) -> tuple[str, str | None]:
         """Run the script at `path` in the worker: (REPRODUCES, None), or (NOT_ON_ITS_OWN, why:
-        how it ended and the last lines it wrote)."""
+        how it ended and the last lines it wrote, or what `confirm` found), as `repro.verify`."""
         if self._process is None:
             self._start()
         if not self._ready:
@@ -90,7 +91,8 @@ class ReproWorker:
             self.lost += 1
             return NOT_ON_ITS_OWN, self._ended()
         answer = json.loads(reply)
-        return answer["status"], answer["why"]
+        tail = "\n".join(answer["printed"].splitlines()[-TAIL_LINES:])
+        return verdict(answer["printed"], answer["how"], tail, confirm)
 
     def _start(self) -> None:
         with open(self._log_path, "w") as log:  # the child keeps its own descriptor
@@ -161,7 +163,8 @@ def _serve() -> None:
 
 
 def _run(path: str) -> dict:
-    """What `repro.verify` would say of the script at `path`, run here on a fresh dynamo."""
+    """How the script at `path`, run here on a fresh dynamo, ended ("how": None for exit 0) and
+    what it printed, its stdout and stderr together: what `repro.verdict` needs."""
     out = io.StringIO()
     how = None
     torch.compiler.reset()
@@ -176,11 +179,7 @@ def _run(path: str) -> dict:
         how = "exit 1"
     finally:
         torch.compiler.reset()
-    text = out.getvalue()
-    if how is None and text.rstrip().endswith(REPRODUCES):
-        return {"status": REPRODUCES, "why": None}
-    tail = "\n".join(text.splitlines()[-TAIL_LINES:])
-    return {"status": NOT_ON_ITS_OWN, "why": f"{how or 'exit 0'}: {tail}".strip()}
+    return {"how": how, "printed": out.getvalue()}
 
 
 def _traceback(error: Exception, path: str) -> str:

@@ -108,9 +108,7 @@ class GuardFailure:
 
     def subject(self) -> str:
         """What failed, without the values: `size guard on x.size()[1]`."""
-        if self.kind in {"grad_mode", "global_state"}:
-            return f"global state changed: {self.source}"
-        return f"{self.kind} guard on {self.source}"
+        return guard_subject(self.kind, self.source)
 
     def values(self) -> str:
         """`expected 3, actual 4`, or as much of it as torch said."""
@@ -123,6 +121,13 @@ class GuardFailure:
                 "expected": self.expected, "actual": self.actual,
                 "where": self.where.to_dict() if self.where else None, "note": self.note,
                 "text": self.text}
+
+
+def guard_subject(kind: str, source: str) -> str:
+    """A guard of this kind on this source, in words: `size guard on x.size()[1]`."""
+    if kind in {"grad_mode", "global_state"}:
+        return f"global state changed: {source}"
+    return f"{kind} guard on {source}"
 
 
 def parse_guard_failure(reason: str, *, scope: dict[str, Any] | None = None) -> GuardFailure:

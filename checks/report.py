@@ -155,6 +155,8 @@ def _compile_dict(event: CompileEvent, timing: CompileTiming) -> dict:
             "filename": display_path(event.function.filename),
             "lineno": event.function.lineno, "recompile": event.recompile,
             "reasons": [f"{failure.entry}: {failure.describe()}" for failure in event.failures],
+            "failed_guards": [{"entry": failure.entry, "kind": failure.kind,
+                               "source": failure.source} for failure in event.failures],
             "error": event.error, "start": timing.to_dict()["start"],
             "seconds": timing.to_dict()["seconds"]}
 

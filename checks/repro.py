@@ -8,8 +8,9 @@ For each distinct graph break, a script that needs nothing but torch: the functi
 compiling when it broke (and the functions and classes of its file it uses, the torch and standard
 library imports, the constants), its arguments rebuilt from what they were when dynamo compiled it
 (a tensor from its shape, dtype, device, strides and requires_grad, with random values; Python
-values as they were) and the grad mode it had, the torch.compile call the program made (backend,
-fullgraph, dynamic, mode and options), and a check that the graph breaks at the same line with
+values as they were) and the grad mode it had (and the program's command-line arguments, where
+its code reads sys.argv), the torch.compile call the program made (backend, fullgraph, dynamic,
+mode and options), and a check that the graph breaks at the same line with
 the same gb_type. Delta debugging drops the statements and arguments the break does not need, its
 tries in one long-lived worker (checks/repro_reduce.py); the script it keeps is run in a fresh
 interpreter, and only those that print "reproduces" there are called so. Where a script cannot
@@ -37,7 +38,8 @@ from fullgraph.model.launch import Ended, run_processes
 from ._compat import repro as torch_repro
 
 __all__ = ["REPRODUCES", "NOT_ON_ITS_OWN", "NOT_WRITTEN", "VERIFY_TIMEOUT_S", "TAIL_LINES",
-           "Pending", "ReproPlan", "make_repros", "verify", "verify_all", "blockers", "slug"]
+           "Confirm", "Pending", "ReproPlan", "make_repros", "verify", "verify_all", "verdict",
+           "blockers", "compile_call", "slug"]
 
 REPRODUCES = "reproduces"
 NOT_ON_ITS_OWN = "does not reproduce on its own"
@@ -45,6 +47,10 @@ NOT_WRITTEN = "not written"
 VERIFY_TIMEOUT_S = 120.0
 _MARK = "  # <- graph break"
 TAIL_LINES = 12
+
+# Given what a script that says it reproduces printed: why what it saw is not what the program
+# saw (a recompile on another guard), or None. It checks what the script's own assertion cannot.
+Confirm = Callable[[str], str | None]
 
 
 # -- afterwards: one script per break ---------------------------------------------------------
@@ -77,10 +83,12 @@ def make_repros(data: dict, recorded: dict, directory: str | os.PathLike, *,
 def _break_repro(number: int, brk: dict, recorded: dict, directory: str | os.PathLike
                  ) -> dict | Pending:
     """The break's entry if no script can be written, else its script to settle."""
+    record = _recorded_frame(brk, recorded["frames"])
     entry = {"kind": "break", "break": number, "gb_type": brk["gb_type"], "compile": None,
-             "guard": None, "file": None, "status": NOT_WRITTEN, "why": None, "statements": None,
-             "arguments": None, "tries": 0, "tries_lost": 0, "script": None}
-    plan = _plan(brk, recorded["frames"])
+             "guard": None, "compile_call": compile_call(record), "file": None,
+             "status": NOT_WRITTEN, "why": None, "statements": None, "arguments": None,
+             "tries": 0, "tries_lost": 0, "script": None}
+    plan = _plan(brk, record)
     if isinstance(plan, str):
         return {**entry, "why": plan}
     path = Path(directory) / f"break_{number}_{slug(brk['gb_type'])}.py"
@@ -90,49 +98,63 @@ def _break_repro(number: int, brk: dict, recorded: dict, directory: str | os.Pat
 @dataclass
 class Pending:
     """A repro script to reduce and run: `entry` (with no status yet) for `plan`'s script as
-    `render` makes it, at `path`."""
+    `render` makes it, at `path`; `confirm`, if any, checks what it printed."""
 
     entry: dict
     path: Path
     plan: ReproPlan
     render: Callable[[ReproPlan], str]
+    confirm: Confirm | None = None
 
 
-def verify(path: str | os.PathLike, *, timeout: float = VERIFY_TIMEOUT_S) -> tuple[str, str | None]:
+def verify(path: str | os.PathLike, *, timeout: float = VERIFY_TIMEOUT_S,
+           confirm: Confirm | None = None) -> tuple[str, str | None]:
     """Run the script at `path` in a fresh interpreter: (REPRODUCES, None), or (NOT_ON_ITS_OWN,
-    why: how it ended and the last lines it wrote)."""
-    [verdict] = verify_all([path], timeout=timeout)
-    return verdict
+    why: how it ended and the last lines it wrote, or what `confirm` found)."""
+    [result] = verify_all([path], timeout=timeout, confirms=[confirm])
+    return result
 
 
-def verify_all(paths: list[str | os.PathLike], *, timeout: float = VERIFY_TIMEOUT_S
-               ) -> list[tuple[str, str | None]]:
-    """`verify` for each script, as many at once as there are CPUs: each still in an interpreter
-    of its own, and one that fails stops none of the others."""
+def verify_all(paths: list[str | os.PathLike], *, timeout: float = VERIFY_TIMEOUT_S,
+               confirms: list[Confirm | None] | None = None) -> list[tuple[str, str | None]]:
+    """`verify` for each script (with the confirm of the same index), as many at once as there
+    are CPUs: each still in an interpreter of its own, and one that fails stops none of the
+    others."""
+    confirms = confirms or [None] * len(paths)
     at_once = os.cpu_count() or 1
     verdicts = []
     for start in range(0, len(paths), at_once):
         with tempfile.TemporaryDirectory(prefix="fullgraph-repro-") as workdir:
             launched = run_processes([[os.fspath(path)] for path in paths[start:start + at_once]],
                                      workdir=workdir, timeout=timeout, grace=math.inf)
-        verdicts += [_verdict(ended) for ended in launched.ended]
+        verdicts += [verdict(ended.stdout, _how(ended), ended.output(TAIL_LINES), confirm)
+                     for ended, confirm in zip(launched.ended, confirms[start:start + at_once],
+                                               strict=True)]
     return verdicts
 
 
-def _verdict(ended: Ended) -> tuple[str, str | None]:
-    if ended.returncode == 0 and ended.stopped is None and ended.stdout.rstrip().endswith(REPRODUCES):
-        return REPRODUCES, None
-    how = ended.stopped or f"exit {ended.returncode}"
-    return NOT_ON_ITS_OWN, f"{how}: {ended.output(TAIL_LINES).strip()}"
+def _how(ended: Ended) -> str | None:
+    """How a script ended, None for exit 0."""
+    return ended.stopped or (f"exit {ended.returncode}" if ended.returncode else None)
+
+
+def verdict(printed: str, how: str | None, tail: str, confirm: Confirm | None = None
+            ) -> tuple[str, str | None]:
+    """What a script that ended `how` (None: exit 0), having printed `printed` on stdout and
+    `tail` last, says: (REPRODUCES, None) when it ended by itself with REPRODUCES last and
+    `confirm` finds nothing amiss in what it printed; else (NOT_ON_ITS_OWN, why)."""
+    if how is None and printed.rstrip().endswith(REPRODUCES):
+        differs = confirm(printed) if confirm is not None else None
+        return (REPRODUCES, None) if differs is None else (NOT_ON_ITS_OWN, differs)
+    return NOT_ON_ITS_OWN, f"{how or 'exit 0'}: {tail.strip()}".strip()
 
 
 def slug(gb_type: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", gb_type.lower()).strip("-")[:40] or "break"
 
 
-def _plan(brk: dict, frames: list[dict]) -> ReproPlan | str:
-    """The script for `brk`, or why there is none."""
-    record = _recorded_frame(brk, frames)
+def _plan(brk: dict, record: dict | None) -> ReproPlan | str:
+    """The script for `brk` in the function `record` describes, or why there is none."""
     if record is None:
         return ("no arguments were recorded for the functions on its stack (the program ended "
                 "before the compile finished, or the function was compiled before the report began)")
@@ -169,6 +191,21 @@ def _recorded_frame(brk: dict, frames: list[dict]) -> dict | None:
                     and record["firstlineno"] <= line["lineno"]):
                 return record
     return None
+
+
+def compile_call(record: dict | None) -> dict | None:
+    """The torch.compile call the program made on the function `record` describes, for the
+    report: {backend, fullgraph, dynamic, mode, options}, each option as the Python expression
+    of its value (None for one a script cannot rebuild); None without a record."""
+    if record is None:
+        return None
+    call = record["compile"]
+    spec = call["options"]
+    options = None if spec is None or spec["kind"] != "dict" else {
+        name: None if _unbuildable(item) else _expression(item)
+        for name, item in spec["items"].items()}
+    return {"backend": call["backend"], "fullgraph": call["fullgraph"],
+            "dynamic": call["dynamic"], "mode": call["mode"], "options": options}
 
 
 def blockers(record: dict) -> list[str]:
@@ -247,7 +284,7 @@ class ReproPlan:
                       if text.endswith(_MARK))
         inputs = self.inputs_text(self.record["arguments"])
         main = _SCRIPT_MAIN.format(gb_type=self.brk["gb_type"], line=number, inputs=inputs,
-                                   compile=self.compile_text(),
+                                   compile=self.compile_text(), argv=self.argv_text(head),
                                    grad=self.grad_text(self.record["grad"]))
         return self.whole(head, main, torch_repro.REPRO_BREAK_PROBE)
 
@@ -315,6 +352,17 @@ class ReproPlan:
         lines = ["(", *(f"        {item}," for item in positional), "    ), {"]
         lines += [f"        {item}," for item in keyword]
         return "\n".join([*lines, "    }"])
+
+    def argv_text(self, head: str) -> str:
+        """The line, after a newline, that gives the script the program's command-line
+        arguments, where the code in `head` reads sys.argv; else none."""
+        reads = any(isinstance(node, ast.Attribute) and node.attr == "argv"
+                    and isinstance(node.value, ast.Name) and node.value.id == "sys"
+                    for node in ast.walk(ast.parse(head)))
+        if not reads or "import sys" not in self.preamble:
+            return ""
+        return (f"\n    sys.argv[1:] = {self.record['argv'][1:]!r}  # the program's arguments, "
+                f"which its code reads")
 
     @staticmethod
     def grad_text(enabled: bool, always: bool = False) -> str:
@@ -509,7 +557,7 @@ LINE = {line}  # the line marked "<- graph break" above
 
 
 def main():
-    torch.manual_seed(0){grad}
+    torch.manual_seed(0){argv}{grad}
     args, kwargs = {inputs}
     compiled = {compile}
     with graph_breaks_heard() as heard:

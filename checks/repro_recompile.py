@@ -5,10 +5,12 @@ the function (as for a graph break: checks/repro.py), called first with the argu
 compile whose guard failed and then with those of the recompile, both as recorded when dynamo
 compiled them, and a check that torch recompiles the function on the second call, naming what
 the failed guard was on (`x` for a guard on `x.size()[0]`), heard through torch's `recompiles`
-log. One script per distinct cause: the function and the guard that failed, without its values
-(a size guard that fails at each new length is one cause). Delta debugging drops the statements
-and arguments (from both calls) the recompile does not need, as for a graph break
-(checks/repro_reduce.py).
+log. The script prints what torch said of the recompile, and fullgraph reads it as it reads the
+program's recompiles: the script reproduces only if the guard that failed is the same, its kind
+and source (`size` on `x.size()[0]`) those the program's had. One script per distinct cause: the
+function and the guard that failed, without its values (a size guard that fails at each new
+length is one cause). Delta debugging drops the statements and arguments (from both calls) the
+recompile does not need, as for a graph break (checks/repro_reduce.py), and keeps the guard.
 
 A resume function's recompile (dynamo's code for the rest of a function after a graph break)
 gets no script: its locals are not arguments anyone passed, and the function's own recompile
@@ -25,12 +27,15 @@ from pathlib import Path
 
 from ._compat import breaks as torch_breaks
 from ._compat import repro as torch_repro
+from .recompiles import failures_from_log, guard_subject
 from .report import failed_guard
-from .repro import NOT_WRITTEN, REPRODUCES, Pending, ReproPlan, blockers, slug
+from .repro import NOT_WRITTEN, REPRODUCES, Pending, ReproPlan, blockers, compile_call, slug
 
-__all__ = ["recompile_repros"]
+__all__ = ["HEARD", "recompile_repros", "same_guard"]
 
 _GUARDED = re.compile(r" on ([A-Za-z_]\w*)")  # fullgraph's "size guard on x.size()[0]: ..."
+# The line a recompile's script prints before torch's messages about the recompile.
+HEARD = "Torch's account of the recompile:"
 
 
 def recompile_repros(data: dict, recorded: dict, directory: str | os.PathLike
@@ -46,23 +51,53 @@ def recompile_repros(data: dict, recorded: dict, directory: str | os.PathLike
             causes.setdefault(cause, (compile_, failed_entry, guard))
     repros = []
     for number, (compile_, failed_entry, guard) in enumerate(causes.values(), start=1):
+        failed = compile_["failed_guards"][0]
+        subject = guard_subject(failed["kind"], failed["source"])
+        record = _recorded_frame(compile_, recorded["frames"])
         entry = {"kind": "recompile", "break": None, "gb_type": None,
-                 "compile": compile_["compile_id"], "guard": guard, "file": None,
-                 "status": NOT_WRITTEN, "why": None, "statements": None, "arguments": None,
-                 "tries": 0, "tries_lost": 0, "script": None}
-        made = _plan(compile_, failed_entry, recorded["frames"])
+                 "compile": compile_["compile_id"], "guard": guard,
+                 "compile_call": compile_call(record), "file": None, "status": NOT_WRITTEN,
+                 "why": None, "statements": None, "arguments": None, "tries": 0,
+                 "tries_lost": 0, "script": None}
+        made = _plan(compile_, failed_entry, record)
         if isinstance(made, str):
             repros.append({**entry, "why": made})
             continue
         plan, before, after, grads = made
         path = Path(directory) / f"recompile_{number}_{slug(compile_['function'])}.py"
         render = functools.partial(_script, compile_=compile_, failed_entry=failed_entry,
-                                   guard=guard, before=before, after=after, grads=grads)
-        repros.append(Pending(entry, path, plan, render))
+                                   guard=guard, subject=subject, before=before, after=after,
+                                   grads=grads)
+        confirm = functools.partial(same_guard, function=compile_["function"],
+                                    expected=(failed["kind"], failed["source"]), guard=subject)
+        repros.append(Pending(entry, path, plan, render, confirm))
     return repros
 
 
-def _plan(compile_: dict, failed_entry: str, frames: list[dict]
+def same_guard(printed: str, *, function: str, expected: tuple[str, str], guard: str) -> str | None:
+    """Why what a recompile's script `printed` (after HEARD: torch's messages) is not a recompile
+    of `function` on the guard whose (kind, source) is `expected`, `guard` as the report words
+    it; None when it is. The guard that failed is that of the script's one cache entry."""
+    heard = printed.rpartition(HEARD)[2]
+    failures = failures_from_log(heard)
+    if not failures:
+        return f"the script heard no guard fail when {function} recompiled; expected: {guard}"
+    observed = failures[0]
+    if (observed.kind, observed.source) == expected:
+        return None
+    return (f"{function} recompiled on another guard: expected {guard} (as in the program), "
+            f"observed {observed.subject()} ({observed.text.strip()})")
+
+
+def _recorded_frame(compile_: dict, frames: list[dict]) -> dict | None:
+    """The record of the function `compile_` compiled, if its arguments were recorded."""
+    return next((frame for frame in frames
+                 if (frame["filename"], frame["function"], frame["firstlineno"])
+                 == (os.path.abspath(compile_["filename"]), compile_["function"],
+                     compile_["lineno"])), None)
+
+
+def _plan(compile_: dict, failed_entry: str, record: dict | None
           ) -> tuple[ReproPlan, list[dict], list[dict], list[bool]] | str:
     """(the function's plan, the arguments of the compile whose guard failed, those of the
     recompile, the grad mode of each), or why there is no script."""
@@ -71,9 +106,6 @@ def _plan(compile_: dict, failed_entry: str, frames: list[dict]
         return (f"a recompile of dynamo's resume function for the rest of "
                 f"{torch_breaks.remove_resume_prefix(function)} after a graph break: its locals are "
                 f"not arguments a script can pass")
-    record = next((frame for frame in frames
-                   if (frame["filename"], frame["function"], frame["firstlineno"])
-                   == (os.path.abspath(compile_["filename"]), function, compile_["lineno"])), None)
     compiles = record["compiles"] if record else {}
     if failed_entry not in compiles or compile_["compile_id"] not in compiles:
         return (f"the arguments of compiles {failed_entry} and {compile_['compile_id']} of "
@@ -90,7 +122,7 @@ def _plan(compile_: dict, failed_entry: str, frames: list[dict]
     return plan, before, after, grads
 
 
-def _script(plan: ReproPlan, *, compile_: dict, failed_entry: str, guard: str,
+def _script(plan: ReproPlan, *, compile_: dict, failed_entry: str, guard: str, subject: str,
             before: list[dict], after: list[dict], grads: list[bool]) -> str:
     """The recompile's script for `plan`: its function called with `before`, then `after`, the
     arguments `plan` keeps of each."""
@@ -100,34 +132,39 @@ def _script(plan: ReproPlan, *, compile_: dict, failed_entry: str, guard: str,
         f"Recompile {compile_['compile_id']} of {function} ({where}): {guard}. Standalone: "
         f"written by `fullgraph report --repro`. Needs only torch. Calls the compiled function "
         f"with the arguments of compile {failed_entry}, then with those of compile "
-        f"{compile_['compile_id']}, and prints {REPRODUCES!r} when torch recompiles it on a "
-        f"guard on the same name, and raises otherwise. Tensor arguments have the recorded "
-        f"shapes, dtypes, devices and strides, with random values.", width=96)
+        f"{compile_['compile_id']}, and raises unless torch recompiles it on a guard on the "
+        f"same name; then prints torch's account of the recompile and {REPRODUCES!r} (fullgraph "
+        f"checks it names the same guard). Tensor arguments have the recorded shapes, dtypes, "
+        f"devices and strides, with random values.", width=96)
     guarded = _GUARDED.search(guard)
-    main = _MAIN.format(function=function, guarded=guarded[1] if guarded else None,
+    head = plan.head(docstring)
+    main = _MAIN.format(argv=plan.argv_text(head), function=function, guard=subject,
+                        guarded=guarded[1] if guarded else None, heard=HEARD,
                         before=plan.inputs_text(before), after=plan.inputs_text(after),
                         compile=plan.compile_text(),
                         grad_before=plan.grad_text(grads[0], always=not all(grads)),
                         grad_after=plan.grad_text(grads[1], always=not all(grads)))
-    return plan.whole(plan.head(docstring), main, torch_repro.REPRO_RECOMPILE_PROBE)
+    return plan.whole(head, main, torch_repro.REPRO_RECOMPILE_PROBE)
 
 
 _MAIN = '''\
 FUNCTION = {function!r}
-GUARDED = {guarded!r}  # what the guard that failed was on
+GUARD = {guard!r}  # the guard that failed in the program, as fullgraph words it
+GUARDED = {guarded!r}  # what it was on
 
 
 def main():
-    torch.manual_seed(0)
+    torch.manual_seed(0){argv}
     compiled = {compile}
     args, kwargs = {before}{grad_before}
     compiled(*args, **kwargs)
     args, kwargs = {after}{grad_after}
     with recompiles_heard() as heard:
         compiled(*args, **kwargs)
-    words = [message.replace("'", " ").replace(".", " ").replace("[", " ").split()
-             for message in heard if message.startswith(f"Recompiling function {{FUNCTION}} ")]
+    ours = [message for message in heard if message.startswith(f"Recompiling function {{FUNCTION}} ")]
+    words = [message.replace("'", " ").replace(".", " ").replace("[", " ").split() for message in ours]
     if not any(GUARDED is None or GUARDED in found for found in words):
         raise AssertionError(f"expected {{FUNCTION}} to recompile on a guard on {{GUARDED}}; "
                              f"heard {{heard}}")
+    print({heard!r}, *ours, sep="\\n")
     print("{reproduces}")'''.replace("{reproduces}", REPRODUCES)

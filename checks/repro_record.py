@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import json
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -40,9 +41,9 @@ class InputRecorder:
     compiles, with how torch.compile was called on it, the grad mode of each of those compiles
     and which of them met a graph break.
 
-    to_dict(): {"frames": [{filename, function, firstlineno, closure, compile, arguments (those
-    of its first compile), compiles: {compile_id: arguments}, grad_enabled: {compile_id: bool},
-    broke: [compile_id]}]}.
+    to_dict(): {"frames": [{filename, function, firstlineno, closure, compile, argv (sys.argv at
+    its first compile), arguments (those of its first compile), compiles: {compile_id:
+    arguments}, grad_enabled: {compile_id: bool}, broke: [compile_id]}]}.
     """
 
     def __init__(self, on_record: Callable[[], None] | None = None) -> None:
@@ -105,7 +106,7 @@ def _frame_record(frame: torch_repro.CompilingFrame, arguments: list[dict]) -> d
     code = frame.code
     return {"filename": os.path.abspath(code.co_filename), "function": code.co_name,
             "firstlineno": code.co_firstlineno, "arguments": arguments,
-            "closure": list(code.co_freevars),
+            "closure": list(code.co_freevars), "argv": list(sys.argv),
             "compile": {"backend": frame.backend, "fullgraph": frame.fullgraph,
                         "dynamic": frame.dynamic, "mode": frame.mode,
                         "options": None if frame.options is None else describe(frame.options),

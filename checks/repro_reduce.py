@@ -53,7 +53,7 @@ def reduce_repro(item: Pending, *, worker: ReproWorker, timeout: float,
     plan, path, render = item.plan, item.path, item.render
     lost_before = worker.lost
     path.write_text(render(plan), encoding="utf-8")
-    if worker.run(path, timeout=timeout)[0] != REPRODUCES:  # the fresh run will say why
+    if worker.run(path, timeout=timeout, confirm=item.confirm)[0] != REPRODUCES:  # the fresh run will say why
         return plan, item.entry
     statements = [("statement", index) for index in plan.kept if index != plan.pinned]
     arguments = [("argument", name) for name in plan.arguments]
@@ -66,7 +66,7 @@ def reduce_repro(item: Pending, *, worker: ReproWorker, timeout: float,
             return False
         tries += 1
         path.write_text(render(_with(plan, parts)), encoding="utf-8")
-        return worker.run(path, timeout=timeout)[0] == REPRODUCES
+        return worker.run(path, timeout=timeout, confirm=item.confirm)[0] == REPRODUCES
 
     parts = ddmin(statements + arguments, reproduces)
     reduced = plan if parts == statements + arguments else _with(plan, parts)
@@ -83,7 +83,8 @@ def _verified(scripts: list[tuple[Pending, ReproPlan, dict]], timeout: float) ->
     texts = [item.render(plan) for item, plan, _ in scripts]
     for (item, _, _), text in zip(scripts, texts, strict=True):
         item.path.write_text(text, encoding="utf-8")
-    verdicts = verify_all([item.path for item, _, _ in scripts], timeout=timeout)
+    verdicts = verify_all([item.path for item, _, _ in scripts], timeout=timeout,
+                          confirms=[item.confirm for item, _, _ in scripts])
     return [{**entry, "file": item.path.name, "status": status, "why": why, "script": text}
             for (item, _, entry), text, (status, why) in zip(scripts, texts, verdicts, strict=True)]
 

@@ -68,6 +68,11 @@ def test_json_has_the_versioned_schema(report):
     assert first["function"] == "calls_helpers" and first["recompile"] is False
     assert first["filename"] == ZOO and first["seconds"] > 0
     assert recompile["recompile"] and "size guard on x.size()[0]: expected 2, actual 3" in recompile["reasons"][0]
+    # The same guards as data, one per reason: what --repro compares a script's recompile with.
+    assert len(recompile["failed_guards"]) == len(recompile["reasons"])
+    assert recompile["failed_guards"][0] == {"entry": recompile["reasons"][0].split(":")[0],
+                                             "kind": "size", "source": "x.size()[0]"}
+    assert first["failed_guards"] == []
 
 
 def test_markdown_is_an_issue_body(report):
@@ -233,7 +238,7 @@ def test_a_failed_run_says_how_it_ended():
 
 
 def test_write_report_picks_the_format_from_the_extension(report, tmp_path):
-    assert json.loads(write_report(report, tmp_path / "r.json").read_text())["schema_version"] == 3
+    assert json.loads(write_report(report, tmp_path / "r.json").read_text())["schema_version"] == 4
     assert write_report(report, tmp_path / "r.md").read_text().startswith("**Suggested issue title")
     assert write_report(report, tmp_path / "r.htm").read_text().startswith("<!DOCTYPE html>")
     assert write_report(report, tmp_path / "r.txt", format="json").read_text().startswith("{")

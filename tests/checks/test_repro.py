@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from fullgraph.checks._repro_worker import ReproWorker
 from fullgraph.checks.report import Report
 from fullgraph.checks.repro import NOT_ON_ITS_OWN, NOT_WRITTEN, REPRODUCES, make_repros, verify
 from fullgraph.checks.repro_markdown import repros_markdown
+from fullgraph.checks.repro_recompile import HEARD, same_guard
 from fullgraph.checks.repro_record import InputRecorder, describe
 from fullgraph.checks.repro_reduce import ddmin
 from fullgraph.checks.watch import watch
@@ -208,13 +211,18 @@ def test_a_recorded_path_is_the_absolute_path_of_the_code():
     assert os.path.isabs(recorded["frames"][0]["filename"])
 
 
-def test_a_recompile_gets_a_script_that_recompiles_on_a_guard_on_the_same_name(tmp_path):
+def test_a_recompile_gets_a_script_that_recompiles_on_the_same_guard(tmp_path):
     calls = [(repro_cases.doubles, (torch.ones(2), 3)), (repro_cases.doubles, (torch.ones(4), 3))]
     data, recorded, [repro] = _repros(tmp_path, calls, dynamic=False)
     assert sorted(recorded["frames"][0]["compiles"]) == ["0/0", "0/1"]
+    assert data["compiles"][1]["failed_guards"] == [{"entry": "0/0", "kind": "size",
+                                                     "source": "x.size()[0]"}]
     assert repro["kind"] == "recompile" and repro["compile"] == "0/1"
     assert repro["guard"] == "size guard on x.size()[0]: expected 2, actual 4"
     assert repro["status"] == REPRODUCES, repro["why"]
+    assert "GUARD = 'size guard on x.size()[0]'" in repro["script"]
+    assert repro["compile_call"] == {"backend": "eager", "fullgraph": False, "dynamic": False,
+                                     "mode": None, "options": None}
     assert "GUARDED = 'x'" in repro["script"] and repro["file"] == "recompile_1_doubles.py"
     # Called once, it does not recompile: the script says so.
     path = tmp_path / repro["file"]
@@ -222,6 +230,32 @@ def test_a_recompile_gets_a_script_that_recompiles_on_a_guard_on_the_same_name(t
     path.write_text(repro["script"].replace("tensor((4,), (1,), torch.float32, 'cpu'), 3, ", first))
     status, why = verify(path)
     assert status == NOT_ON_ITS_OWN and "AssertionError: expected doubles to recompile on a guard on x" in why
+
+
+def test_a_recompile_script_that_recompiles_on_another_guard_does_not_reproduce(tmp_path):
+    calls = [(repro_cases.doubles, (torch.ones(2), 3)), (repro_cases.doubles, (torch.ones(4), 3))]
+    data, recorded, _ = _repros(tmp_path / "same", calls, dynamic=False)
+    # The recompile's call given a float64 tensor of the first call's size: torch recompiles on a
+    # guard on x still, but on its dtype, not its size.
+    recorded["frames"][0]["compiles"]["0/1"][0]["value"].update(shape=[2], dtype="float64")
+    [repro] = make_repros(data, recorded, tmp_path / "other", reduce=False)
+    assert repro["status"] == NOT_ON_ITS_OWN
+    assert repro["why"] == ("doubles recompiled on another guard: expected size guard on "
+                            "x.size()[0] (as in the program), observed dtype guard on x.dtype (0/0: "
+                            "tensor 'x' dtype mismatch. expected Float, actual Double)")
+    # Run by hand, the script's own check passes (a guard on x), and it shows what torch said.
+    path = tmp_path / "other" / repro["file"]
+    ended = subprocess.run([sys.executable, path], capture_output=True, text=True, check=True)
+    assert ended.stdout.endswith(f"{HEARD}\nRecompiling function doubles in {path}:14\n"
+                                 f"    triggered by the following guard failure(s):\n"
+                                 f"    - 0/0: tensor 'x' dtype mismatch. expected Float, actual "
+                                 f"Double\n{REPRODUCES}\n")
+
+
+def test_a_recompile_script_that_heard_no_guard_fail_does_not_reproduce():
+    why = same_guard(f"{HEARD}\n{REPRODUCES}\n", function="f", expected=("size", "x.size()[0]"),
+                     guard="size guard on x.size()[0]")
+    assert why == "the script heard no guard fail when f recompiled; expected: size guard on x.size()[0]"
 
 
 def test_recompile_reduction_keeps_the_guard_and_drops_what_the_recompile_does_not_need(tmp_path):

@@ -1,9 +1,9 @@
 """Every graph break and recompile the project's tests know, through `fullgraph report --repro`'s
 builder and verifier: each gets a script that reproduces it on its own (the same line and gb_type,
-or a recompile on a guard on the same name), or the report says why it cannot stand alone.
+or a recompile on the same guard), or the report says why it cannot stand alone.
 
 The cases are zoo.py's breaks, recompile_zoo.py's recompiles, the programs under targets/ that
-can run in this process, and the breaks test_sdpa.py, test_grad_modes.py and test_collectives.py
+can run in this process (targets/crashes.py through `fullgraph report`), and the breaks test_sdpa.py, test_grad_modes.py and test_collectives.py
 write for themselves (copied below, each marked `# break: <name>`). The scripts run here on a
 fresh dynamo, as the reduction worker runs its tries: about a second a case, where a
 fresh interpreter costs a torch import each; test_repro.py runs scripts in fresh interpreters.
@@ -11,8 +11,10 @@ fresh interpreter costs a torch import each; test_repro.py runs scripts in fresh
 
 import contextlib
 import io
+import json
 import os
 import runpy
+import signal
 import sys
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from torch_versions import per_torch
 import recompile_zoo
 import zoo
 from fullgraph.checks import repro_reduce
+from fullgraph.checks.cli import main
 from fullgraph.checks.report import (
     RecordedReport,
     Report,
@@ -33,7 +36,14 @@ from fullgraph.checks.report import (
     render_markdown,
     with_repros,
 )
-from fullgraph.checks.repro import NOT_ON_ITS_OWN, NOT_WRITTEN, REPRODUCES, make_repros
+from fullgraph.checks.repro import (
+    NOT_ON_ITS_OWN,
+    NOT_WRITTEN,
+    REPRODUCES,
+    TAIL_LINES,
+    make_repros,
+    verdict,
+)
 from fullgraph.checks.repro_record import InputRecorder
 from fullgraph.checks.watch import watch
 from fullgraph.model.launch import fake_process_group
@@ -89,9 +99,9 @@ def announces(x):
 
 # -- running a program, its repros verified in this process -----------------------------------
 
-def _verify_here(path, *, timeout):
-    """What repro.verify says of the script at `path`, run in this process on a fresh dynamo (and
-    the grad mode it may set put back)."""
+def _verify_here(path, confirm):
+    """What repro.verify says of the script at `path` (and what `confirm` finds in its output),
+    run in this process on a fresh dynamo (and the grad mode it may set put back)."""
     out = io.StringIO()
     torch.compiler.reset()
     try:
@@ -102,16 +112,16 @@ def _verify_here(path, *, timeout):
         return NOT_ON_ITS_OWN, f"{type(error).__name__}: {error}"
     finally:
         torch.compiler.reset()
-    printed = out.getvalue().rstrip()
-    return (REPRODUCES, None) if printed.endswith(REPRODUCES) else (NOT_ON_ITS_OWN, printed)
+    printed = out.getvalue()
+    return verdict(printed, None, "\n".join(printed.splitlines()[-TAIL_LINES:]), confirm)
 
 
 @pytest.fixture
 def repros_of(tmp_path, monkeypatch):
     """The report data and repros (unreduced) of running `program()` in this process."""
     monkeypatch.setattr(repro_reduce, "verify_all",
-                        lambda paths, *, timeout: [_verify_here(path, timeout=timeout)
-                                                   for path in paths])
+                        lambda paths, *, timeout, confirms: [
+                            _verify_here(path, confirm) for path, confirm in zip(paths, confirms)])
 
     def run(program):
         torch.compiler.reset()
@@ -194,8 +204,8 @@ def raising_after_its_break():
 #
 # Each expects, in order, one entry per repro:
 #   ("break", gb_type, (file, marker)): reproduces, the script's marked line being that source line
-#   ("recompile", guarded name): reproduces, recompiling on a guard on that name (None: on
-#                                torch's global state, grad mode)
+#   ("recompile", guarded name): reproduces, recompiling on the program's guard, one on that name
+#                                (None: on torch's global state, grad mode)
 #   (status, why): does not stand alone, saying why
 
 # The deprecated SDPA context manager breaks the graph twice on 2.11 and 2.13 and once on 2.15;
@@ -314,6 +324,32 @@ def test_each_known_case_reproduces_on_its_own_or_says_why_not(program, expected
             assert f"GUARDED = {want[1]!r}" in entry["script"]
         else:
             assert entry["status"] == want[0] and want[1] in entry["why"], entry["why"]
+        # The compile call is known wherever the function's arguments were recorded: not for
+        # dynamo's resume functions.
+        assert (entry["compile_call"] is None) == ("resume function" in (entry["why"] or ""))
+
+
+def test_a_program_that_kills_itself_after_its_break_gets_a_verified_repro(tmp_path, monkeypatch,
+                                                                          capfd):
+    # targets/crashes.py cannot run in this process: `fullgraph report` runs it in a child, as a
+    # user would, and runs the script in a fresh interpreter. The break's function reads the
+    # program's arguments, which its script passes on.
+    monkeypatch.chdir(TARGETS.parent)
+    command = ["report", "--no-reduce", "--repro", str(tmp_path / "repros"),
+               "-o", str(tmp_path / "r.json"), "--", "targets/crashes.py", "segfault"]
+    assert main(command) == 128 + signal.SIGSEGV
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["exit"]["status"] == "killed by SIGSEGV" and data["crash"]["signal"] == "SIGSEGV"
+    [entry] = data["repros"]
+    assert (entry["kind"], entry["status"]) == ("break", REPRODUCES), entry["why"]
+    _assert_break_reproduces(entry, data["graph_breaks"][0], PRINT, (TARGETS / "crashes.py", "print"))
+    assert "    sys.argv[1:] = ['segfault']  # the program's arguments, which its code reads\n" in entry["script"]
+    # The report keeps the command that reproduces it all, the crash with it.
+    markdown = render_markdown(RecordedReport(data))
+    assert (f"```sh\nfullgraph {' '.join(command)}\n```" in markdown
+            and "#### Break 1 (Failed to trace builtin operator)" in markdown)
+    assert capfd.readouterr().err.endswith("1 of them reproduce on their own\n"
+                                           f"fullgraph report: wrote {tmp_path / 'r.json'}\n")
 
 
 def _assert_break_reproduces(entry, brk, gb_type, place):
@@ -364,6 +400,10 @@ def test_the_mode_and_options_the_program_gave_are_in_the_script(options, record
     assert (record["mode"], record["options"], record["cudagraphs"]) == recorded
     assert entry["status"] == REPRODUCES, entry["why"]
     assert f"        {call}\n" in entry["script"]
+    # The report's JSON has them too, each option as the expression the script writes.
+    assert entry["compile_call"] == {
+        "backend": options.get("backend", "inductor"), "fullgraph": False, "dynamic": None,
+        "mode": recorded[0], "options": recorded[1] and {"epilogue_fusion": "False"}}
     # Asked for CUDA graphs with CPU tensors: the script says why it runs anyway.
     assert ("# As the program called it. CUDA graphs need a GPU" in entry["script"]) == recorded[2]
 
@@ -375,6 +415,9 @@ def test_a_default_compile_call_has_no_mode_or_options(repros_of):
     assert ("torch.compile(announces, backend='inductor', fullgraph=False, dynamic=None)\n"
             in entry["script"])
     assert "mode=" not in entry["script"] and "options=" not in entry["script"]
+    assert "sys.argv" not in entry["script"]  # its code reads no command-line arguments
+    assert entry["compile_call"] == {"backend": "inductor", "fullgraph": False, "dynamic": None,
+                                     "mode": None, "options": None}
 
 
 def test_options_a_script_cannot_rebuild_are_left_out_and_named(repros_of):
@@ -387,6 +430,8 @@ def test_options_a_script_cannot_rebuild_are_left_out_and_named(repros_of):
     assert entry["status"] == REPRODUCES, entry["why"]
     assert ("        # left out of options: post_grad_custom_post_pass, which a script cannot "
             "rebuild\n        options={'epilogue_fusion': False},\n") in entry["script"]
+    assert entry["compile_call"]["options"] == {"post_grad_custom_post_pass": None,
+                                                "epilogue_fusion": "False"}
 
 
 def test_a_callable_backend_becomes_eager_without_its_mode(repros_of):
@@ -395,6 +440,9 @@ def test_a_callable_backend_becomes_eager_without_its_mode(repros_of):
 
     _, _, [entry] = repros_of(compiled(announces, (ones(3),), backend=backend, mode="max-autotune"))
     assert "torch.compile(announces, backend='eager', fullgraph=False, dynamic=None)\n" in entry["script"]
+    # The report still says what the program gave.
+    assert entry["compile_call"] == {"backend": None, "fullgraph": False, "dynamic": None,
+                                     "mode": "max-autotune", "options": None}
 
 
 # -- the HTML page ----------------------------------------------------------------------------
