@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import linecache
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -161,12 +162,21 @@ def _compile_dict(event: CompileEvent, timing: CompileTiming) -> dict:
             "seconds": timing.to_dict()["seconds"]}
 
 
+# The values after a guard's subject in a compile's reason (GuardFailure.describe).
+_GUARD_VALUES = re.compile(r": (?:expected|actual) .*\Z", re.DOTALL)
+
+
 def failed_guard(reason: str) -> str:
     """The guard a compile's reason (as `_compile_dict` writes it: "0/0: size guard on
     x.size()[0]: expected 4, actual 5") says failed, without its cache entry and values: the one
-    cause behind a recompile at each new length. Text without an entry (an error) is cut the same."""
+    cause behind a recompile at each new length. Text without an entry (an error) is cut at its
+    first colon."""
     entry, separator, guard = reason.partition(": ")
-    return (guard if separator and entry[:1].isdigit() else reason).split(": ")[0]
+    if not (separator and entry[:1].isdigit()):
+        return reason.split(": ")[0]
+    # The subject may hold a colon itself ("global state changed: grad_mode").
+    return _GUARD_VALUES.sub("", guard)
+
 
 
 def _context(brk: GraphBreak) -> dict | None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import zoo
+from fullgraph.checks.recompiles import GuardFailure
 from fullgraph.checks.report import (
     SCHEMA_VERSION,
     CheckReport,
@@ -293,3 +294,17 @@ def test_a_recompile_cause_is_the_failed_guard_without_its_entry_and_values():
         "size guard on x.size()[0]"
     assert failed_guard("1/2: type guard on x") == "type guard on x"
     assert failed_guard("RuntimeError: boom") == "RuntimeError"  # an error, not a reason
+
+
+@pytest.mark.parametrize("kind, source, expected, actual", [
+    ("global_state", "grad_mode", None, None),
+    ("global_state", "default_dtype", "torch.float32", "torch.float64"),
+    ("dtype", "x.dtype", "Float", None),
+])
+def test_a_recompile_cause_keeps_what_changed_and_drops_only_the_values(kind, source, expected,
+                                                                        actual):
+    # Two different global-state changes are two causes: each gets its own repro and --compare
+    # line, so the subject's own colon must survive.
+    failure = GuardFailure(entry="0/1", kind=kind, source=source, expected=expected, actual=actual,
+                           where=None, note=None, text="")
+    assert failed_guard(f"{failure.entry}: {failure.describe()}") == failure.subject()
