@@ -300,6 +300,9 @@ def test_compare_and_repro_mistakes_name_the_option_and_file(argv, error, capsys
     assert capsys.readouterr().err.startswith(f"fullgraph report: {error}")
 
 
+# Over a minute, most of it dynamo tracing transformers' generate (30 compiles) in the child:
+# the pinned torch's; test_repro_cases.py runs the repros' torch-dependent cases on every torch.
+@pytest.mark.slow
 def test_repro_end_to_end_on_transformers_generate_behind_a_users_wrapper(tmp_path, capfd):
     pytest.importorskip("transformers")
     json_path = tmp_path / "r.json"
