@@ -51,12 +51,14 @@ def run_python(tmp_path):
     """Run `python *command` for each command through fullgraph.model.launch: each in a session
     of its own, dying with pytest, nothing left running afterwards. Returns each one's Ended
     (stdout and stderr captured); one still running at `timeout` fails the test, named with its
-    last output and its stack."""
+    last output and its stack. `timeout_from`: a path the processes create once their own work
+    begins, from when the timeout counts (run_processes's)."""
 
     def run(*commands: list[str], timeout: float, env: list[dict] | None = None,
-            label: str = "process") -> tuple[Ended, ...]:
+            label: str = "process", timeout_from: str | None = None) -> tuple[Ended, ...]:
         workdir = tempfile.mkdtemp(dir=tmp_path)
-        launched = run_processes(commands, workdir=workdir, timeout=timeout, env=env, label=label)
+        launched = run_processes(commands, workdir=workdir, timeout=timeout, env=env, label=label,
+                                 timeout_from=timeout_from)
         if launched.interrupted is not None:  # Ctrl-C: stop the session as it would have
             signal.raise_signal(launched.interrupted)
         hung = [ended for ended in launched.ended

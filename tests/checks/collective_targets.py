@@ -53,6 +53,10 @@ def _scale(x):
 
 
 def raises_on_rank_1():
+    # Rank 1 raises only once rank 0 is here too: rank 0 then names _scale as it starts checking
+    # it, within the seconds the launcher gives it after rank 1 failed. Without the barrier a
+    # loaded machine could stop rank 0 while it still imported this module, before any name.
+    dist.barrier()
     if dist.get_rank() == 1:
         raise RuntimeError("rank 1 has no shard")  # raises here
     return _scale, (torch.ones(4),)

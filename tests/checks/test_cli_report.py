@@ -1,4 +1,5 @@
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -6,10 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from fullgraph.checks import suite
+from fullgraph.checks import _report_run, suite
 from fullgraph.checks._report_run import SAMPLE_S, TIMEOUT_CODE
 from fullgraph.checks.cli import main
 from fullgraph.checks.report import RecordedReport, render
+from fullgraph.model.launch import Ended, Launched
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = "targets/breaks_and_recompiles.py"
@@ -24,6 +26,29 @@ def _in_tests_dir(monkeypatch):
     monkeypatch.delitem(sys.modules, "targets.report_module", raising=False)
 
 
+@pytest.fixture
+def child_here(monkeypatch):
+    """`fullgraph report` runs TARGET's child (_report_run.main) in this process, where it would
+    start a Python for it: the same code records and writes the same report, without importing
+    torch again. For the tests of what a report holds; those of how a child that crashes, hangs
+    or is killed is reported, and one whole command line, start the real child."""
+    monkeypatch.setattr(_report_run, "run_processes", _child_in_this_process)
+
+
+def _child_in_this_process(commands, *, workdir, **options) -> Launched:
+    [(_, _, *argv)] = commands  # ["-c", code, *argv]: main() reads sys.argv[1:] as python -c gives it
+    saved = sys.argv[:]
+    sys.argv[:] = ["-c", *argv]
+    try:
+        _report_run.main()
+    except SystemExit as ended:
+        code = ended.code
+    finally:
+        sys.argv[:] = saved
+    return Launched((Ended(0, os.getpid(), code, None, ""),))
+
+
+@pytest.mark.usefixtures("child_here")
 def test_a_script_runs_as_main_with_its_arguments(tmp_path, capfd):
     argv, path = sys.argv[:], sys.path[:]
     assert main(["report", "-o", str(tmp_path / "r.json"), "--", SCRIPT, "2", "3", "4"]) == 0
@@ -41,6 +66,7 @@ def test_a_script_runs_as_main_with_its_arguments(tmp_path, capfd):
     assert data["summary"]["recompiles"] == 4  # scale and the rest of it after the print, twice each
 
 
+@pytest.mark.usefixtures("child_here")
 def test_markdown_goes_to_stdout_after_the_programs_output(capfd):
     assert main(["report", "--", SCRIPT]) == 0
     out = capfd.readouterr().out
@@ -50,6 +76,7 @@ def test_markdown_goes_to_stdout_after_the_programs_output(capfd):
     assert f"```sh\nfullgraph report -- {SCRIPT}\n```" in report
 
 
+@pytest.mark.usefixtures("child_here")
 def test_a_report_is_written_when_the_program_raises(tmp_path, capfd):
     assert main(["report", "-o", str(tmp_path / "r.md"), "--", "targets/raises.py"]) == 1
 
@@ -61,6 +88,7 @@ def test_a_report_is_written_when_the_program_raises(tmp_path, capfd):
     assert "Unsupported Tensor.item() call" in text
 
 
+@pytest.mark.usefixtures("child_here")
 def test_a_report_is_written_when_the_program_exits_non_zero(tmp_path):
     assert main(["report", "-o", str(tmp_path / "r.json"), "--", "targets/exits.py"]) == 3
     data = json.loads((tmp_path / "r.json").read_text())
@@ -68,6 +96,7 @@ def test_a_report_is_written_when_the_program_exits_non_zero(tmp_path):
     assert data["graph_breaks"][0]["frames"][0]["function"] == "shout"
 
 
+@pytest.mark.usefixtures("child_here")
 def test_dash_m_runs_a_module_as_main(capfd):
     assert main(["report", "--format", "json", "--", "-m", "targets.report_module", "a", "b"]) == 0
     out = capfd.readouterr().out
@@ -77,6 +106,7 @@ def test_dash_m_runs_a_module_as_main(capfd):
     assert [f["function"] for f in data["graph_breaks"][0]["frames"]] == ["forward", "_describe"]
 
 
+@pytest.mark.usefixtures("child_here")
 def test_module_colon_function_is_imported_and_called(tmp_path):
     assert main(["report", "-o", str(tmp_path / "r.html"), "--", "targets.report_module:main"]) == 0
     page = (tmp_path / "r.html").read_text()
@@ -84,6 +114,7 @@ def test_module_colon_function_is_imported_and_called(tmp_path):
     assert '<div class="timeline">' in page
 
 
+@pytest.mark.usefixtures("child_here")
 def test_the_documented_example_still_breaks_as_documented(capfd):
     # docs/report-example.md was made from this program.
     assert main(["report", "--format", "json", "--", "targets/decode_loop.py"]) == 0
@@ -197,6 +228,7 @@ def test_check_writes_its_results_by_extension(tmp_path, monkeypatch, capsys):
 
 # -- --repro and --compare -------------------------------------------------------------------------
 
+@pytest.mark.usefixtures("child_here")
 def test_repro_writes_a_verified_script_and_inlines_it(tmp_path, capfd):
     # Kept whole (--no-reduce): reducing, in the worker, is test_repro.py's.
     json_path = tmp_path / "r.json"
@@ -226,6 +258,7 @@ def _reports(tmp_path, capfd) -> tuple[dict, Path]:
     return json.loads(path.read_text()), path
 
 
+@pytest.mark.usefixtures("child_here")
 def test_compare_prints_new_gone_and_changed_and_exits_1_only_on_new(tmp_path, capfd):
     new, new_path = _reports(tmp_path, capfd)
     old = {**new, "graph_breaks": [], "env": {**new["env"], "torch": "2.12.0"},
@@ -245,6 +278,7 @@ def test_compare_prints_new_gone_and_changed_and_exits_1_only_on_new(tmp_path, c
     assert capfd.readouterr().out.endswith("Nothing new, gone or changed.\n")
 
 
+@pytest.mark.usefixtures("child_here")
 def test_compare_after_a_run_exits_1_when_a_break_is_new(tmp_path, capfd):
     new, _ = _reports(tmp_path, capfd)
     old_path = tmp_path / "old.json"
@@ -266,6 +300,9 @@ def test_compare_and_repro_mistakes_name_the_option_and_file(argv, error, capsys
     assert capsys.readouterr().err.startswith(f"fullgraph report: {error}")
 
 
+# Over a minute, most of it dynamo tracing transformers' generate (30 compiles) in the child:
+# the pinned torch's; test_repro_cases.py runs the repros' torch-dependent cases on every torch.
+@pytest.mark.slow
 def test_repro_end_to_end_on_transformers_generate_behind_a_users_wrapper(tmp_path, capfd):
     pytest.importorskip("transformers")
     json_path = tmp_path / "r.json"

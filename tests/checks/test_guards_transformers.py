@@ -7,13 +7,16 @@ hundreds of guards that only moved to another name, next to the one or two that 
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from fullgraph.checks.guards import diff_guards, guards_of
 
 
 @pytest.fixture(scope="module")
 def llama():
+    # Imported here, not at the top: importing transformers' Llama takes seconds, which every
+    # xdist worker would pay while collecting, whether or not it runs these tests.
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
     torch.manual_seed(0)

@@ -39,6 +39,7 @@ from fullgraph.model.tensor_parallel import (
     shard_shapes,
     teardown_process_group,
 )
+from tp_worker import HANGING
 
 WORKER = Path(__file__).with_name("tp_worker.py")
 KILL_LAUNCHER = Path(__file__).with_name("kill_launcher.py")
@@ -214,13 +215,13 @@ def test_fake_process_group_runs_the_shard_eagerly(fake_world: int) -> None:
 # --- real ranks ------------------------------------------------------------------------------
 
 
-def _ranks(run_python, spec: dict, tmp_path: Path, *, nproc: int, timeout: float = 120
-           ) -> list[dict]:
+def _ranks(run_python, spec: dict, tmp_path: Path, *, nproc: int, timeout: float = 120,
+           timeout_from: Path | None = None) -> list[dict]:
     """Each rank's results; fails the test with the ranks' output if any rank fails or hangs."""
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     command = [str(WORKER), str(tmp_path / "spec.json"), str(tmp_path)]
     ranks = run_python(*[command] * nproc, timeout=timeout, env=rank_environments(nproc),
-                       label="rank")
+                       label="rank", timeout_from=timeout_from and str(timeout_from))
     failed = [rank for rank in ranks if rank.failed]
     if failed:
         pytest.fail("\n\n".join(f"rank {rank.index} exited with {rank.returncode}:\n{rank.output()}"
@@ -272,10 +273,13 @@ def test_a_failing_rank_fails_the_test_with_its_error(tmp_path: Path, run_python
 
 def test_a_hanging_rank_fails_the_test_with_its_output_and_leaves_nothing_behind(
         tmp_path: Path, run_python, leftover_processes) -> None:
+    # The timeout counts from when rank 1 has begun to hang, past its imports: a few seconds are
+    # enough on a loaded machine, where counting from the start needed most of a minute.
     with pytest.raises(pytest.fail.Exception) as failed:
-        _ranks(run_python, _spec(TINY, hang_rank=1), tmp_path, nproc=2, timeout=45)
+        _ranks(run_python, _spec(TINY, hang_rank=1), tmp_path, nproc=2, timeout=3,
+               timeout_from=tmp_path / HANGING)
     message = str(failed.value)
-    assert "rank 1 timed out after 45 s; its last output:\nrank 1 hangs on purpose\n" in message
+    assert "rank 1 timed out after 3 s; its last output:\nrank 1 hangs on purpose\n" in message
     assert f'File "{WORKER}", line ' in message  # its stack, where it hangs
     assert leftover_processes() == {}
 

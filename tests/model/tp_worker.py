@@ -36,6 +36,8 @@ from fullgraph.model.tensor_parallel import (
 
 # The package re-exports the function under the module's name.
 generate_module = importlib.import_module("fullgraph.model.generate")
+# Written to OUT_DIR by the rank that hangs on purpose, once it hangs.
+HANGING = "hanging"
 
 
 def main() -> None:
@@ -45,8 +47,10 @@ def main() -> None:
     args = parser.parse_args()
     spec = json.loads(args.spec.read_text())
     if int(os.environ["RANK"]) == spec.get("hang_rank"):
-        # Lets the test check that a hung rank is named, with its output, and ended.
+        # Lets the test check that a hung rank is named, with its output, and ended. The file
+        # says it has begun to hang: the test's timeout counts from then, not from the imports.
         print(f"rank {os.environ['RANK']} hangs on purpose", flush=True)
+        (args.out / HANGING).touch()
         time.sleep(3600)
     # Two cores are shared by every rank: one thread each avoids oversubscription.
     torch.set_num_threads(1)
