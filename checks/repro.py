@@ -36,6 +36,7 @@ from pathlib import Path
 from fullgraph.model.launch import Ended, run_processes
 
 from ._compat import repro as torch_repro
+from .repro_record import DEFAULT_STATE
 
 __all__ = ["REPRODUCES", "NOT_ON_ITS_OWN", "NOT_WRITTEN", "VERIFY_TIMEOUT_S", "TAIL_LINES",
            "Confirm", "Pending", "ReproPlan", "make_repros", "verify", "verify_all", "verdict",
@@ -170,11 +171,13 @@ def _plan(brk: dict, record: dict | None) -> ReproPlan | str:
 
 
 def _at_a_break(record: dict) -> dict:
-    """`record` with the arguments and grad mode ("grad") of its first compile that met a graph
-    break (a function may break only under no_grad, say), else of its first compile."""
+    """`record` with the arguments, grad mode ("grad") and global state ("state") of its first
+    compile that met a graph break (a function may break only under no_grad, say), else of its
+    first compile."""
     compile_id = next(iter(record["broke"] or record["compiles"]))
     return {**record, "arguments": record["compiles"][compile_id],
-            "grad": record["grad_enabled"][compile_id]}
+            "grad": record["grad_enabled"][compile_id],
+            "state": record["global_state"][compile_id]}
 
 
 def _recorded_frame(brk: dict, frames: list[dict]) -> dict | None:
@@ -285,7 +288,8 @@ class ReproPlan:
         inputs = self.inputs_text(self.record["arguments"])
         main = _SCRIPT_MAIN.format(gb_type=self.brk["gb_type"], line=number, inputs=inputs,
                                    compile=self.compile_text(), argv=self.argv_text(head),
-                                   grad=self.grad_text(self.record["grad"]))
+                                   grad=self.grad_text(self.record["grad"])
+                                   + self.state_text([self.record["state"]], 0))
         return self.whole(head, main, torch_repro.REPRO_BREAK_PROBE)
 
     def head(self, docstring: str) -> str:
@@ -371,6 +375,16 @@ class ReproPlan:
         if enabled and not always:
             return ""
         return f"\n    torch.set_grad_enabled({enabled})  # as it was when dynamo compiled it"
+
+    @staticmethod
+    def state_text(states: list[dict[str, str]], index: int) -> str:
+        """The lines, each after a newline, that set the global state (grad mode aside) that
+        compile `index` of the replayed `states` had: each part it had otherwise than torch's
+        default, and each part the compiles had differently."""
+        lines = [line for name, line in states[index].items()
+                 if line != DEFAULT_STATE.get(name)
+                 and (name in DEFAULT_STATE or any(state[name] != line for state in states))]
+        return "".join(f"\n    {line}  # as it was when dynamo compiled it" for line in lines)
 
     def compile_text(self) -> str:
         """torch.compile as the program called it. A callable backend becomes eager, without the

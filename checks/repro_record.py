@@ -26,7 +26,8 @@ from ._compat import dynamo as torch_dynamo
 from ._compat import hooks as torch_hooks
 from ._compat import repro as torch_repro
 
-__all__ = ["EXACT_VALUES", "MODULE_PARAMETERS", "MAX_COMPILES", "InputRecorder", "describe", "read_recorded"]
+__all__ = ["EXACT_VALUES", "MODULE_PARAMETERS", "MAX_COMPILES", "DEFAULT_STATE", "InputRecorder",
+           "describe", "global_state", "read_recorded"]
 
 EXACT_VALUES = 64  # integer and bool tensors up to this size keep their values (positions, masks)
 MODULE_PARAMETERS = 100_000  # a torch.nn module up to this size is rebuilt from its repr
@@ -38,12 +39,14 @@ MAX_COMPILES = 16  # compiles of one function whose arguments are kept
 
 class InputRecorder:
     """Records the arguments of each function dynamo compiles, at each of its first MAX_COMPILES
-    compiles, with how torch.compile was called on it, the grad mode of each of those compiles
-    and which of them met a graph break.
+    compiles, with how torch.compile was called on it, the grad mode and the rest of the global
+    state dynamo guards on (global_state) of each of those compiles and which of them met a graph
+    break.
 
     to_dict(): {"frames": [{filename, function, firstlineno, closure, compile, argv (sys.argv at
     its first compile), arguments (those of its first compile), compiles: {compile_id:
-    arguments}, grad_enabled: {compile_id: bool}, broke: [compile_id]}]}.
+    arguments}, grad_enabled: {compile_id: bool}, global_state: {compile_id: {name: line}},
+    broke: [compile_id]}]}.
     """
 
     def __init__(self, on_record: Callable[[], None] | None = None) -> None:
@@ -60,6 +63,7 @@ class InputRecorder:
         with self._lock:
             return {"frames": [{**frame, "compiles": dict(frame["compiles"]),
                                 "grad_enabled": dict(frame["grad_enabled"]),
+                                "global_state": dict(frame["global_state"]),
                                 "broke": list(frame["broke"])}
                                for frame in self._frames.values()]}
 
@@ -93,9 +97,47 @@ class InputRecorder:
         with self._lock:
             record["compiles"][compile_id] = arguments
             record["grad_enabled"][compile_id] = torch.is_grad_enabled()
+            record["global_state"][compile_id] = global_state()
             self._frames.setdefault(key, record)
         if self._on_record is not None:
             self._on_record()
+
+
+# Dynamo's GLOBAL_STATE guard checks more than grad mode (recorded on its own): these are the
+# parts a script sets back with public torch calls. Each is recorded as the line that sets it.
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def global_state() -> dict[str, str]:
+    """{name: the line that sets it as it is now} for the global state dynamo guards on, grad
+    mode aside."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = ", warn_only=True" if torch.is_deterministic_algorithms_warn_only_enabled() else ""
+    state = {"default_dtype": f"torch.set_default_dtype({torch.get_default_dtype()})",
+             "deterministic_algorithms": f"torch.use_deterministic_algorithms({deterministic}{warn_only})"}
+    for device in _AUTOCAST_DEVICES:
+        state[f"autocast({device})_enabled"] = (
+            f"torch.set_autocast_enabled({device!r}, {torch.is_autocast_enabled(device)})")
+        state[f"autocast({device})_dtype"] = (
+            f"torch.set_autocast_dtype({device!r}, {torch.get_autocast_dtype(device)})")
+    state["autocast_cache_enabled"] = (
+        f"torch.set_autocast_cache_enabled({torch.is_autocast_cache_enabled()})")
+    state["num_threads"] = f"torch.set_num_threads({torch.get_num_threads()})"
+    return state
+
+
+# global_state() in a fresh interpreter, where torch has one: a script sets a part only where a
+# compile had it otherwise. The thread count depends on the machine: a script sets it only where
+# the compiles it replays had different ones.
+DEFAULT_STATE = {
+    "default_dtype": "torch.set_default_dtype(torch.float32)",
+    "deterministic_algorithms": "torch.use_deterministic_algorithms(False)",
+    "autocast(cpu)_enabled": "torch.set_autocast_enabled('cpu', False)",
+    "autocast(cpu)_dtype": "torch.set_autocast_dtype('cpu', torch.bfloat16)",
+    "autocast(cuda)_enabled": "torch.set_autocast_enabled('cuda', False)",
+    "autocast(cuda)_dtype": "torch.set_autocast_dtype('cuda', torch.float16)",
+    "autocast_cache_enabled": "torch.set_autocast_cache_enabled(True)",
+}
 
 
 def _key(frame: torch_repro.CompilingFrame) -> str:
@@ -111,7 +153,7 @@ def _frame_record(frame: torch_repro.CompilingFrame, arguments: list[dict]) -> d
                         "dynamic": frame.dynamic, "mode": frame.mode,
                         "options": None if frame.options is None else describe(frame.options),
                         "cudagraphs": frame.cudagraphs},
-            "compiles": {}, "grad_enabled": {}, "broke": []}
+            "compiles": {}, "grad_enabled": {}, "global_state": {}, "broke": []}
 
 
 def _arguments(frame: torch_repro.CompilingFrame) -> list[dict]:
