@@ -15,6 +15,7 @@ import json
 import os
 import runpy
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from fullgraph.checks.repro import (
     make_repros,
     verdict,
 )
-from fullgraph.checks.repro_record import InputRecorder
+from fullgraph.checks.repro_record import DEFAULT_STATE, InputRecorder, global_state
 from fullgraph.checks.watch import watch
 from fullgraph.model.launch import fake_process_group
 from targets import report_module
@@ -99,14 +100,27 @@ def announces(x):
 
 # -- running a program, its repros verified in this process -----------------------------------
 
+@contextlib.contextmanager
+def global_state_kept():
+    """Puts back the grad mode and the rest of the global state a script or program may set
+    (the default dtype, autocast, ...), by running the lines that recorded it."""
+    state = global_state()
+    try:
+        with torch.set_grad_enabled(torch.is_grad_enabled()):
+            yield
+    finally:
+        for line in state.values():
+            exec(line, {"torch": torch})
+
+
 def _verify_here(path, confirm):
     """What repro.verify says of the script at `path` (and what `confirm` finds in its output),
-    run in this process on a fresh dynamo (and the grad mode it may set put back)."""
+    run in this process on a fresh dynamo (and the global state it may set put back)."""
     out = io.StringIO()
     torch.compiler.reset()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()), \
-                torch.set_grad_enabled(torch.is_grad_enabled()):
+                global_state_kept():
             runpy.run_path(os.fspath(path), run_name="__main__")
     except Exception as error:  # the script's AssertionError, or what the function raised
         return NOT_ON_ITS_OWN, f"{type(error).__name__}: {error}"
@@ -173,6 +187,31 @@ def under_no_grad_after_grad(function, *args, mode=torch.no_grad):
         with mode():
             step(*args)
     return program
+
+
+def under_global_state(function, *args, change):
+    """A program that calls `function` compiled, then again after `change()` (the default dtype
+    set, say), and puts the global state back."""
+    def program():
+        step = torch.compile(function, backend="eager")
+        with global_state_kept():
+            step(*args)
+            change()
+            step(*args)
+    return program
+
+
+def grad_then_dtype_then_input():
+    # Three causes: grad mode; grad mode and default dtype at once; an argument's dtype.
+    step = torch.compile(recompile_zoo.scale, backend="eager")
+    x = torch.randn(8)
+    with global_state_kept():
+        step(x)
+        with torch.no_grad():
+            step(x)
+        torch.set_default_dtype(torch.float64)
+        step(x)
+        step(x.double())
 
 
 def in_a_fake_group(program):
@@ -301,6 +340,20 @@ RECOMPILES = [
     pytest.param(under_no_grad_after_grad(loss, ones(4, 3), ones(3, 5, requires_grad=True),
                                           mode=torch.inference_mode),
                  [("recompile", None)], id="inference mode"),
+    pytest.param(grad_then_dtype_then_input, [("recompile", None), ("recompile", None),
+                                              ("recompile", "x")], id="grad mode, default dtype"),
+    pytest.param(under_global_state(recompile_zoo.scale, ones(3),
+                                    change=lambda: torch.set_default_dtype(torch.float64)),
+                 [("recompile", None)], id="default dtype"),
+    pytest.param(under_global_state(recompile_zoo.scale, ones(3),
+                                    change=lambda: torch.use_deterministic_algorithms(True)),
+                 [("recompile", None)], id="deterministic algorithms"),
+    pytest.param(under_global_state(recompile_zoo.scale, ones(3),
+                                    change=lambda: torch.set_autocast_enabled("cpu", True)),
+                 [("recompile", None)], id="autocast"),
+    pytest.param(under_global_state(recompile_zoo.scale, ones(3),
+                                    change=lambda: torch.set_num_threads(1)),
+                 [("recompile", None)], id="thread count"),
     pytest.param(with_mark_dynamic_bounds, [("recompile", "x")], id="outside mark_dynamic bounds"),
     pytest.param(compiled(recompile_zoo.rows_sum, *[(ones(size, 4),) for size in (2, 3, 1)]),
                  [("recompile", "x")], id="below a dynamic bound"),
@@ -476,3 +529,28 @@ def test_an_html_page_without_repro_has_no_repro_section(repros_of):
     assert data["repros"] is None and "Standalone repros" not in render_html(RecordedReport(data))
     page = render_html(with_repros(data, []))
     assert "<h3>Standalone repros</h3>\n<p>No graph break to write a repro for.</p>" in page
+
+
+def test_a_script_sets_only_the_global_state_a_compile_had_otherwise(repros_of):
+    _, _, repros = repros_of(grad_then_dtype_then_input)
+    assert [entry["guard"] for entry in repros] == [
+        "global state changed: grad_mode", "global state changed: grad_mode default_dtype",
+        "dtype guard on x.dtype: expected Float, actual Double"]
+    float64 = "torch.set_default_dtype(torch.float64)  # as it was when dynamo compiled it"
+    assert float64 not in repros[0]["script"]
+    # Before the recompile on the default dtype, it was torch's: set after, not before.
+    calls = repros[1]["script"].partition("def main():")[2].partition("with recompiles_heard()")[0]
+    before, _, after = calls.partition("compiled(*args, **kwargs)")
+    assert float64 not in before and float64 in after
+    # The dtype guard's two compiles both had float64.
+    assert repros[2]["script"].count(float64) == 2
+    for line in DEFAULT_STATE.values():
+        assert not any(line in entry["script"] for entry in repros)
+
+
+def test_the_default_state_is_a_fresh_interpreters(tmp_path):
+    code = ("import json; from fullgraph.checks.repro_record import global_state; "
+            "print(json.dumps(global_state()))")
+    fresh = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True,
+                                      text=True, check=True).stdout)
+    assert {name: line for name, line in fresh.items() if name != "num_threads"} == DEFAULT_STATE
