@@ -185,6 +185,8 @@ def test_the_worker_reports_a_script_that_hangs_or_crashes_and_starts_again(tmp_
         assert worker.lost == 2
 
 
+# Process plumbing alone: its scripts import nothing, so no torch can change the outcome.
+@pytest.mark.slow
 def test_fresh_interpreters_run_side_by_side_and_one_that_fails_stops_none_of_the_others(tmp_path):
     fails, slow = tmp_path / "fails.py", tmp_path / "slow.py"
     fails.write_text("raise SystemExit('gone')\n")
