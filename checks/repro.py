@@ -8,10 +8,10 @@ For each distinct graph break, a script that needs nothing but torch: the functi
 compiling when it broke (and the functions and classes of its file it uses, the torch and standard
 library imports, the constants), its arguments rebuilt from what they were when dynamo compiled it
 (a tensor from its shape, dtype, device, strides and requires_grad, with random values; Python
-values as they were) and the grad mode it had (and the program's command-line arguments, where
-its code reads sys.argv), the torch.compile call the program made (backend, fullgraph, dynamic,
-mode and options), and a check that the graph breaks at the same line with
-the same gb_type. Delta debugging drops the statements and arguments the break does not need, its
+values as they were) and the global state it had (grad mode, default dtype, ...), the program's
+command-line arguments where its code reads sys.argv, the torch.compile call the program made
+(backend, fullgraph, dynamic, mode and options), and a check that the graph breaks at the same
+line with the same gb_type. Delta debugging drops the statements and arguments the break does not need, its
 tries in one long-lived worker (checks/repro_reduce.py); the script it keeps is run in a fresh
 interpreter, and only those that print "reproduces" there are called so. Where a script cannot
 stand alone (an argument that is a large module or an object of the program's own, a closure),
@@ -171,12 +171,10 @@ def _plan(brk: dict, record: dict | None) -> ReproPlan | str:
 
 
 def _at_a_break(record: dict) -> dict:
-    """`record` with the arguments, grad mode ("grad") and global state ("state") of its first
-    compile that met a graph break (a function may break only under no_grad, say), else of its
-    first compile."""
+    """`record` with the arguments and global state ("state") of its first compile that met a
+    graph break (a function may break only under no_grad, say), else of its first compile."""
     compile_id = next(iter(record["broke"] or record["compiles"]))
     return {**record, "arguments": record["compiles"][compile_id],
-            "grad": record["grad_enabled"][compile_id],
             "state": record["global_state"][compile_id]}
 
 
@@ -288,8 +286,7 @@ class ReproPlan:
         inputs = self.inputs_text(self.record["arguments"])
         main = _SCRIPT_MAIN.format(gb_type=self.brk["gb_type"], line=number, inputs=inputs,
                                    compile=self.compile_text(), argv=self.argv_text(head),
-                                   grad=self.grad_text(self.record["grad"])
-                                   + self.state_text([self.record["state"]], 0))
+                                   state=self.state_text([self.record["state"]], 0))
         return self.whole(head, main, torch_repro.REPRO_BREAK_PROBE)
 
     def head(self, docstring: str) -> str:
@@ -369,21 +366,13 @@ class ReproPlan:
                 f"which its code reads")
 
     @staticmethod
-    def grad_text(enabled: bool, always: bool = False) -> str:
-        """The line, after a newline, that sets the grad mode a compile had: none where grad was
-        on, unless `always`."""
-        if enabled and not always:
-            return ""
-        return f"\n    torch.set_grad_enabled({enabled})  # as it was when dynamo compiled it"
-
-    @staticmethod
     def state_text(states: list[dict[str, str]], index: int) -> str:
-        """The lines, each after a newline, that set the global state (grad mode aside) that
-        compile `index` of the replayed `states` had: each part it had otherwise than torch's
-        default, and each part the compiles had differently."""
+        """The lines, each after a newline, that set the global state that compile `index` of
+        the replayed `states` had: each part it had otherwise than torch's default, and each part
+        the compiles had differently (the default too, so that a later compile gets it back)."""
         lines = [line for name, line in states[index].items()
-                 if line != DEFAULT_STATE.get(name)
-                 and (name in DEFAULT_STATE or any(state[name] != line for state in states))]
+                 if any(state[name] != line for state in states)
+                 or (name in DEFAULT_STATE and line != DEFAULT_STATE[name])]
         return "".join(f"\n    {line}  # as it was when dynamo compiled it" for line in lines)
 
     def compile_text(self) -> str:
@@ -571,7 +560,7 @@ LINE = {line}  # the line marked "<- graph break" above
 
 
 def main():
-    torch.manual_seed(0){argv}{grad}
+    torch.manual_seed(0){argv}{state}
     args, kwargs = {inputs}
     compiled = {compile}
     with graph_breaks_heard() as heard:

@@ -63,11 +63,11 @@ def recompile_repros(data: dict, recorded: dict, directory: str | os.PathLike
         if isinstance(made, str):
             repros.append({**entry, "why": made})
             continue
-        plan, before, after, grads, states = made
+        plan, before, after, states = made
         path = Path(directory) / f"recompile_{number}_{slug(compile_['function'])}.py"
         render = functools.partial(_script, compile_=compile_, failed_entry=failed_entry,
                                    guard=guard, subject=subject, before=before, after=after,
-                                   grads=grads, states=states)
+                                   states=states)
         confirm = functools.partial(same_guard, function=compile_["function"],
                                     expected=(failed["kind"], failed["source"]), guard=subject)
         repros.append(Pending(entry, path, plan, render, confirm))
@@ -98,9 +98,9 @@ def _recorded_frame(compile_: dict, frames: list[dict]) -> dict | None:
 
 
 def _plan(compile_: dict, failed_entry: str, record: dict | None
-          ) -> tuple[ReproPlan, list[dict], list[dict], list[bool], list[dict]] | str:
+          ) -> tuple[ReproPlan, list[dict], list[dict], list[dict]] | str:
     """(the function's plan, the arguments of the compile whose guard failed, those of the
-    recompile, the grad mode and the global state of each), or why there is no script."""
+    recompile, the global state of each), or why there is no script."""
     function = compile_["function"]
     if torch_breaks.remove_resume_prefix(function) != function:
         return (f"a recompile of dynamo's resume function for the rest of "
@@ -118,14 +118,12 @@ def _plan(compile_: dict, failed_entry: str, record: dict | None
         plan = ReproPlan.build(Path(record["filename"]).read_text(encoding="utf-8"), record, None)
     except (OSError, SyntaxError, LookupError) as error:
         return f"the source of {function} cannot be read: {error}"
-    grads = [record["grad_enabled"][failed_entry], record["grad_enabled"][compile_["compile_id"]]]
     states = [record["global_state"][failed_entry], record["global_state"][compile_["compile_id"]]]
-    return plan, before, after, grads, states
+    return plan, before, after, states
 
 
 def _script(plan: ReproPlan, *, compile_: dict, failed_entry: str, guard: str, subject: str,
-            before: list[dict], after: list[dict], grads: list[bool], states: list[dict]
-            ) -> str:
+            before: list[dict], after: list[dict], states: list[dict]) -> str:
     """The recompile's script for `plan`: its function called with `before`, then `after`, the
     arguments `plan` keeps of each."""
     function = compile_["function"]
@@ -144,10 +142,8 @@ def _script(plan: ReproPlan, *, compile_: dict, failed_entry: str, guard: str, s
                         guarded=guarded[1] if guarded else None, heard=HEARD,
                         before=plan.inputs_text(before), after=plan.inputs_text(after),
                         compile=plan.compile_text(),
-                        grad_before=plan.grad_text(grads[0], always=not all(grads))
-                        + plan.state_text(states, 0),
-                        grad_after=plan.grad_text(grads[1], always=not all(grads))
-                        + plan.state_text(states, 1))
+                        state_before=plan.state_text(states, 0),
+                        state_after=plan.state_text(states, 1))
     return plan.whole(head, main, torch_repro.REPRO_RECOMPILE_PROBE)
 
 
@@ -160,9 +156,9 @@ GUARDED = {guarded!r}  # what it was on
 def main():
     torch.manual_seed(0){argv}
     compiled = {compile}
-    args, kwargs = {before}{grad_before}
+    args, kwargs = {before}{state_before}
     compiled(*args, **kwargs)
-    args, kwargs = {after}{grad_after}
+    args, kwargs = {after}{state_after}
     with recompiles_heard() as heard:
         compiled(*args, **kwargs)
     ours = [message for message in heard if message.startswith(f"Recompiling function {{FUNCTION}} ")]

@@ -39,13 +39,13 @@ MAX_COMPILES = 16  # compiles of one function whose arguments are kept
 
 class InputRecorder:
     """Records the arguments of each function dynamo compiles, at each of its first MAX_COMPILES
-    compiles, with how torch.compile was called on it, the grad mode and the rest of the global
-    state dynamo guards on (global_state) of each of those compiles and which of them met a graph
-    break.
+    compiles, with how torch.compile was called on it, the global state dynamo guards on (grad
+    mode, default dtype, ...: global_state) of each of those compiles and which of them met a
+    graph break.
 
     to_dict(): {"frames": [{filename, function, firstlineno, closure, compile, argv (sys.argv at
     its first compile), arguments (those of its first compile), compiles: {compile_id:
-    arguments}, grad_enabled: {compile_id: bool}, global_state: {compile_id: {name: line}},
+    arguments}, global_state: {compile_id: {name: line}},
     broke: [compile_id]}]}.
     """
 
@@ -62,7 +62,6 @@ class InputRecorder:
     def to_dict(self) -> dict:
         with self._lock:
             return {"frames": [{**frame, "compiles": dict(frame["compiles"]),
-                                "grad_enabled": dict(frame["grad_enabled"]),
                                 "global_state": dict(frame["global_state"]),
                                 "broke": list(frame["broke"])}
                                for frame in self._frames.values()]}
@@ -96,24 +95,23 @@ class InputRecorder:
             return
         with self._lock:
             record["compiles"][compile_id] = arguments
-            record["grad_enabled"][compile_id] = torch.is_grad_enabled()
             record["global_state"][compile_id] = global_state()
             self._frames.setdefault(key, record)
         if self._on_record is not None:
             self._on_record()
 
 
-# Dynamo's GLOBAL_STATE guard checks more than grad mode (recorded on its own): these are the
-# parts a script sets back with public torch calls. Each is recorded as the line that sets it.
+# The parts of the global state dynamo guards on (its grad-mode and GLOBAL_STATE guards) that a
+# script sets back with public torch calls. Each is recorded as the line that sets it.
 _AUTOCAST_DEVICES = ("cpu", "cuda")
 
 
 def global_state() -> dict[str, str]:
-    """{name: the line that sets it as it is now} for the global state dynamo guards on, grad
-    mode aside."""
+    """{name: the line that sets it as it is now} for the global state dynamo guards on."""
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = ", warn_only=True" if torch.is_deterministic_algorithms_warn_only_enabled() else ""
-    state = {"default_dtype": f"torch.set_default_dtype({torch.get_default_dtype()})",
+    state = {"grad_mode": f"torch.set_grad_enabled({torch.is_grad_enabled()})",
+             "default_dtype": f"torch.set_default_dtype({torch.get_default_dtype()})",
              "deterministic_algorithms": f"torch.use_deterministic_algorithms({deterministic}{warn_only})"}
     for device in _AUTOCAST_DEVICES:
         state[f"autocast({device})_enabled"] = (
@@ -130,6 +128,7 @@ def global_state() -> dict[str, str]:
 # compile had it otherwise. The thread count depends on the machine: a script sets it only where
 # the compiles it replays had different ones.
 DEFAULT_STATE = {
+    "grad_mode": "torch.set_grad_enabled(True)",
     "default_dtype": "torch.set_default_dtype(torch.float32)",
     "deterministic_algorithms": "torch.use_deterministic_algorithms(False)",
     "autocast(cpu)_enabled": "torch.set_autocast_enabled('cpu', False)",
@@ -153,7 +152,7 @@ def _frame_record(frame: torch_repro.CompilingFrame, arguments: list[dict]) -> d
                         "dynamic": frame.dynamic, "mode": frame.mode,
                         "options": None if frame.options is None else describe(frame.options),
                         "cudagraphs": frame.cudagraphs},
-            "compiles": {}, "grad_enabled": {}, "global_state": {}, "broke": []}
+            "compiles": {}, "global_state": {}, "broke": []}
 
 
 def _arguments(frame: torch_repro.CompilingFrame) -> list[dict]:

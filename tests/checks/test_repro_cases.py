@@ -201,6 +201,17 @@ def under_global_state(function, *args, change):
     return program
 
 
+def back_to_the_default_dtype():
+    # The first compile had float64, the recompile torch's default: the script must set it back.
+    step = torch.compile(recompile_zoo.scale, backend="eager")
+    x = torch.randn(8)
+    with global_state_kept():
+        torch.set_default_dtype(torch.float64)
+        step(x)
+        torch.set_default_dtype(torch.float32)
+        step(x)
+
+
 def grad_then_dtype_then_input():
     # Three causes: grad mode; grad mode and default dtype at once; an argument's dtype.
     step = torch.compile(recompile_zoo.scale, backend="eager")
@@ -345,6 +356,7 @@ RECOMPILES = [
     pytest.param(under_global_state(recompile_zoo.scale, ones(3),
                                     change=lambda: torch.set_default_dtype(torch.float64)),
                  [("recompile", None)], id="default dtype"),
+    pytest.param(back_to_the_default_dtype, [("recompile", None)], id="back to the default dtype"),
     pytest.param(under_global_state(recompile_zoo.scale, ones(3),
                                     change=lambda: torch.use_deterministic_algorithms(True)),
                  [("recompile", None)], id="deterministic algorithms"),
@@ -544,8 +556,13 @@ def test_a_script_sets_only_the_global_state_a_compile_had_otherwise(repros_of):
     assert float64 not in before and float64 in after
     # The dtype guard's two compiles both had float64.
     assert repros[2]["script"].count(float64) == 2
-    for line in DEFAULT_STATE.values():
-        assert not any(line in entry["script"] for entry in repros)
+    # A default is set only where the replayed compiles differ in it: grad mode in the first
+    # two scripts (back on after no_grad, in the second), the default dtype in the second.
+    grad_on = DEFAULT_STATE["grad_mode"]
+    assert grad_on in after and grad_on not in before
+    differ = [{"grad_mode"}, {"grad_mode", "default_dtype"}, set()]
+    for entry, names in zip(repros, differ, strict=True):
+        assert {name for name, line in DEFAULT_STATE.items() if line in entry["script"]} == names
 
 
 def test_the_default_state_is_a_fresh_interpreters(tmp_path):
