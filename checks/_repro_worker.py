@@ -5,10 +5,11 @@
 
 A fresh interpreter per try spends seconds importing torch, and a reduction tries dozens of
 scripts. The worker imports torch once, then runs each script it is sent as `__main__` in a
-namespace of its own, on a fresh dynamo (`torch.compiler.reset()` before and after), with what it
-prints captured, and answers as `repro.verify` does. What a script leaves behind besides dynamo's
-caches (a default dtype it set, a thread it started) could still reach the next one, so the
-worker's verdicts only steer the reduction: every verdict a report gives comes from a fresh
+namespace of its own, on a fresh dynamo (`torch.compiler.reset()` before and after) and with the
+global state dynamo guards on put back after it (repro_record.global_state_kept), with what it
+prints captured, and answers as `repro.verify` does. What a script leaves behind besides those (a
+thread it started, a module it patched) could still reach the next one, so the worker's verdicts
+only steer the reduction: every verdict a report gives comes from a fresh
 interpreter (`repro.verify`).
 
 A script that runs past its timeout gets the worker killed; one that ends the worker (a segfault,
@@ -38,6 +39,7 @@ import torch
 from fullgraph.model.launch import exit_description
 
 from .repro import NOT_ON_ITS_OWN, TAIL_LINES, Confirm, verdict
+from .repro_record import global_state_kept
 
 __all__ = ["STARTUP_S", "ReproWorker"]
 
@@ -163,14 +165,15 @@ def _serve() -> None:
 
 
 def _run(path: str) -> dict:
-    """How the script at `path`, run here on a fresh dynamo, ended ("how": None for exit 0) and
+    """How the script at `path`, run here on a fresh dynamo and with the global state put back
+    after it, ended ("how": None for exit 0) and
     what it printed, its stdout and stderr together: what `repro.verdict` needs."""
     out = io.StringIO()
     how = None
     torch.compiler.reset()
     linecache.clearcache()  # reduction rewrites the same file: tracebacks must show this text
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), global_state_kept():
             runpy.run_path(path, run_name="__main__")
     except SystemExit as stop:
         how = None if stop.code in (0, None) else f"exit {stop.code}"

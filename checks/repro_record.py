@@ -27,7 +27,7 @@ from ._compat import hooks as torch_hooks
 from ._compat import repro as torch_repro
 
 __all__ = ["EXACT_VALUES", "MODULE_PARAMETERS", "MAX_COMPILES", "DEFAULT_STATE", "InputRecorder",
-           "describe", "global_state", "read_recorded"]
+           "describe", "global_state", "global_state_kept", "read_recorded"]
 
 EXACT_VALUES = 64  # integer and bool tensors up to this size keep their values (positions, masks)
 MODULE_PARAMETERS = 100_000  # a torch.nn module up to this size is rebuilt from its repr
@@ -122,6 +122,18 @@ def global_state() -> dict[str, str]:
         f"torch.set_autocast_cache_enabled({torch.is_autocast_cache_enabled()})")
     state["num_threads"] = f"torch.set_num_threads({torch.get_num_threads()})"
     return state
+
+
+@contextlib.contextmanager
+def global_state_kept() -> Iterator[None]:
+    """Puts back the global state global_state() records, whatever the body set: a repro script
+    run in a process that runs others sets what its compiles had."""
+    state = global_state()
+    try:
+        yield
+    finally:
+        for line in state.values():
+            exec(line, {"torch": torch})
 
 
 # global_state() in a fresh interpreter, where torch has one: a script sets a part only where a

@@ -185,6 +185,20 @@ def test_the_worker_reports_a_script_that_hangs_or_crashes_and_starts_again(tmp_
         assert worker.lost == 2
 
 
+def test_the_worker_puts_back_the_global_state_a_script_set(tmp_path):
+    # A try that set float64 and no_grad must not be the next try's defaults, as it is not in
+    # the fresh interpreter that gives the script's status.
+    sets = tmp_path / "sets.py"
+    sets.write_text("import torch\ntorch.set_default_dtype(torch.float64)\n"
+                    f"torch.set_grad_enabled(False)\nprint({REPRODUCES!r})\n")
+    reads = tmp_path / "reads.py"
+    reads.write_text("import torch\nassert torch.get_default_dtype() == torch.float32\n"
+                     f"assert torch.is_grad_enabled()\nprint({REPRODUCES!r})\n")
+    with ReproWorker() as worker:
+        assert worker.run(sets, timeout=60) == (REPRODUCES, None)
+        assert worker.run(reads, timeout=60) == (REPRODUCES, None)
+
+
 # Process plumbing alone: its scripts import nothing, so no torch can change the outcome.
 @pytest.mark.slow
 def test_fresh_interpreters_run_side_by_side_and_one_that_fails_stops_none_of_the_others(tmp_path):

@@ -45,7 +45,7 @@ from fullgraph.checks.repro import (
     make_repros,
     verdict,
 )
-from fullgraph.checks.repro_record import DEFAULT_STATE, InputRecorder, global_state
+from fullgraph.checks.repro_record import DEFAULT_STATE, InputRecorder, global_state_kept
 from fullgraph.checks.watch import watch
 from fullgraph.model.launch import fake_process_group
 from targets import report_module
@@ -99,19 +99,6 @@ def announces(x):
 
 
 # -- running a program, its repros verified in this process -----------------------------------
-
-@contextlib.contextmanager
-def global_state_kept():
-    """Puts back the grad mode and the rest of the global state a script or program may set
-    (the default dtype, autocast, ...), by running the lines that recorded it."""
-    state = global_state()
-    try:
-        with torch.set_grad_enabled(torch.is_grad_enabled()):
-            yield
-    finally:
-        for line in state.values():
-            exec(line, {"torch": torch})
-
 
 def _verify_here(path, confirm):
     """What repro.verify says of the script at `path` (and what `confirm` finds in its output),
