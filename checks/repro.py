@@ -356,13 +356,16 @@ class ReproPlan:
 
     def argv_text(self, head: str) -> str:
         """The line, after a newline, that gives the script the program's command-line
-        arguments, where the code in `head` reads sys.argv; else none."""
-        reads = any(isinstance(node, ast.Attribute) and node.attr == "argv"
-                    and isinstance(node.value, ast.Name) and node.value.id == "sys"
-                    for node in ast.walk(ast.parse(head)))
-        if not reads or "import sys" not in self.preamble:
+        arguments, where the code in `head` reads sys.argv (as `sys.argv`, or a name imported
+        from sys); else none."""
+        spellings = _argv_spellings(self.preamble)
+        used = next((ast.unparse(node) for node in ast.walk(ast.parse(head))
+                     if isinstance(node, (ast.Attribute, ast.Name))
+                     and ast.unparse(node) in spellings), None)
+        if used is None:
             return ""
-        return (f"\n    sys.argv[1:] = {self.record['argv'][1:]!r}  # the program's arguments, "
+        # In place: a name imported from sys is the same list as sys.argv.
+        return (f"\n    {used}[1:] = {self.record['argv'][1:]!r}  # the program's arguments, "
                 f"which its code reads")
 
     @staticmethod
@@ -491,6 +494,18 @@ def _defined_names(node: ast.stmt) -> list[str]:
     if isinstance(node, ast.Assign):
         return [target.id for target in node.targets if isinstance(target, ast.Name)]
     return []
+
+
+def _argv_spellings(preamble: list[str]) -> set[str]:
+    """How the code under these imports spells sys.argv: `sys.argv` (or `alias.argv`), `argv`."""
+    spellings = set()
+    for node in ast.walk(ast.parse("\n".join(preamble))):
+        if isinstance(node, ast.Import):
+            spellings |= {f"{alias.asname or 'sys'}.argv" for alias in node.names
+                          if alias.name == "sys"}
+        elif isinstance(node, ast.ImportFrom) and node.module == "sys":
+            spellings |= {alias.asname or "argv" for alias in node.names if alias.name == "argv"}
+    return spellings
 
 
 def _free_names(node: ast.AST) -> set[str]:

@@ -305,6 +305,9 @@ BREAKS = [
                   ("recompile", "x"),
                   (NOT_WRITTEN, "a recompile of dynamo's resume function for the rest of scale")],
                  id="targets/breaks_and_recompiles.py"),
+    pytest.param(run_file(TARGETS / "reads_its_arguments.py", "loud"),
+                 [("break", PRINT, (TARGETS / "reads_its_arguments.py", "print"))],
+                 id="targets/reads_its_arguments.py"),
     pytest.param(run_file(TARGETS / "raises.py", raises=(ValueError,)),
                  # The raise follows from the tensor's values, which a script does not have.
                  [("break", ITEM, (TARGETS / "raises.py", "item")),
