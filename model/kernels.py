@@ -3,10 +3,8 @@
 A decode step is bound by memory bandwidth, and two of its parts read memory slowly when left
 to torch and inductor:
 - int8 linears at one row: inductor turns `F.linear(x, w.to(bf16))` into a reduction that reads
-  the weights at about half of the copy bandwidth; `gemv` read them at 77% of it in a 7B decode
-  step on an H100 (docs/performance.md). A custom op is a fusion boundary, so `gemv` takes in the
-  elementwise work that inductor used to fuse into its reduction: the RMSNorm before the linear,
-  the SiLU·mul before the down projection, the residual add after.
+  the weights at about half of the copy bandwidth; `int8_gemv` read them at 77% of it in a 7B
+  decode step on an H100 (docs/performance.md).
 - decode attention: SDPA over the contiguous cache reads every position up to the cache's length
   and, for one query, runs far below the memory's speed at short contexts; the plain-torch
   split-KV over pages (paged.py) reads every page of the table. `decode_attention` and
@@ -36,7 +34,7 @@ try:
 except ImportError:  # torch's CPU build: the callers keep to their PyTorch path
     triton = None
 
-__all__ = ["INTERPRETED", "has_triton", "combine_splits", "gemv", "decode_attention",
+__all__ = ["INTERPRETED", "has_triton", "combine_splits", "int8_gemv", "decode_attention",
            "paged_decode_attention"]
 
 # Under triton's interpreter (TRITON_INTERPRET=1 before import) the kernels run on CPU tensors:
@@ -67,81 +65,38 @@ if triton is not None:
         return configs[-1:] if INTERPRETED else configs
 
     def _gemv_configs() -> list:
-        # (rows, K block, warps): 2 to 16 KB of weights a loop iteration, so that enough loads are
-        # in flight to keep the memory busy; wide K blocks give each thread 16-byte loads. Few
-        # configs: inductor compiles each one for each shape while compiling the model.
+        # (rows, K block, warps): one to a few rows per program, so that many programs keep enough
+        # loads in flight to saturate the memory; wide K blocks give each thread 16-byte loads.
+        # Few configs: inductor compiles each one for each shape while compiling the model.
         return _tuned([triton.Config({"BLOCK_N": rows, "BLOCK_K": width}, num_warps=warps)
                        for rows, width, warps in [(1, 2048, 4), (2, 1024, 4), (4, 512, 4),
-                                                  (2, 2048, 8), (4, 1024, 8), (8, 512, 8),
-                                                  (4, 2048, 8), (8, 1024, 8), (16, 512, 8),
-                                                  (8, 2048, 8), (16, 1024, 8)]])
+                                                  (2, 2048, 8), (4, 1024, 8), (8, 512, 8)]])
 
     @triton.autotune(configs=_gemv_configs(), key=["N", "K"])
     @triton.jit
-    def _gemv_kernel(x_ptr, w_ptr, scales_ptr, norm_ptr, residual_ptr, y_ptr, N, K,
-                     SCALED: tl.constexpr, NORM: tl.constexpr, GATED: tl.constexpr,
-                     RESIDUAL: tl.constexpr, EPS: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # y = W @ f(x) for one row, rounded to x's dtype where the unfused ops would round:
-        # f is SiLU(gate) * up (GATED: x holds gate then up, 2K values), then RMSNorm (NORM).
-        dtype = y_ptr.dtype.element_ty
+    def _int8_gemv_kernel(x_ptr, w_ptr, scales_ptr, y_ptr, N, K,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
-        inv_rms = 1.0
-        if NORM:
-            # Every program sums x's squares itself: x is a few KB in L2, and a separate norm
-            # kernel would cost a launch and a round trip through memory.
-            squares = tl.zeros((BLOCK_K,), tl.float32)
-            for start in range(0, K, BLOCK_K):
-                cols = start + tl.arange(0, BLOCK_K)
-                x = tl.load(x_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
-                squares += x * x
-            inv_rms = tl.rsqrt(tl.sum(squares, 0) / K + EPS)
         acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
         for start in range(0, K, BLOCK_K):
             cols = start + tl.arange(0, BLOCK_K)
             col_ok = cols < K
             x = tl.load(x_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-            if GATED:
-                up = tl.load(x_ptr + K + cols, mask=col_ok, other=0.0).to(tl.float32)
-                x = (x / (1.0 + tl.exp(-x))).to(dtype).to(tl.float32) * up
-            if NORM:
-                norm = tl.load(norm_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-                x = (x * inv_rms).to(dtype).to(tl.float32) * norm
-            x = x.to(dtype).to(tl.float32)
             # The weights are read once per step: keep them from evicting x out of the cache.
             w = tl.load(w_ptr + rows[:, None] * K + cols[None, :],
                         mask=row_ok[:, None] & col_ok[None, :], other=0, eviction_policy="evict_first")
             acc += w.to(tl.float32) * x[None, :]
-        y = tl.sum(acc, 1)
-        if SCALED:
-            y *= tl.load(scales_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-        if RESIDUAL:
-            y = y.to(dtype).to(tl.float32) + tl.load(residual_ptr + rows, mask=row_ok,
-                                                     other=0.0).to(tl.float32)
-        tl.store(y_ptr + rows, y.to(dtype), mask=row_ok)
+        scales = tl.load(scales_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        tl.store(y_ptr + rows, (tl.sum(acc, 1) * scales).to(y_ptr.dtype.element_ty), mask=row_ok)
 
-    @torch.library.triton_op("fullgraph::gemv", mutates_args=())
-    def gemv(x: Tensor, weight: Tensor, scales: Tensor | None = None,
-             norm_weight: Tensor | None = None, residual: Tensor | None = None, eps: float = 1e-5,
-             gated: bool = False) -> Tensor:
-        """One row through a linear, with the elementwise work around it folded in: (N,).
-
-        weight (N, K), int8 with scales (N,) (w = q * scale) or in x's dtype with none.
-        x (K,), or (2K,) with gated: gate then up, and the linear reads SiLU(gate) * up.
-        norm_weight (K,): the linear reads RMSNorm(x) (eps) scaled by it.
-        residual (N,): added to the output.
-        """
-        if gated and norm_weight is not None:
-            raise ValueError("gemv: gated and norm_weight do not go together: the norm would be "
-                             "of the gated input, which no layer computes")
+    @torch.library.triton_op("fullgraph::int8_gemv", mutates_args=())
+    def int8_gemv(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
+        """(x @ weight.T) * scales for one row x (K,), int8 weight (N, K), scales (N,): (N,)."""
         n, k = weight.shape
         y = torch.empty(n, dtype=x.dtype, device=x.device)
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-        torch.library.wrap_triton(_gemv_kernel)[grid](
-            x, weight, y if scales is None else scales, y if norm_weight is None else norm_weight,
-            y if residual is None else residual, y, n, k, SCALED=scales is not None,
-            NORM=norm_weight is not None, GATED=gated, RESIDUAL=residual is not None, EPS=eps)
+        torch.library.wrap_triton(_int8_gemv_kernel)[grid](x, weight, scales, y, n, k)
         return y
 
     @triton.jit
@@ -232,11 +187,9 @@ if triton is not None:
 
 else:
 
-    def gemv(x: Tensor, weight: Tensor, scales: Tensor | None = None,
-             norm_weight: Tensor | None = None, residual: Tensor | None = None, eps: float = 1e-5,
-             gated: bool = False) -> Tensor:
-        """One row through a linear, with the elementwise work around it folded in: (N,)."""
-        raise RuntimeError("gemv needs triton, which this torch build does not have")
+    def int8_gemv(x: Tensor, weight: Tensor, scales: Tensor) -> Tensor:
+        """(x @ weight.T) * scales for one row x (K,), int8 weight (N, K), scales (N,): (N,)."""
+        raise RuntimeError("int8_gemv needs triton, which this torch build does not have")
 
     def paged_decode_attention(q: Tensor, k_pool: Tensor, v_pool: Tensor, block_table: Tensor,
                                positions: Tensor, block_size: int, split_len: int) -> Tensor:

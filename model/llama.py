@@ -13,7 +13,6 @@ Each linear reads its weight through `quant.linear`, so quantized params run thr
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
@@ -25,7 +24,6 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 from .cache import KVCache
 from .config import LlamaConfig
 from .kernels import decode_attention, has_triton
-from .ops import RMSNorm, rms_norm
 from .paged import (
     MAX_SPLITS,
     PagedKVCache,
@@ -66,6 +64,13 @@ ATTENTION_BACKENDS = (*SDPA_BACKENDS, "flex")
 AllReduce = Callable[[Tensor], Tensor]
 
 
+def rms_norm(weight: Tensor, x: Tensor, *, eps: float) -> Tensor:
+    # Normalise in fp32 and round back before scaling, as Meta's RMSNorm does.
+    x_fp32 = x.float()
+    normed = x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + eps)
+    return normed.type_as(x) * weight
+
+
 def rope_tables(input_pos: Tensor, *, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
     """cos and sin of every (position, frequency) pair, (S, D/2) each, in fp32.
 
@@ -103,19 +108,14 @@ def attention(
     cache: KVCache | PagedKVCache | None,
     sdpa_backend: str,
     block_table: Tensor | None = None,
-    norm: RMSNorm | None = None,
-    residual: Tensor | None = None,
 ) -> Tensor:
-    """residual + the attention block's output for x, normalised by norm first (if given)."""
     B, S, _ = x.shape
     D = cfg.head_dim
     H, K = head_counts(params, prefix=prefix, head_dim=D)
     if f"{prefix}.attention.wqkv.weight" not in params:
-        x = x if norm is None else norm(x)
         q, k, v = (linear(params, x, f"{prefix}.attention.{w}") for w in ("wq", "wk", "wv"))
     else:
-        q, k, v = linear(params, x, f"{prefix}.attention.wqkv", norm=norm).split(
-            [H * D, K * D, K * D], dim=-1)
+        q, k, v = linear(params, x, f"{prefix}.attention.wqkv").split([H * D, K * D, K * D], dim=-1)
     q = apply_rope(q.view(B, S, H, D), cos, sin)
     k = apply_rope(k.view(B, S, K, D), cos, sin)
     v = v.view(B, S, K, D)
@@ -149,7 +149,7 @@ def attention(
         mask = positions[None, :] <= input_pos[:, None]  # (S, T)
         y = _sdpa(q, k, v, mask=mask, is_causal=False, backend=sdpa_backend)  # (B, H, S, D)
     y = y.transpose(1, 2).reshape(B, S, H * D)
-    return linear(params, y, f"{prefix}.attention.wo", residual=residual)
+    return linear(params, y, f"{prefix}.attention.wo")
 
 
 def _paged_attention(q: Tensor, k: Tensor, v: Tensor, *, layer: int, cache: PagedKVCache,
@@ -201,16 +201,12 @@ def _flex(q: Tensor, k: Tensor, v: Tensor, *, last_seen: Tensor) -> Tensor:
     return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
-def feed_forward(params: dict[str, Tensor], x: Tensor, *, prefix: str, norm: RMSNorm | None = None,
-                 residual: Tensor | None = None) -> Tensor:
-    """residual + the SwiGLU feed-forward's output for x, normalised by norm first (if given)."""
-    down = f"{prefix}.feed_forward.w2"
+def feed_forward(params: dict[str, Tensor], x: Tensor, *, prefix: str) -> Tensor:
     if f"{prefix}.feed_forward.w13.weight" not in params:
-        x = x if norm is None else norm(x)
         gate, up = (linear(params, x, f"{prefix}.feed_forward.{w}") for w in ("w1", "w3"))
-        return linear(params, F.silu(gate) * up, down, residual=residual)  # (B, S, E)
-    gate_up = linear(params, x, f"{prefix}.feed_forward.w13", norm=norm)
-    return linear(params, gate_up, down, gated=True, residual=residual)
+    else:
+        gate, up = linear(params, x, f"{prefix}.feed_forward.w13").chunk(2, dim=-1)
+    return linear(params, F.silu(gate) * up, f"{prefix}.feed_forward.w2")  # SwiGLU, (B, S, E)
 
 
 def block(
@@ -228,19 +224,14 @@ def block(
     block_table: Tensor | None = None,
 ) -> Tensor:
     prefix = f"layers.{layer}"
-    attention_norm = RMSNorm(params[f"{prefix}.attention_norm.weight"], cfg.norm_eps)
-    ffn_norm = RMSNorm(params[f"{prefix}.ffn_norm.weight"], cfg.norm_eps)
-    attend = functools.partial(attention, params, x, prefix=prefix, layer=layer, cfg=cfg, cos=cos,
-                               sin=sin, input_pos=input_pos, cache=cache,
-                               sdpa_backend=sdpa_backend, block_table=block_table,
-                               norm=attention_norm)
-    if all_reduce is None:
-        # The residual adds go into the linears, which may fold them into their kernels.
-        h = attend(residual=x)
-        return feed_forward(params, h, prefix=prefix, norm=ffn_norm, residual=h)
-    # Tensor parallel: each rank holds a partial sum until the all-reduce; add after it.
-    h = x + all_reduce(attend())
-    return h + all_reduce(feed_forward(params, h, prefix=prefix, norm=ffn_norm))
+    normed = rms_norm(params[f"{prefix}.attention_norm.weight"], x, eps=cfg.norm_eps)
+    attn = attention(params, normed, prefix=prefix, layer=layer, cfg=cfg, cos=cos, sin=sin,
+                     input_pos=input_pos, cache=cache, sdpa_backend=sdpa_backend,
+                     block_table=block_table)
+    h = x + (attn if all_reduce is None else all_reduce(attn))
+    ffn = feed_forward(params, rms_norm(params[f"{prefix}.ffn_norm.weight"], h, eps=cfg.norm_eps),
+                       prefix=prefix)
+    return h + (ffn if all_reduce is None else all_reduce(ffn))
 
 
 def _check_ids(tokens: Tensor, input_pos: Tensor, *, cfg: LlamaConfig,
@@ -304,7 +295,8 @@ def forward(
         x = block(params, x, layer=layer, cfg=cfg, cos=cos, sin=sin, input_pos=input_pos,
                   cache=cache, sdpa_backend=sdpa_backend, all_reduce=all_reduce,
                   block_table=block_table)
-    return linear(params, x, "output", norm=RMSNorm(params["norm.weight"], cfg.norm_eps)).float()
+    x = rms_norm(params["norm.weight"], x, eps=cfg.norm_eps)
+    return linear(params, x, "output").float()
 
 
 def _check_paged(cache: PagedKVCache, block_table: Tensor | None, tokens: Tensor,

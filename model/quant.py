@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _torch
-from .kernels import gemv, has_triton
-from .ops import RMSNorm, swiglu
+from .kernels import has_triton, int8_gemv
 
 __all__ = ["SCHEMES", "INT4_GROUP_SIZES", "DEFAULT_INT4_GROUP_SIZE", "ErrorBound", "ERROR_BOUNDS",
            "check_scheme", "quantize", "dequantize", "linear", "weight_shape", "concat_linears"]
@@ -162,36 +161,15 @@ def _pack_int4(q: Tensor, inner_k_tiles: int) -> Tensor:
     return _torch.convert_weight_to_int4pack_for_cpu(q, inner_k_tiles)
 
 
-def linear(params: dict[str, Tensor], x: Tensor, name: str, *, norm: RMSNorm | None = None,
-           gated: bool = False, residual: Tensor | None = None) -> Tensor:
-    """residual + f(x) @ W.T for the linear NAME, whatever layout its weight is stored in.
-
-    f(x) is x, norm(x), or with gated SiLU(gate) * up, x holding gate then up along its last dim.
-    Where one row goes through an int8 weight on CUDA, one kernel computes all of it (`gemv`);
-    elsewhere they are the plain ops, which inductor fuses.
-    """
-    weight = params[f"{name}.weight"]
-    scales = params.get(f"{name}.{_INT8_SCALES}")
-    if scales is not None and has_triton(x) and x.numel() == x.shape[-1]:
-        # One row (batch-1 decode): a matrix-vector kernel that reads the weights near the
-        # memory's speed, where inductor's reduction reaches about half of it. It is a fusion
-        # boundary, so the norm, the gate and the residual go inside it.
-        y = gemv(x.reshape(-1), weight, scales,
-                 None if norm is None else norm.weight, None if residual is None else
-                 residual.reshape(-1), 1e-5 if norm is None else norm.eps, gated)
-        return y.view(*x.shape[:-1], -1)
-    if norm is not None:
-        x = norm(x)
-    if gated:
-        x = swiglu(x)
-    y = _plain_linear(params, x, name)
-    return y if residual is None else residual + y
-
-
-def _plain_linear(params: dict[str, Tensor], x: Tensor, name: str) -> Tensor:
+def linear(params: dict[str, Tensor], x: Tensor, name: str) -> Tensor:
+    """x @ W.T for the linear NAME, whatever layout its weight is stored in."""
     weight = params[f"{name}.weight"]
     scales = params.get(f"{name}.{_INT8_SCALES}")
     if scales is not None:
+        if has_triton(x) and x.numel() == x.shape[-1]:
+            # One row (batch-1 decode): a matrix-vector kernel that reads the weights near the
+            # memory's speed, where inductor's reduction reaches about half of it.
+            return int8_gemv(x.reshape(-1), weight, scales).view(*x.shape[:-1], -1)
         # The cast sits in the matmul's input so that inductor fuses it into the kernel, which
         # then reads the int8 bytes; the per-row scale applies to the output.
         return F.linear(x, weight.to(x.dtype)) * scales

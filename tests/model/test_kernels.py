@@ -6,7 +6,6 @@ kernels' arithmetic and indexing in CI where there is no GPU.
 """
 
 from importlib.metadata import version
-from importlib.util import find_spec
 
 import pytest
 import torch
@@ -15,11 +14,10 @@ import torch.nn.functional as F
 from fullgraph.model.kernels import (
     INTERPRETED,
     decode_attention,
-    gemv,
     has_triton,
+    int8_gemv,
     paged_decode_attention,
 )
-from fullgraph.model.ops import RMSNorm, swiglu
 
 
 def _interpreter_runs_them() -> bool:
@@ -47,42 +45,7 @@ def test_int8_gemv_equals_the_matmul_on_dequantized_weights(n, k, device):
     scales = torch.rand(n, dtype=torch.bfloat16, device=device) / 64
     x = torch.randn(k, dtype=torch.bfloat16, device=device)
     expected = (weight.float() * scales.float()[:, None]) @ x.float()
-    torch.testing.assert_close(gemv(x, weight, scales).float(), expected, rtol=2e-2, atol=2e-2)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("fold", ["norm", "gated", "residual", "norm and residual"])
-@pytest.mark.parametrize("weight_dtype", [torch.int8, torch.bfloat16])
-def test_gemv_folds_the_norm_the_gate_and_the_residual_as_the_plain_ops_compute_them(
-        fold, weight_dtype, device):
-    n, k = 96, 300
-    generator = torch.Generator().manual_seed(0)
-    if weight_dtype == torch.int8:
-        weight = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=generator)
-        scales = torch.rand(n, generator=generator).bfloat16() / 64
-        dense = weight.float() * scales.float()[:, None]
-    else:
-        weight, scales = torch.randn(n, k, generator=generator).bfloat16() / 16, None
-        dense = weight.float()
-    # x's RMS and the residual far from 1 and 0, so that a fold left out is far outside the bound.
-    x = (3 * torch.randn(2 * k if fold == "gated" else k, generator=generator)).bfloat16()
-    norm = RMSNorm(torch.randn(k, generator=generator).bfloat16(), 1e-5) if "norm" in fold else None
-    residual = (8 * torch.randn(n, generator=generator)).bfloat16() if "residual" in fold else None
-    read = swiglu(x) if fold == "gated" else x if norm is None else norm(x)
-    expected = (dense @ read.float()).bfloat16()
-    expected = expected if residual is None else expected + residual
-    on = (lambda t: None if t is None else t.to(device))  # noqa: E731
-    actual = gemv(x.to(device), weight.to(device), on(scales), None if norm is None else
-                  norm.weight.to(device), on(residual), 1e-5, fold == "gated")
-    # bf16 outputs: the kernel rounds once where the plain ops round at each step.
-    scale = expected.float().abs().max().item()
-    torch.testing.assert_close(actual.cpu().float(), expected.float(), rtol=0, atol=2e-2 * scale)
-
-
-@pytest.mark.skipif(find_spec("triton") is None, reason="the kernels need triton")
-def test_gemv_refuses_a_gate_and_a_norm_together():
-    with pytest.raises(ValueError, match="gated and norm_weight"):
-        gemv(torch.ones(8), torch.ones(4, 4), None, torch.ones(4), None, 1e-5, True)
+    torch.testing.assert_close(int8_gemv(x, weight, scales).float(), expected, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize("device", DEVICES)
