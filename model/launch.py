@@ -249,6 +249,11 @@ def _dump_stacks(processes: list[subprocess.Popen], indices: list[int], workdir:
            and not all(read_written(_stack_path(workdir, index)) for index in indices)):
         time.sleep(_POLL_S)
     time.sleep(0.1)  # let the dumps that started finish
+    # All stopped first, then killed: a rank killed while its peer runs closes its sockets, and
+    # the peer, waiting in a collective with it, would fail on that and report it before its own
+    # kill, in place of the hang it was in.
+    for index in indices:
+        _signal_session(processes[index], signal.SIGSTOP)
     for index in indices:
         _kill(processes[index])
 

@@ -4,6 +4,8 @@ test_tensor_parallel.py."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from fullgraph.model.launch import exit_description, run_processes
@@ -55,3 +57,20 @@ def test_misuse_is_refused_before_anything_starts(commands, options, error, tmp_
     with pytest.raises(ValueError, match=error.replace("[", r"\[").replace("*", r"\*")):
         run_processes(commands, workdir=str(tmp_path), **options)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_processes_stopped_at_the_timeout_see_nothing_of_each_others_kill(tmp_path):
+    # The second waits on a lock the first holds, as a rank waits in a collective on its peer.
+    # Killed one after the other, the second would get the lock as the first died and act on it
+    # before its own kill: a rank would report its peer's kill instead of the hang.
+    lock, started, acted = (str(tmp_path / name) for name in ("lock", "started", "acted"))
+    holds = ["-c", f"import fcntl, time\nheld = open({lock!r}, 'w')\n"
+                   f"fcntl.flock(held, fcntl.LOCK_EX)\nopen({started!r}, 'w').close()\n"
+                   "time.sleep(600)"]
+    waits = ["-c", f"import fcntl, os, time\nwhile not os.path.exists({started!r}):\n"
+                   f"    time.sleep(0.01)\nfcntl.flock(open({lock!r}, 'w'), fcntl.LOCK_EX)\n"
+                   f"open({acted!r}, 'w').close()\ntime.sleep(600)"]
+    ended = run_processes([holds, waits], workdir=str(tmp_path), timeout=1,
+                          timeout_from=started).ended
+    assert [process.stopped for process in ended] == ["timed out after 1 s"] * 2
+    assert not os.path.exists(acted)
