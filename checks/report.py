@@ -178,7 +178,6 @@ def failed_guard(reason: str) -> str:
     return _GUARD_VALUES.sub("", guard)
 
 
-
 def _context(brk: GraphBreak) -> dict | None:
     """The breaking line with CONTEXT_LINES either side, numbered from `start`."""
     frame = brk.location

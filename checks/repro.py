@@ -359,6 +359,8 @@ class ReproPlan:
         arguments, where the code in `head` reads sys.argv (as `sys.argv`, or a name imported
         from sys); else none."""
         spellings = _argv_spellings(self.preamble)
+        if not spellings:  # most scripts: no need to read the code
+            return ""
         used = next((ast.unparse(node) for node in ast.walk(ast.parse(head))
                      if isinstance(node, (ast.Attribute, ast.Name))
                      and ast.unparse(node) in spellings), None)
