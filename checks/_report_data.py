@@ -15,17 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from . import _compat
+from .env import site_dirs
 
 __all__ = ["SCHEMA_VERSION", "compile_report", "scrubbed"]
 
 # Bump on any change a reader of the JSON could notice; docs/report-format.md lists each version.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def compile_report(*, target: str, command: str, status: str, exception: str | None,
-                   crash: dict | None, env: dict, dynamo_config: dict, summary: dict,
-                   graph_breaks: list[dict], compiles: list[dict], cudagraph_skips: list[str],
-                   sources: list[dict], tests: dict[str, dict] | None = None) -> dict:
+                   crash: dict | None, env: dict, packages: dict[str, str], dynamo_config: dict,
+                   summary: dict, graph_breaks: list[dict], compiles: list[dict],
+                   cudagraph_skips: list[str], sources: list[dict],
+                   tests: dict[str, dict] | None = None) -> dict:
     """A "compile-report", its paths shortened; `tests` only in a test run's report."""
     data = {
         "schema_version": SCHEMA_VERSION,
@@ -35,6 +37,7 @@ def compile_report(*, target: str, command: str, status: str, exception: str | N
         "exit": {"status": status, "exception": exception},
         "crash": crash,
         "env": dict(env),
+        "packages": packages,
         "dynamo_config": dynamo_config,
         "summary": summary,
         "graph_breaks": graph_breaks,
@@ -51,15 +54,17 @@ def compile_report(*, target: str, command: str, status: str, exception: str | N
 # -- what may not leave the machine -----------------------------------------------------------
 
 def scrubbed(data: Any) -> Any:
-    """`data` with torch's directory written `<torch>`, the current directory `.` and the home
-    directory `~` in every string, in dicts and lists at any depth."""
+    """`data` with torch's directory written `<torch>`, the directories of installed packages
+    `<site-packages>`, the current directory `.` and the home directory `~` in every string, in
+    dicts and lists at any depth."""
     return _map_strings(data, _scrubber())
 
 
 def _scrubber() -> Callable[[str], str]:
     places = [(_compat.TORCH_DIR, "<torch>"), (os.getcwd(), "."), (os.path.expanduser("~"), "~")]
-    # Longest first: torch often lives under the current or the home directory. A root "/"
-    # would match every path.
+    places += [(directory, "<site-packages>") for directory in site_dirs()]
+    # Longest first: torch lives in a site directory, and either often under the current or the
+    # home directory. A root "/" would match every path.
     places = sorted(((os.path.normpath(path), short) for path, short in places
                      if len(Path(path).parts) > 1), key=lambda place: -len(place[0]))
     if not places:

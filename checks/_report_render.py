@@ -100,6 +100,8 @@ def _env_lines(data: dict) -> list[str]:
     env = data["env"]
     rows = [("torch", env.get("torch")), ("Python", env.get("python")),
             ("OS", env.get("platform")), ("CUDA", env.get("cuda")), ("GPU", env.get("gpu"))]
+    # The installed packages whose code the report names, at the version it ran.
+    rows += list(data.get("packages", {}).items())
     if "dynamo_config" in data:
         changed = data["dynamo_config"]
         rows += [(f"torch._dynamo.config.{key}", repr(value)) for key, value in changed.items()]
@@ -262,13 +264,13 @@ def _recompiles_markdown(compiles: list[dict]) -> list[str]:
 
 
 def _why(compile_: dict) -> str:
-    """The newest cache entry's failed guard (the others usually fail the same way), and the
-    error of a refused compile."""
+    """The failed guard of the cache entry used last (the others usually fail the same way), and
+    the error of a refused compile."""
     reasons = compile_["reasons"]
     why = reasons[0] if reasons else "-"
     if len(reasons) > 1:
-        older = len(reasons) - 1
-        why += f" ({counted(older, 'older entry', 'older entries')} failed too)"
+        others = len(reasons) - 1
+        why += f" ({counted(others, 'other entry', 'other entries')} failed too)"
     if compile_["error"]:
         why += f" ({compile_['error']})"
     return why

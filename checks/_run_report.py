@@ -37,6 +37,8 @@ class RunReport:
             target=self.command, command=self.command,
             status="ok" if self.exit_status == 0 else f"exit {self.exit_status}", exception=None,
             crash=None, env=environment(),
+            packages=dict(sorted({name: version for report in reports
+                                  for name, version in report["packages"].items()}.items())),
             dynamo_config={key: value for report in reports
                            for key, value in report["dynamo_config"].items()},
             summary=_merged_summary(reports, len(breaks)),

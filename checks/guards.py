@@ -59,7 +59,7 @@ class GuardSet:
 
     compile_id: str
     guards: tuple[str, ...]  # guard code as dynamo prints it, L['x'] for argument x
-    # torch's reason for compiling this graph: the guard of the newest older graph that the call
+    # torch's reason for compiling this graph: the guard of the graph used last that the call
     # failed. None for a first compile, or once torch no longer holds the compile's metrics.
     reason: str | None = None
 
@@ -208,8 +208,8 @@ _CATEGORY_RANK = {torch_guards.TENSOR: 0, torch_guards.VALUE: 1, torch_guards.OT
 def _failure(a: GuardSet, b: GuardSet) -> GuardFailure | None:
     """The guard of `a` that the call compiling `b` failed, where torch said so.
 
-    torch records the failure of the newest graph when it compiles another: about `a` only when
-    `a` was that graph.
+    torch records the failure of the graph used last when it compiles another: about `a` only
+    when `a` was that graph.
     """
     failure = parse_guard_failure(b.reason) if b.reason else None
     return failure if failure is not None and failure.entry == a.compile_id else None

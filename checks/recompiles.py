@@ -14,7 +14,7 @@ silent fallback to eager, and this module makes both visible.
 
 Where the facts come from (all through _compat):
   - torch._dynamo.utils' compilation metrics: one entry per compile attempt, with the compile id,
-    the code object's name, file and first line, and the newest cache entry's failure;
+    the code object's name, file and first line, and the failure of the cache entry used last;
   - the `recompiles` log artifact: the failure of every cache entry, one `- <entry>: <reason>` line
     each, parsed into GuardFailure;
   - convert_frame's "torch._dynamo hit config.recompile_limit" warning, and the metrics of the
@@ -175,7 +175,8 @@ class CompileEvent:
     compile_id: str
     kind: str
     function: Frame  # the compiled code object: file, first line, name
-    failures: tuple[GuardFailure, ...]  # one per cache entry that rejected the call, newest first
+    # One per cache entry that rejected the call, most recently used first.
+    failures: tuple[GuardFailure, ...]
     error: str | None = None  # the limit that was hit, or the exception that ended the compile
 
     @property

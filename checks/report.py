@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 from ._message import display_path
 from ._report_data import SCHEMA_VERSION, compile_report, scrubbed
 from ._report_render import render_html, render_json, render_markdown, resumed_label
-from .env import environment
+from .env import environment, installed_package, packages_of
 from .graph_breaks import GraphBreak
 from .recompiles import CompileEvent
-from .watch import CompileTiming, Watch
+from .watch import CompileTiming, TransformedCode, Watch
 
 if TYPE_CHECKING:
     from .suite import CheckResult
@@ -81,6 +81,8 @@ class Report:
         return compile_report(
             target=self.target or self.command, command=self.command, status=self.status,
             exception=self.exception, crash=None, env=self.env,
+            packages=packages_of([frame.filename for brk in breaks for frame in brk.frames]
+                                 + [event.function.filename for event in seen.compiles]),
             dynamo_config=watched["dynamo_config"],
             summary={**watched["summary"],
                      "compiles": len(seen.compiles),
@@ -143,11 +145,12 @@ class CheckReport:
 
 
 def _break_dict(brk: GraphBreak, seen: Watch) -> dict:
-    codes = seen.transformed_code(brk)
+    entries, first = seen.transformed_code(brk), seen.first_compile(brk)
     # The frame dynamo was compiling: the function itself, or a resume function of it.
-    compiled = codes[0].co_name if codes else brk.frames[0].function
-    return {**brk.to_dict(), "context": _context(brk), "compiled_function": compiled,
-            **_decompiled(codes, resumed_label(compiled))}
+    compiled = entries[0].code.co_name if entries else brk.frames[0].function
+    return {**brk.to_dict(), "compile_id": first, "context": _context(brk),
+            "compiled_function": compiled,
+            **_decompiled(entries, first, resumed_label(compiled))}
 
 
 def _compile_dict(event: CompileEvent, timing: CompileTiming) -> dict:
@@ -190,10 +193,10 @@ def _context(brk: GraphBreak) -> dict | None:
             "lines": [line.rstrip("\n") for line in lines[start - 1:end]]}
 
 
-def _decompiled(codes: tuple, function: str) -> dict:
-    """{"decompiled": depyf's Python for the newest cache entry, or None; "decompiled_note": why
-    not, or which entry it is}."""
-    if not codes:
+def _decompiled(entries: tuple[TransformedCode, ...], first: str | None, function: str) -> dict:
+    """{"decompiled": depyf's Python for the cache entry of the compile `first` that met the break
+    (else the most recently used), or None; "decompiled_note": why not, or which entry it is}."""
+    if not entries:
         return {"decompiled": None,
                 "decompiled_note": f"dynamo holds no compiled code for {function}: its compile did "
                                    f"not finish, or dynamo was reset before the report was written"}
@@ -203,22 +206,35 @@ def _decompiled(codes: tuple, function: str) -> dict:
         return {"decompiled": None,
                 "decompiled_note": "depyf is not installed: `pip install depyf` to show the "
                                    "bytecode dynamo produced"}
-    # One entry per recompile, most recently used first: the newest stands for the rest.
+    shown = entries[0]
     try:
-        text = depyf.decompile(codes[0]).rstrip()
+        text = depyf.decompile(shown.code).rstrip()
     except Exception as error:  # a decompiler gap must not cost the rest of the report
         return {"decompiled": None,
                 "decompiled_note": f"depyf could not decompile it: {type(error).__name__}: {error}"}
-    note = (f"the newest of {len(codes)} cache entries, one per compile of {function}"
-            if len(codes) > 1 else None)
-    return {"decompiled": text, "decompiled_note": note}
+    return {"decompiled": text, "decompiled_note": _entry_note(shown, len(entries), first, function)}
+
+
+def _entry_note(shown: TransformedCode, count: int, first: str | None, function: str) -> str | None:
+    """Which cache entry the decompiled code is, where it could be another."""
+    if first is None:
+        return None if count == 1 else f"the most recently used of {count} cache entries of {function}"
+    if shown.compile_id == first:
+        return (None if count == 1 else
+                f"the cache entry of compile {first}, which met this break, one of {count} for {function}")
+    # Dynamo dropped that entry (its cache limit): another stands for it, and says so.
+    return (f"the cache entry of compile {shown.compile_id}, the most recently used of {count} for "
+            f"{function}: compile {first} met this break, and dynamo no longer holds its entry")
 
 
 def _sources(breaks: tuple[GraphBreak, ...]) -> list[dict]:
-    """The source of each function a break happened in, once each."""
+    """The source of each function a break happened in, once each. An installed package's is left
+    out: its version, in the environment block, says what the code is."""
     sources, seen = [], set()
     for brk in breaks:
         frame = brk.location
+        if installed_package(frame.filename) is not None:
+            continue
         found = _function_source(frame.filename, frame.lineno, frame.function)
         if found is None or (frame.filename, found[0]) in seen:
             continue

@@ -3,14 +3,16 @@
 Before and after a torch upgrade, or a change to the program: which graph breaks and recompile
 causes are new, which are gone, and which changed how often, as Markdown for an issue ("torch
 2.15 breaks here, 2.13 did not"). A graph break is the same break in both when its breaking line
-(file:line, as the report writes it: relative to where the program ran), function and gb_type
-are; a recompile cause when its function and the guard that failed are (the guard without its
-cache entry's id and values: "size guard on x.size()[0]").
+(file:line, as the report writes it: relative to where the program ran, an installed package's
+under `<site-packages>`), function and gb_type are; a recompile cause when its function and the
+guard that failed are (the guard without its cache entry's id and values: "size guard on
+x.size()[0]").
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from typing import TextIO
 
@@ -95,18 +97,28 @@ def _breaks(data: dict) -> Counter:
         if brk.get("disabled"):
             continue
         where = brk["frames"][-1] if brk["frames"] else {"filename": "?", "lineno": 0, "function": "?"}
-        key = f"`{where['filename']}:{where['lineno']}` in `{where['function']}`: {brk['gb_type']}"
+        key = (f"`{_installed(where['filename'])}:{where['lineno']}` in `{where['function']}`: "
+               f"{brk['gb_type']}")
         found[key] += brk["count"]
     return found
 
 
 def _causes(data: dict) -> Counter:
-    """`function`: the newest cache entry's failed guard -> how many recompiles it caused."""
+    """`function`: the failed guard of the cache entry used last -> how many recompiles it caused."""
     found: Counter = Counter()
     for compile_ in data["compiles"]:
         if not compile_["recompile"]:
             continue
         reason = compile_["reasons"][0] if compile_["reasons"] else compile_["error"] or "unknown"
         function = resumed_label(compile_["function"])
-        found[f"`{function}` ({compile_['filename']}): {failed_guard(reason)}"] += 1
+        found[f"`{function}` ({_installed(compile_['filename'])}): {failed_guard(reason)}"] += 1
     return found
+
+
+# A report before schema 5 wrote an installed package's files where that environment had them:
+# two venvs (before and after a torch upgrade) put the same file in two places.
+_SITE_DIRECTORY = re.compile(r"\A.*?[/\\](?:site|dist)-packages(?=[/\\])")
+
+
+def _installed(filename: str) -> str:
+    return _SITE_DIRECTORY.sub("<site-packages>", filename)

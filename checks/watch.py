@@ -39,7 +39,7 @@ from ._state import preserved_torch_state
 from .graph_breaks import GraphBreak
 from .recompiles import CompileEvent, CompileReport, track_compiles
 
-__all__ = ["Watch", "CompileTiming", "watch"]
+__all__ = ["Watch", "CompileTiming", "TransformedCode", "watch"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,15 @@ class CompileTiming:
         return {"compile_id": self.compile_id, "kind": self.kind,
                 "function": self.function.function, "start": _rounded(self.start),
                 "seconds": _rounded(self.seconds)}
+
+
+@dataclass(frozen=True)
+class TransformedCode:
+    """The bytecode dynamo produced in one compile of a frame: the original function rewritten to
+    call the compiled graph and the resume functions. One per cache entry of the frame's code."""
+
+    compile_id: str
+    code: types.CodeType
 
 
 class Watch:
@@ -117,11 +126,16 @@ class Watch:
         """Dynamo config that differed from torch's defaults, as the block left it."""
         return self._final_or("dynamo_config", torch_dynamo.non_default_dynamo_config)
 
-    def transformed_code(self, brk: GraphBreak) -> tuple[types.CodeType, ...]:
+    def transformed_code(self, brk: GraphBreak) -> tuple[TransformedCode, ...]:
         """The bytecode dynamo produced for the frame it was compiling when `brk` happened, one
-        code object per cache entry; empty once dynamo dropped them (a reset)."""
+        per cache entry, that of `first_compile(brk)` first where dynamo still holds it, then the
+        rest most recently used first; empty once dynamo dropped them (a reset)."""
         key = graph_breaks.break_key(brk)
         return self._final_or("transformed", self._breaks.all_transformed_code).get(key, ())
+
+    def first_compile(self, brk: GraphBreak) -> str | None:
+        """The id ("0/1") of the compile that met `brk` first; None for a break not seen here."""
+        return self._breaks.first_compile(graph_breaks.break_key(brk))
 
     def summary(self) -> dict:
         """graph_breaks counts distinct breaks, torch.compiler.disable'd calls left out."""
@@ -205,7 +219,8 @@ class _BreakRecorder:
         self._on_change = on_change
         self._lock = threading.Lock()
         self._first: dict[Hashable, GraphBreak] = {}
-        self._codes: dict[Hashable, types.CodeType] = {}
+        # The frame dynamo was compiling when it first met each break, and that compile's id.
+        self._codes: dict[Hashable, tuple[types.CodeType, str | None]] = {}
         self._counts: Counter = Counter()
         self._last: dict[int, tuple[Hashable, str | None, int]] = {}
 
@@ -220,7 +235,7 @@ class _BreakRecorder:
             last = self._last.get(thread)
             self._last[thread] = (key, compile_id, depth)
             self._first.setdefault(key, brk)
-            self._codes.setdefault(key, code)
+            self._codes.setdefault(key, (code, compile_id))
             same = last is not None and last[0] == key and (last[1] == compile_id or depth > last[2])
             if not same:
                 self._counts[key] += 1
@@ -237,14 +252,23 @@ class _BreakRecorder:
             return tuple(dataclasses.replace(brk, count=self._counts[key])
                          for key, brk in self._first.items())
 
-    def transformed_code(self, key: Hashable) -> tuple[types.CodeType, ...]:
+    def first_compile(self, key: Hashable) -> str | None:
         with self._lock:
-            code = self._codes.get(key)
+            return self._codes.get(key, (None, None))[1]
+
+    def transformed_code(self, key: Hashable) -> tuple[TransformedCode, ...]:
+        with self._lock:
+            code, compile_id = self._codes.get(key, (None, None))
         if code is None:
             return ()
-        return tuple(filter(None, map(torch_dynamo.entry_code, torch_dynamo.cache_entries(code))))
+        found = [TransformedCode(torch_dynamo.entry_compile_id(entry), transformed)
+                 for entry in torch_dynamo.cache_entries(code)
+                 if (transformed := torch_dynamo.entry_code(entry)) is not None]
+        # Dynamo keeps them most recently used first, and one code object can stand for several
+        # functions (a decorator's wrapper): the entry of the compile that met the break leads.
+        return tuple(sorted(found, key=lambda entry: entry.compile_id != compile_id))
 
-    def all_transformed_code(self) -> dict[Hashable, tuple[types.CodeType, ...]]:
+    def all_transformed_code(self) -> dict[Hashable, tuple[TransformedCode, ...]]:
         with self._lock:
             keys = list(self._codes)
         return {key: self.transformed_code(key) for key in keys}

@@ -51,8 +51,8 @@ def test_a_stack_torch_wrote_points_at_the_innermost_user_line_even_in_torchs_ne
 def test_counted_nouns():
     assert counted(1, "recompile") == "1 recompile"
     assert counted(0, "recompile") == "0 recompiles"
-    assert counted(2, "older entry", "older entries") == "2 older entries"
-    assert counted(1, "older entry", "older entries") == "1 older entry"
+    assert counted(2, "other entry", "other entries") == "2 other entries"
+    assert counted(1, "other entry", "other entries") == "1 other entry"
 
 
 def forward(x, *, scale):

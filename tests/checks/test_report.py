@@ -8,10 +8,13 @@ import pytest
 import torch
 
 import zoo
+from fullgraph.checks._report_data import scrubbed
+from fullgraph.checks.env import packages_of, site_dirs
 from fullgraph.checks.recompiles import GuardFailure
 from fullgraph.checks.report import (
     SCHEMA_VERSION,
     CheckReport,
+    RecordedReport,
     Report,
     failed_guard,
     format_for_path,
@@ -212,11 +215,57 @@ def test_a_clean_test_run_says_so_in_one_line(tests, line):
     assert f"<h2>Tests</h2>\n<p>{line}</p>\n<h2>Graph breaks</h2>" in render_html(run_report)
 
 
+def test_installed_packages_are_written_as_site_packages_and_named_with_their_version():
+    transformers = pytest.importorskip("transformers")
+    for directory in site_dirs():
+        assert scrubbed(os.path.join(directory, "pkg", "mod.py")) == "<site-packages>/pkg/mod.py"
+    # torch's own file is `<torch>` and its version is the environment's: not listed again.
+    assert scrubbed(torch.__file__) == "<torch>/__init__.py"
+    assert packages_of([transformers.__file__, torch.__file__, __file__, "train.py"]) == {
+        "transformers": transformers.__version__}
+
+
+def test_the_environment_block_lists_the_packages_a_report_names(report):
+    data = report.to_dict()
+    assert data["packages"] == {}  # the zoo is this repository's code, not installed
+    named = RecordedReport({**data, "packages": {"transformers": "5.0.0"}})
+    assert "GPU            -\ntransformers   5.0.0\n" in render_markdown(named)
+    assert "transformers   5.0.0" in render_html(named)
+
+
+def test_a_test_runs_report_lists_the_packages_of_every_test(report):
+    from fullgraph.checks._run_report import RunReport
+
+    def record(packages):
+        return {"report": {**report.to_dict(), "packages": packages}, "started": 0.0,
+                "graph_breaks": 2, "recompiles": 1}
+
+    run = RunReport({"a.py::test_one": record({"transformers": "5.0.0"}),
+                     "a.py::test_two": record({"accelerate": "1.0.0"})}, "pytest", 0)
+    assert run.to_dict()["packages"] == {"accelerate": "1.0.0", "transformers": "5.0.0"}
+
+
 @pytest.mark.parametrize("render_as", [render_markdown, render_json, render_html])
 def test_nothing_about_the_machine_leaks(report, render_as):
     text = render_as(report)
     assert os.getcwd() not in text and os.path.expanduser("~") not in text
     assert os.path.dirname(torch.__file__) not in text
+
+
+def test_the_bytecode_shown_is_from_the_compile_that_met_the_break(report, monkeypatch):
+    helper = report.to_dict()["graph_breaks"][0]
+    first = report.watch.compiles[0].compile_id
+    assert helper["compile_id"] == first and helper["compiled_function"] == "calls_helpers"
+    assert helper["decompiled_note"] == (f"the cache entry of compile {first}, which met this "
+                                         "break, one of 2 for calls_helpers")
+    # Where dynamo has dropped that entry, another stands in and the note says so.
+    brk = report.watch.graph_breaks[0]
+    held = report.watch.transformed_code(brk)[1:]
+    monkeypatch.setattr(report.watch, "transformed_code", lambda _: held)
+    note = report.to_dict()["graph_breaks"][0]["decompiled_note"]
+    assert note == (f"the cache entry of compile {held[0].compile_id}, the most recently used of 1 "
+                    f"for calls_helpers: compile {first} met this break, and dynamo no longer holds "
+                    "its entry")
 
 
 def test_says_when_depyf_is_missing(report, monkeypatch):
@@ -239,7 +288,7 @@ def test_a_failed_run_says_how_it_ended():
 
 
 def test_write_report_picks_the_format_from_the_extension(report, tmp_path):
-    assert json.loads(write_report(report, tmp_path / "r.json").read_text())["schema_version"] == 4
+    assert json.loads(write_report(report, tmp_path / "r.json").read_text())["schema_version"] == 5
     assert write_report(report, tmp_path / "r.md").read_text().startswith("**Suggested issue title")
     assert write_report(report, tmp_path / "r.htm").read_text().startswith("<!DOCTYPE html>")
     assert write_report(report, tmp_path / "r.txt", format="json").read_text().startswith("{")

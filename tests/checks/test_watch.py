@@ -103,8 +103,28 @@ def test_keeps_the_bytecode_dynamo_produced_for_each_break():
     with watch() as seen:
         compiled(zoo.prints)(torch.ones(2))
     [brk] = seen.graph_breaks
-    [code] = seen.transformed_code(brk)
-    assert code.co_name == "prints" and code is not zoo.prints.__code__
+    [entry] = seen.transformed_code(brk)
+    assert entry.code.co_name == "prints" and entry.code is not zoo.prints.__code__
+    assert entry.compile_id == seen.first_compile(brk) == seen.compiles[0].compile_id
+
+
+def test_the_bytecode_of_a_break_is_from_the_compile_that_met_it_in_a_shared_wrapper():
+    # Both functions run through one decorator's wrapper: one code object, whose cache holds an
+    # entry for each, the one used last first. The break is in the first function's.
+    with watch() as seen:
+        compiled(zoo.wrapped_prints)(torch.ones(2))
+        for _ in range(2):
+            compiled(zoo.wrapped_adds)(torch.ones(2))
+    [brk] = seen.graph_breaks
+    first, other = seen.transformed_code(brk)
+    assert first.compile_id == seen.first_compile(brk) == seen.compiles[0].compile_id
+    assert other.compile_id == next(event.compile_id for event in seen.recompiles)
+    # The break's compile handed dynamo's graph nothing: its bytecode calls no compiled graph.
+    assert not _calls_a_graph(first.code) and _calls_a_graph(other.code)
+
+
+def _calls_a_graph(code):
+    return any(name.startswith("__compiled_fn") for name in code.co_names)
 
 
 def test_hears_cudagraph_skips_logged_or_only_counted():

@@ -5,6 +5,7 @@ number by that marker (`line_of`), so editing this file cannot silently shift an
 """
 
 import ctypes
+import functools
 import zlib
 from pathlib import Path
 
@@ -143,6 +144,26 @@ class Scaler:
         y = x * self.factor
         print("scaling")  # break: method
         return y + 1
+
+
+def _through_one_wrapper(fn):
+    # Every function it wraps runs the same code object: dynamo's cache for it holds them all.
+    @functools.wraps(fn)
+    def wrapper(*args):
+        return fn(*args)
+    return wrapper
+
+
+@_through_one_wrapper
+def wrapped_prints(x):
+    y = x * 2
+    print("tracing", y.shape)  # break: wrapped print
+    return y + 1
+
+
+@_through_one_wrapper
+def wrapped_adds(x):
+    return x + 1
 
 
 def clean(x):
