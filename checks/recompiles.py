@@ -429,8 +429,16 @@ def budget_message(report: CompileReport, offenders: list[tuple[CompileEvent, in
     entries = [[f"{event.function.location()}: {_event_title(event, number)}",
                 *failure_lines(event.failures), event.error or ""]
                for event, number in offenders]
-    kinds = [failure.kind for event, _ in offenders for failure in event.failures[:1]]
+    kinds = [_hint_kind(failure) for event, _ in offenders for failure in event.failures[:1]]
     return format_failure("; ".join(parts), entries, hint=_hint(kinds, bool(hits)), msg=msg)
+
+
+def _hint_kind(failure: GuardFailure) -> str:
+    # An id guard on the code of a function the compiled one closes over: a decorator's wrapper,
+    # one code object for every function it wraps.
+    if failure.kind == "id" and failure.source.endswith(".__code__"):
+        return "wrapped_code"
+    return failure.kind
 
 
 def _over_headline(report: CompileReport, over: list[CompileEvent], max_recompiles: int,
@@ -467,12 +475,18 @@ _HINTS = {
              "int attributes of an nn.Module are always treated as constants.",
     "id": "A different Python object (a function, a module) reached the compiled code: keep it "
           "the same object between calls.",
+    "wrapped_code": "One code object runs several functions: a wrapper (a decorator's) calls the "
+                    "function it closes over, and each function it wraps takes a cache entry of "
+                    "the wrapper's code, all under one recompile limit. Past the limit the rest "
+                    "run eagerly without a word: compile the functions the wrapper calls (its "
+                    "__wrapped__) instead, or set torch._dynamo.config.recompile_limit to the "
+                    "number of functions wrapped.",
 }
 
 
 def _hint(kinds: list[str], limit_hit: bool) -> str:
     hints = [_HINTS[kind] for kind in dict.fromkeys(kinds) if kind in _HINTS]
-    if limit_hit:
+    if limit_hit and "wrapped_code" not in kinds:  # whose hint says what the limit does there
         hints.append("Past the recompile limit dynamo runs the function eagerly without a word: "
                      "fix the guard above rather than raising the limit.")
     return " ".join(hints) or "Run with TORCH_LOGS=recompiles_verbose to see every guard."

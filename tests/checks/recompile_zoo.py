@@ -5,6 +5,7 @@ line a guard comes from); the tests find its number with `line_of`, so editing t
 silently shift an assertion.
 """
 
+import functools
 from pathlib import Path
 
 import torch
@@ -33,6 +34,30 @@ class StepCounter(nn.Module):
     def forward(self, x):  # at: counter-forward
         self.steps += 1  # at: counter-guard
         return x * self.steps
+
+
+def through_one_wrapper(fn):
+    # As a library's decorators do: every function it wraps runs this one code object, whose
+    # first line is its decorator's.
+    @functools.wraps(fn)  # at: wrapper
+    def wrapper(x):
+        return fn(x)  # at: wrapper-guard
+    return wrapper
+
+
+@through_one_wrapper
+def add_one(x):
+    return x + 1
+
+
+@through_one_wrapper
+def double(x):
+    return x * 2
+
+
+@through_one_wrapper
+def negate(x):
+    return -x
 
 
 def repeat_add(x, times):  # at: repeat-add

@@ -163,6 +163,24 @@ def test_the_recompile_limit_fallback_fails_any_budget():
     assert "recompile #2 refused: recompile limit hit" in message
 
 
+def test_functions_through_one_wrapper_share_its_code_and_its_recompile_limit():
+    # Three functions, one decorator: the third is one recompile past a limit of 2, and runs
+    # eagerly. The guard is on which function the wrapper's closure holds.
+    with torch._dynamo.config.patch(recompile_limit=2):
+        with pytest.raises(RecompileBudgetError) as failure, recompile_budget(100):
+            for function in (zoo.add_one, zoo.double, zoo.negate):
+                torch.compile(function, backend="eager")(torch.ones(2))
+    report = failure.value.report
+    assert [event.kind for event in report.events] == ["compile", "recompile", "recompile_limit"]
+    assert all(where(event) == at("wrapper") for event in report.events)
+    guard = report.limit_hits[0].failures[0]
+    assert (guard.kind, guard.source) == ("id", "fn.__code__")
+    assert f"{guard.where.filename.rsplit('/', 1)[-1]}:{guard.where.lineno}" == at("wrapper-guard")
+    hint = str(failure.value).split("\nHint: ")[1]
+    assert hint.startswith("One code object runs several functions: a wrapper (a decorator's)")
+    assert "keep it the same object" not in hint and "rather than raising the limit" not in hint
+
+
 def test_the_recompile_limit_under_fullgraph_is_recorded_too():
     compiled = torch.compile(zoo.scale, backend="eager", dynamic=False, fullgraph=True)
     with torch._dynamo.config.patch(recompile_limit=1), track_compiles() as report:
