@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import site
@@ -39,24 +40,34 @@ def format_environment(env: dict[str, str | None] | None = None) -> str:
 
 
 
-def site_dirs() -> list[str]:
+@functools.cache
+def site_dirs() -> tuple[str, ...]:
     """The directories installed packages live in: the environment's and the user's."""
     found = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     found += getattr(site, "getsitepackages", list)()
     found.append(site.getusersitepackages())
-    return sorted({os.path.normpath(path) for path in found}, key=len, reverse=True)
+    return tuple(sorted({os.path.normpath(path) for path in found}, key=len, reverse=True))
 
 
 def packages_of(filenames: Iterable[str]) -> dict[str, str]:
     """{distribution: version} of the installed packages (torch aside, which the environment
     block has) that `filenames` belong to: the code a reader needs at the same version."""
     names = {name for filename in filenames if (name := installed_package(filename)) is not None}
-    owners = metadata.packages_distributions()
+    if not names:
+        return {}
+    owners = _owners()
     found = {}
     for distribution in sorted({owner for name in names for owner in owners.get(name, ())}):
         if distribution.lower() != "torch":
             found[distribution] = metadata.version(distribution)
     return found
+
+
+@functools.cache
+def _owners() -> dict[str, list[str]]:
+    # A scan of every installed distribution (a fifth of a second): a report is saved at each
+    # graph break, inside dynamo's compile.
+    return metadata.packages_distributions()
 
 
 def installed_package(filename: str) -> str | None:
