@@ -39,7 +39,6 @@ def format_environment(env: dict[str, str | None] | None = None) -> str:
     return "\n".join(f"{key:<{width}}  {value if value is not None else '-'}" for key, value in env.items())
 
 
-
 @functools.cache
 def site_dirs() -> tuple[str, ...]:
     """The directories installed packages live in: the environment's and the user's."""

@@ -222,7 +222,8 @@ def _entry_note(shown: TransformedCode, count: int, first: str | None, function:
     if shown.compile_id == first:
         return (None if count == 1 else
                 f"the cache entry of compile {first}, which met this break, one of {count} for {function}")
-    # Dynamo dropped that entry (its cache limit): another stands for it, and says so.
+    # Dynamo dropped that entry (an object its guards held was freed): another stands in, and
+    # says so.
     return (f"the cache entry of compile {shown.compile_id}, the most recently used of {count} for "
             f"{function}: compile {first} met this break, and dynamo no longer holds its entry")
 
