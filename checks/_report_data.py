@@ -17,7 +17,7 @@ from typing import Any
 from . import _compat
 from .env import site_dirs
 
-__all__ = ["SCHEMA_VERSION", "compile_report", "scrubbed"]
+__all__ = ["SCHEMA_VERSION", "compile_report", "scrubbed", "local_path"]
 
 # Bump on any change a reader of the JSON could notice; docs/report-format.md lists each version.
 SCHEMA_VERSION = 5
@@ -58,6 +58,18 @@ def scrubbed(data: Any) -> Any:
     `<site-packages>`, the current directory `.` and the home directory `~` in every string, in
     dicts and lists at any depth."""
     return _map_strings(data, _scrubber())
+
+
+def local_path(reported: str) -> str:
+    """The absolute path on this machine of a path as `scrubbed` wrote it (`.`-relative, under
+    `<torch>`, `<site-packages>` or `~`), for the process that reads a report back."""
+    head, _, rest = reported.partition("/")
+    if head == "<site-packages>":
+        places = [os.path.join(directory, rest) for directory in site_dirs()]
+        return next((place for place in places if os.path.exists(place)), places[0])
+    if head == "<torch>":
+        return os.path.join(_compat.TORCH_DIR, rest)
+    return os.path.abspath(os.path.expanduser(reported))
 
 
 def _scrubber() -> Callable[[str], str]:

@@ -36,6 +36,7 @@ from pathlib import Path
 from fullgraph.model.launch import Ended, run_processes
 
 from ._compat import repro as torch_repro
+from ._report_data import local_path
 from .repro_record import DEFAULT_STATE
 
 __all__ = ["REPRODUCES", "NOT_ON_ITS_OWN", "NOT_WRITTEN", "VERIFY_TIMEOUT_S", "TAIL_LINES",
@@ -186,7 +187,7 @@ def _recorded_frame(brk: dict, frames: list[dict]) -> dict | None:
     if brk["caused_by"]:
         stack = [line for line in stack if line["function"] == brk["compiled_function"]] or stack
     for line in reversed(stack):
-        filename = os.path.abspath(line["filename"])
+        filename = local_path(line["filename"])
         for record in frames:
             if ((record["filename"], record["function"]) == (filename, line["function"])
                     and record["firstlineno"] <= line["lineno"]):
@@ -260,7 +261,7 @@ class ReproPlan:
             return cls(root=root, lines=lines, helpers=helpers, preamble=preamble, record=record,
                        brk=None, pinned=None)
         location = brk["frames"][-1]
-        same_file = os.path.abspath(location["filename"]) == record["filename"]
+        same_file = local_path(location["filename"]) == record["filename"]
         in_root = (same_file and location["function"] == root.name
                    and root.lineno <= location["lineno"] <= root.end_lineno)
         pinned = next((index for index, statement in enumerate(root.body)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ._compat import breaks as torch_breaks
 from ._compat import repro as torch_repro
+from ._report_data import local_path
 from .recompiles import failures_from_log, guard_subject
 from .report import failed_guard
 from .repro import NOT_WRITTEN, REPRODUCES, Pending, ReproPlan, blockers, compile_call, slug
@@ -93,7 +94,7 @@ def _recorded_frame(compile_: dict, frames: list[dict]) -> dict | None:
     """The record of the function `compile_` compiled, if its arguments were recorded."""
     return next((frame for frame in frames
                  if (frame["filename"], frame["function"], frame["firstlineno"])
-                 == (os.path.abspath(compile_["filename"]), compile_["function"],
+                 == (local_path(compile_["filename"]), compile_["function"],
                      compile_["lineno"])), None)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import zoo
-from fullgraph.checks._report_data import scrubbed
+from fullgraph.checks._report_data import local_path, scrubbed
 from fullgraph.checks.env import packages_of, site_dirs
 from fullgraph.checks.recompiles import GuardFailure
 from fullgraph.checks.report import (
@@ -223,6 +223,14 @@ def test_installed_packages_are_written_as_site_packages_and_named_with_their_ve
     assert scrubbed(torch.__file__) == "<torch>/__init__.py"
     assert packages_of([transformers.__file__, torch.__file__, __file__, "train.py"]) == {
         "transformers": transformers.__version__}
+
+
+def test_a_path_a_report_shortened_is_found_again_on_this_machine(tmp_path):
+    # What --repro does with a report's frames: match them with the functions it recorded.
+    transformers = pytest.importorskip("transformers")
+    home = os.path.join(os.path.expanduser("~"), "project", "train.py")
+    for path in (transformers.__file__, torch.__file__, home, os.path.join(os.getcwd(), "a.py")):
+        assert local_path(scrubbed(path)) == os.path.normpath(path)
 
 
 def test_the_environment_block_lists_the_packages_a_report_names(report):
