@@ -225,7 +225,7 @@ def test_installed_packages_are_written_as_site_packages_and_named_with_their_ve
         "transformers": transformers.__version__}
 
 
-def test_a_path_a_report_shortened_is_found_again_on_this_machine(tmp_path):
+def test_a_path_a_report_shortened_is_found_again_on_this_machine():
     # What --repro does with a report's frames: match them with the functions it recorded.
     transformers = pytest.importorskip("transformers")
     home = os.path.join(os.path.expanduser("~"), "project", "train.py")
